@@ -1,0 +1,190 @@
+"""Typed training configuration: YAML file, then ``--set key.sub=value`` overrides.
+
+The resolved config is saved beside the run's outputs (``config.yaml``) and inside every
+checkpoint, so a model can always be rebuilt and predicted with exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "Unet"  # any segmentation_models_pytorch architecture class name
+    encoder: str = "vgg11"  # any smp encoder name, or "tu-<timm name>"
+    # "imagenet" (downloaded by smp/timm from the hub), "none", or a path to a state-dict file
+    encoder_weights: str = "imagenet"
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+
+
+@dataclass
+class ImageConfig:
+    # Network input size. Images are resized to it (a no-op at the full 1280x1918), then padded
+    # to a multiple of 32 inside the model; predictions are cropped and resized back.
+    height: int = 1024
+    width: int = 1536
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    affine: float = 0.5  # probability of the shift/scale/rotate
+    shift: float = 0.0625  # fraction of the image size
+    scale: float = 0.1
+    rotate: float = 5.0  # degrees
+    color: float = 0.5  # probability of brightness/contrast/hue-saturation jitter
+    brightness: float = 0.2
+    contrast: float = 0.2
+    hue: int = 10
+    saturation: int = 20
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 4
+    steps_per_epoch: int = 0  # 0: one pass over the training images
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | constant (both after a linear warmup)
+    warmup_epochs: float = 1.0
+    loss: str = "bce_dice"  # a name from pipeline.losses.LOSSES
+    amp: bool = True  # CUDA only; ignored on CPU
+    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 uses a GradScaler)
+    channels_last: bool = True  # CUDA only
+    early_stopping: int = 8  # epochs without validation improvement; 0 disables
+    num_workers: int = 4
+    cache_images: bool = False  # keep resized train/val images in RAM (small datasets only)
+    val_every: int = 1
+
+
+@dataclass
+class PredictConfig:
+    tta: list[str] = field(default_factory=lambda: ["hflip"])  # names from pipeline.tta.TTAS
+    batch_size: int = 4
+    num_workers: int = 4
+
+
+@dataclass
+class Config:
+    name: str = "vgg11"  # run name: outputs go to <runs_dir>/<name>/fold<fold>/
+    data_dir: str = "data"
+    folds_csv: str = "folds/folds.csv"
+    runs_dir: str = "runs"
+    fold: int = 0
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name / f"fold{self.fold}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(value, typ, where: str):
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(typ, value, where)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if typ is str and not isinstance(value, (dict, list)):
+        return "none" if value is None else str(value)
+    raise ConfigError(f"{where}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _build(cls, data: dict, where: str = "config"):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=1e-3", "fold=2"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = _build(Config, data)
+    if cfg.image.height <= 0 or cfg.image.width <= 0:
+        raise ConfigError("image.height and image.width must be positive")
+    return cfg

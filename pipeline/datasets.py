@@ -1,0 +1,70 @@
+"""PyTorch datasets over the Kaggle layout. Pixels stay uint8 until the model (see SegModel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data import image_size, read_image, read_mask
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs resized to the training size, with an optional albumentations transform."""
+
+    def __init__(
+        self, images: list[Path], masks: list[Path], height: int, width: int, transform=None, cache: bool = False
+    ):
+        assert len(images) == len(masks)
+        self.images, self.masks = list(images), list(masks)
+        self.height, self.width = height, width
+        self.transform = transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        pair = (read_image(self.images[i], self.height, self.width), read_mask(self.masks[i], self.height, self.width))
+        if self._cache is not None:
+            self._cache[i] = pair
+        return pair
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self._load(i)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None].float(),
+            "index": i,
+        }
+
+
+class InferenceDataset(Dataset):
+    """Images decoded once and resized to every size the ensemble members need."""
+
+    def __init__(self, images: list[Path], sizes: list[tuple[int, int]]):
+        self.images = list(images)
+        self.sizes = list(dict.fromkeys(sizes))  # distinct (height, width), in order
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.images[i]
+        w0, h0 = image_size(path)
+        full = None
+        item = {"name": Path(path).name, "height": h0, "width": w0}
+        for k, (h, w) in enumerate(self.sizes):
+            # Each size decodes through read_image, exactly as in training (DCT-scaled decode).
+            img = read_image(path, h, w) if (h, w) != (h0, w0) else (full if full is not None else read_image(path))
+            if (h, w) == (h0, w0):
+                full = img
+            item[f"x{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        return item

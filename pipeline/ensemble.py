@@ -1,0 +1,223 @@
+"""Tune the ensemble on out-of-fold predictions: per-member weights and the threshold.
+
+Every trained run (``<runs_dir>/<name>/fold*/oof.json``) is a member: one architecture/config,
+whose out-of-fold maps (uint8 PNGs from the shared engine, with the member's TTA) cover the
+images of its trained folds. For each image the blend of the members' maps is computed with
+``engine.blend`` for every weight vector on a simplex grid, and Dice at full resolution against
+the GIF mask is evaluated for all 255 thresholds at once from two histograms (car / background
+pixels per blended value). Pixels where all members say 0 or all say 255 blend to the same value
+for every weight vector, so only the uncertain band around the car outline is blended per
+weight vector. The winner is written as the recipe the submission follows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from .data import DataError, Layout, read_mask
+from .engine import blend
+from .io_utils import atomic_path, read_json, write_json
+from .metrics import dice_from_counts
+
+MAX_COMBOS = 2000
+
+
+def discover(runs_dir: str | Path, names: list[str] | None = None) -> dict[str, list[dict]]:
+    """{member name: [oof.json of each completed fold, with its run dir]} sorted by name and fold."""
+    runs_dir = Path(runs_dir)
+    found: dict[str, list[dict]] = {}
+    for summary in sorted(runs_dir.glob("*/fold*/oof.json")):
+        info = read_json(summary)
+        info["run_dir"] = str(summary.parent)
+        found.setdefault(summary.parent.parent.name, []).append(info)
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise DataError(f"{runs_dir}: no completed fold for member(s) {missing}; found {sorted(found)}")
+        found = {n: found[n] for n in names}
+    if not found:
+        raise DataError(f"{runs_dir}: no completed training run (*/fold*/oof.json); run `make train` first")
+    for name, folds in found.items():
+        folds.sort(key=lambda f: f["fold"])
+        ttas = {tuple(f["tta"]) for f in folds}
+        sizes = {(f["height"], f["width"]) for f in folds}
+        if len(ttas) > 1 or len(sizes) > 1:
+            raise DataError(
+                f"{runs_dir / name}: folds disagree on TTA {ttas} or input size {sizes}; retrain them with one config"
+            )
+    return found
+
+
+def weight_grid(n_members: int, steps: int) -> np.ndarray:
+    """All integer weight vectors with the given sum (a simplex grid); shape (n_combos, n_members)."""
+    combos = [c for c in itertools.product(range(steps + 1), repeat=n_members) if sum(c) == steps]
+    if len(combos) > MAX_COMBOS:
+        raise ValueError(f"{len(combos)} weight vectors for {n_members} members at {steps} steps; use fewer steps")
+    return np.array(combos, dtype=np.int64)
+
+
+def _oof_path(run_dir: str, img: str) -> Path:
+    return Path(run_dir) / "oof" / f"{Path(img).stem}.png"
+
+
+def _read_q(path: Path) -> np.ndarray:
+    q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if q is None:
+        raise DataError(f"{path}: out-of-fold map missing or unreadable; re-run that fold's training")
+    return q
+
+
+def image_histograms(maps: np.ndarray, mask: np.ndarray, combos: np.ndarray) -> np.ndarray:
+    """(n_combos, 256, 2) counts of (blended value, mask value) for one image."""
+    flat = maps.reshape(len(maps), -1)
+    m = mask.reshape(-1).astype(bool)
+    lo = (flat == 0).all(0)
+    hi = (flat == 255).all(0)
+    band = ~(lo | hi)
+    hist = np.zeros((len(combos), 256, 2), dtype=np.int64)
+    hist[:, 0, 1] = np.count_nonzero(lo & m)
+    hist[:, 0, 0] = np.count_nonzero(lo) - hist[0, 0, 1]
+    hist[:, 255, 1] += np.count_nonzero(hi & m)
+    hist[:, 255, 0] += np.count_nonzero(hi) - np.count_nonzero(hi & m)
+    q, mb = flat[:, band], m[band].astype(np.int64)
+    for i, w in enumerate(combos):
+        b = blend(q, w.tolist()).astype(np.int64)
+        hist[i] += np.bincount(b * 2 + mb, minlength=512).reshape(256, 2)
+    return hist
+
+
+def dice_by_threshold(hist: np.ndarray) -> np.ndarray:
+    """(..., 256, 2) histograms -> (..., 256) Dice of ``blend >= t`` for t = 0..255."""
+    suffix = np.cumsum(hist[..., ::-1, :], axis=-2)[..., ::-1, :]  # counts with value >= t
+    tp, fp = suffix[..., 1], suffix[..., 0]
+    fn = hist[..., 1].sum(-1, keepdims=True) - tp
+    return dice_from_counts(tp, fp, fn)
+
+
+def _chunk_scores(layout: Layout, images: list[str], members: list[dict], combos: np.ndarray) -> np.ndarray:
+    total = np.zeros((len(combos), 256))
+    for img in images:
+        mask = read_mask(layout.mask(img))
+        maps = np.stack([_read_q(_oof_path(members[j]["by_image"][img], img)) for j in range(len(members))])
+        if maps.shape[1:] != mask.shape:
+            raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
+        total += dice_by_threshold(image_histograms(maps, mask, combos))
+    return total
+
+
+def _per_image(layout: Layout, img: str, members: list[dict], weights: list[int], threshold: int) -> list[float]:
+    mask = read_mask(layout.mask(img))
+    maps = np.stack([_read_q(_oof_path(m["by_image"][img], img)) for m in members])
+    out = [float(dice_from_counts(*_counts(blend(maps, weights) >= threshold, mask)))]
+    out += [float(dice_from_counts(*_counts(q >= threshold, mask))) for q in maps]
+    return out
+
+
+def _counts(pred: np.ndarray, mask: np.ndarray):
+    m = mask.astype(bool)
+    tp = np.count_nonzero(pred & m)
+    return tp, np.count_nonzero(pred) - tp, np.count_nonzero(m) - tp
+
+
+def tune(
+    runs_dir: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    names: list[str] | None = None,
+    steps: int = 10,
+    n_jobs: int = -1,
+    quiet: bool = False,
+) -> dict:
+    start = time.time()
+    layout = Layout(data_dir)
+    found = discover(runs_dir, names)
+    members = []
+    for name, folds in found.items():
+        by_image: dict[str, str] = {}
+        for f in folds:
+            scores = pd.read_csv(Path(f["run_dir"]) / "oof_dice.csv")
+            by_image.update({img: f["run_dir"] for img in scores.img})
+        members.append({"name": name, "folds": folds, "by_image": by_image})
+    common = sorted(set.intersection(*(set(m["by_image"]) for m in members)))
+    if not common:
+        raise DataError(f"{runs_dir}: the members' out-of-fold predictions share no image; train the same folds")
+    for m in members:
+        if len(m["by_image"]) != len(common) and not quiet:
+            tqdm.write(
+                f"warning: {m['name']} has out-of-fold maps for {len(m['by_image'])} images; "
+                f"scoring on the {len(common)} all members share"
+            )
+    combos = weight_grid(len(members), steps if len(members) > 1 else 1)
+    chunks = [common[i : i + 16] for i in range(0, len(common), 16)]
+    parts = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_chunk_scores)(layout, c, members, combos) for c in chunks
+    )
+    total = np.zeros((len(combos), 256))
+    for p in tqdm(parts, total=len(chunks), desc="ensemble search", unit="chunk", disable=quiet):
+        total += p
+    mean = total / len(common)
+    mean[:, 0] = -1  # t = 0 would mark every pixel
+    ci, threshold = np.unravel_index(np.argmax(mean), mean.shape)
+    weights = combos[ci].tolist()
+
+    per_image = Parallel(n_jobs=n_jobs)(
+        delayed(_per_image)(layout, img, members, weights, int(threshold))
+        for img in tqdm(common, desc="score recipe", unit="img", disable=quiet)
+    )
+    cols = ["blend"] + [m["name"] for m in members]
+    scores = pd.DataFrame(per_image, columns=cols)
+    scores.insert(0, "img", common)
+
+    steps_total = int(combos[0].sum())
+    vertex = {m["name"]: int(np.flatnonzero(combos[:, j] == steps_total)[0]) for j, m in enumerate(members)}
+    recipe = {
+        "format": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "runs_dir": str(runs_dir),
+        "threshold": int(threshold),
+        "threshold_probability": round(int(threshold) / 255, 6),
+        "weight_total": int(sum(weights)),
+        "members": [
+            {
+                "name": m["name"],
+                "weight": int(w),
+                "folds": [f["fold"] for f in m["folds"]],
+                "checkpoints": [str(Path(f["run_dir"]) / f["checkpoint"]) for f in m["folds"]],
+                "tta": m["folds"][0]["tta"],
+                "height": m["folds"][0]["height"],
+                "width": m["folds"][0]["width"],
+                "oof_dice_at_0.5": float(mean[vertex[m["name"]], 128]),
+                "oof_dice_best_threshold": float(mean[vertex[m["name"]]].max()),
+            }
+            for m, w in zip(members, weights)
+        ],
+        "oof": {
+            "n_images": len(common),
+            "dice": float(mean[ci, threshold]),
+            "dice_at_0.5": float(mean[ci, 128]),
+            "dice_percentiles": {f"p{p}": float(np.percentile(scores.blend, p)) for p in (1, 5, 25, 50)},
+            "weight_step": 1 / steps,
+        },
+        "seconds": round(time.time() - start, 1),
+    }
+    out = Path(out)
+    write_json(out, recipe)
+    with atomic_path(out.with_name(out.stem + "_oof_scores.csv")) as tmp:
+        scores.to_csv(tmp, index=False, float_format="%.6f")
+    if not quiet:
+        tqdm.write(json.dumps({k: recipe[k] for k in ("threshold", "oof")}, indent=1))
+        for m in recipe["members"]:
+            tqdm.write(
+                f"  {m['name']}: weight {m['weight']}/{recipe['weight_total']}, folds {m['folds']}, "
+                f"alone {m['oof_dice_at_0.5']:.5f}"
+            )
+    return recipe

@@ -1,0 +1,104 @@
+"""Group k-fold by car, stratified by the car's mean mask area.
+
+All 16 views of a car land in one fold (views of one car are near-duplicates, so splitting
+them would leak). Cars are binned by mean mask area (quantiles) and the bins are spread evenly
+over the folds with scikit-learn's StratifiedKFold at car level, which is group k-fold by
+construction. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from .data import DataError, Layout, image_size, list_images, parse_name, read_mask
+from .io_utils import atomic_path
+
+COLUMNS = ["img", "car_id", "view", "fold", "mask_area", "width", "height"]
+
+
+def _inspect(layout: Layout, img: str) -> tuple[float, int, int]:
+    """Check one image/mask pair; return (mask area fraction, width, height)."""
+    w, h = image_size(layout.train_image(img))
+    mask_path = layout.mask(img)
+    mw, mh = image_size(mask_path)
+    if (mw, mh) != (w, h):
+        raise DataError(f"{mask_path}: mask is {mw}x{mh} but its image {img} is {w}x{h}")
+    mask = read_mask(mask_path)
+    return float(mask.mean()), w, h
+
+
+def scan_train(layout: Layout, n_jobs: int = -1) -> pd.DataFrame:
+    """List train images with their masks; raise DataError naming any inconsistent file."""
+    layout.require(layout.train_dir, layout.masks_dir)
+    images = list_images(layout.train_dir)
+    if not images:
+        raise DataError(f"{layout.train_dir}: no .jpg images found")
+    masks = sorted(p.name for p in layout.masks_dir.iterdir() if p.name.endswith("_mask.gif"))
+    expected = {layout.mask(i).name for i in images}
+    missing = sorted(expected - set(masks))
+    if missing:
+        raise DataError(
+            f"{layout.masks_dir / missing[0]}: mask missing for a train image ({len(missing)} missing in all)"
+        )
+    orphans = sorted(set(masks) - expected)
+    if orphans:
+        raise DataError(f"{layout.masks_dir / orphans[0]}: mask without a train image ({len(orphans)} such masks)")
+    rows = [(img, *parse_name(img)) for img in images]
+    stats = Parallel(n_jobs=n_jobs)(
+        delayed(_inspect)(layout, img) for img in tqdm(images, desc="check masks", unit="img")
+    )
+    df = pd.DataFrame(rows, columns=["img", "car_id", "view"])
+    df[["mask_area", "width", "height"]] = pd.DataFrame(stats, columns=["mask_area", "width", "height"])
+    dup = df[df.duplicated(["car_id", "view"], keep=False)]
+    if len(dup):
+        raise DataError(f"{layout.train_dir / dup.img.iloc[0]}: duplicate car/view")
+    empty = df[df.mask_area == 0]
+    if len(empty):
+        raise DataError(f"{layout.mask(empty.img.iloc[0])}: mask is empty (no car pixels)")
+    return df
+
+
+def assign_folds(df: pd.DataFrame, k: int = 5, seed: int = 42, n_bins: int = 5) -> pd.DataFrame:
+    """Add a ``fold`` column: group k-fold by car id, stratified by the car's mean mask area."""
+    cars = df.groupby("car_id", sort=True)["mask_area"].mean().reset_index()
+    if len(cars) < k:
+        raise DataError(f"{len(cars)} cars found; {k} folds need at least {k} cars")
+    # Quantile bins with at least k cars each, so every bin can be spread over all folds.
+    n_bins = max(1, min(n_bins, len(cars) // k))
+    ranks = cars.mask_area.rank(method="first").to_numpy() - 1
+    cars["bin"] = (ranks * n_bins // len(cars)).astype(int)
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    cars["fold"] = -1
+    for fold, (_, idx) in enumerate(skf.split(np.zeros(len(cars)), cars.bin)):
+        cars.loc[cars.index[idx], "fold"] = fold
+    out = df.drop(columns=["fold"], errors="ignore").merge(cars[["car_id", "fold"]], on="car_id")
+    return out.sort_values("img").reset_index(drop=True)[COLUMNS]
+
+
+def make_folds(data_dir: str | Path, out_csv: str | Path, k: int = 5, seed: int = 42, n_jobs: int = -1) -> pd.DataFrame:
+    df = assign_folds(scan_train(Layout(data_dir), n_jobs=n_jobs), k=k, seed=seed)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
+    return df
+
+
+def load_folds(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: folds file not found; run `make folds` first")
+    df = pd.read_csv(path)
+    missing = set(COLUMNS) - set(df.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}; re-run `make folds`")
+    return df
+
+
+def summary(df: pd.DataFrame) -> str:
+    g = df.groupby("fold").agg(cars=("car_id", "nunique"), images=("img", "size"), mask_area=("mask_area", "mean"))
+    return g.to_string(float_format=lambda v: f"{v:.4f}")

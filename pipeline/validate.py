@@ -1,0 +1,74 @@
+"""Validate a submission file against ``sample_submission.csv`` without loading it whole."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import sys
+from pathlib import Path
+
+from .rle import RLEError, parse
+
+
+class SubmissionError(ValueError):
+    pass
+
+
+def read_sample_names(sample_csv: str | Path) -> list[str]:
+    sample_csv = Path(sample_csv)
+    if not sample_csv.is_file():
+        raise SubmissionError(f"{sample_csv}: not found")
+    with open(sample_csv, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["img", "rle_mask"]:
+            raise SubmissionError(f"{sample_csv}: header {header}, expected ['img', 'rle_mask']")
+        names = [row[0] for row in reader if row]
+    if len(set(names)) != len(names):
+        raise SubmissionError(f"{sample_csv}: duplicate image names")
+    return names
+
+
+def _open(path: Path):
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # by content: the partial file is ".part"
+    return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
+
+
+def validate_submission(path: str | Path, names: list[str], width: int, height: int) -> dict:
+    """Check header, names and order (== sample), row count, and every RLE (well-formed, in bounds).
+
+    Streams the file; raises SubmissionError naming the row and image of the first problem.
+    """
+    path = Path(path)
+    csv.field_size_limit(sys.maxsize)
+    n_pixels = width * height
+    empty = 0
+    pixels = 0
+    try:
+        with _open(path) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["img", "rle_mask"]:
+                raise SubmissionError(f"{path}: header {header}, expected ['img', 'rle_mask']")
+            i = -1
+            for i, row in enumerate(reader):
+                where = f"{path}: row {i + 2}"
+                if i >= len(names):
+                    raise SubmissionError(f"{where}: more rows than the {len(names)} in sample_submission.csv")
+                if len(row) != 2:
+                    raise SubmissionError(f"{where}: {len(row)} fields, expected 2 (img,rle_mask)")
+                if row[0] != names[i]:
+                    raise SubmissionError(f"{where}: image {row[0]!r}, expected {names[i]!r} (sample order)")
+                try:
+                    runs = parse(row[1], n_pixels)
+                except RLEError as e:
+                    raise SubmissionError(f"{where} ({row[0]}): {e}") from None
+                if len(runs) == 0:
+                    empty += 1
+                pixels += int(runs[:, 1].sum())
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise SubmissionError(f"{path}: unreadable ({e})") from None
+    if i + 1 != len(names):
+        raise SubmissionError(f"{path}: {i + 1} rows, expected {len(names)} (sample_submission.csv)")
+    return {"rows": i + 1, "empty_masks": empty, "mean_mask_area": pixels / max(1, i + 1) / n_pixels}

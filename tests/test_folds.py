@@ -1,0 +1,92 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.data import DataError, Layout, read_mask
+from pipeline.folds import assign_folds, make_folds, scan_train
+
+
+def test_group_kfold_invariants(tiny_data, tmp_path):
+    df = make_folds(tiny_data, tmp_path / "f.csv", k=3, seed=1, n_jobs=1)
+    assert len(df) == 6 * 16 and df.img.is_unique
+    assert (df.groupby("car_id").fold.nunique() == 1).all(), "a car's views were split across folds"
+    assert (df.groupby("car_id").size() == 16).all()
+    cars_per_fold = df.groupby("fold").car_id.nunique()
+    assert sorted(cars_per_fold.index) == [0, 1, 2] and cars_per_fold.max() - cars_per_fold.min() <= 1
+    row = df[df.img == df.img.iloc[5]].iloc[0]
+    assert row.mask_area == pytest.approx(read_mask(Layout(tiny_data).mask(row.img)).mean(), abs=1e-6)
+    assert pd.read_csv(tmp_path / "f.csv").equals(pd.read_csv(tmp_path / "f.csv"))
+
+
+def test_deterministic_and_seeded(tiny_data, tmp_path):
+    a = make_folds(tiny_data, tmp_path / "a.csv", k=3, seed=3, n_jobs=1)
+    b = make_folds(tiny_data, tmp_path / "b.csv", k=3, seed=3, n_jobs=1)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert a.equals(b)
+
+
+def test_stratified_by_area():
+    # 50 cars: areas 0.01..0.50; each fold should get cars from every area quintile.
+    rows = [
+        (f"{i:012x}_{v:02d}.jpg", f"{i:012x}", v, 0.01 * (i + 1), 1918, 1280) for i in range(50) for v in range(1, 17)
+    ]
+    df = pd.DataFrame(rows, columns=["img", "car_id", "view", "mask_area", "width", "height"])
+    out = assign_folds(df, k=5, seed=0)
+    cars = out.groupby("car_id").agg(fold=("fold", "first"), area=("mask_area", "mean"))
+    cars["bin"] = pd.qcut(cars.area, 5, labels=False)
+    assert (cars.groupby("fold").size() == 10).all()
+    assert (pd.crosstab(cars.fold, cars.bin) == 2).all().all()
+    means = cars.groupby("fold").area.mean()
+    assert means.max() - means.min() < 0.05
+
+
+def _copy(tiny_data, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_data, dst)
+    return dst
+
+
+def test_missing_mask_named(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    victim = sorted((data / "train_masks").iterdir())[3]
+    victim.unlink()
+    with pytest.raises(DataError, match=victim.name):
+        scan_train(Layout(data), n_jobs=1)
+
+
+def test_mask_size_mismatch_named(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    victim = sorted((data / "train_masks").iterdir())[0]
+    small = Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").convert("P")
+    small.save(victim)
+    with pytest.raises(DataError, match=rf"{victim.name}.*10x10"):
+        scan_train(Layout(data), n_jobs=1)
+
+
+def test_bad_mask_values_named(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    victim = sorted((data / "train_masks").iterdir())[1]
+    bad = Image.fromarray(np.array(Image.open(victim)) * 2, mode="P")  # palette indices 0/2
+    bad.putpalette([0, 0, 0, 128, 128, 128, 255, 255, 255])
+    bad.save(victim, format="GIF", optimize=False)
+    with pytest.raises(DataError, match=rf"{victim.name}.*expected only 0 and 1"):
+        scan_train(Layout(data), n_jobs=1)
+
+
+def test_bad_name_named(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    (data / "train" / "holiday.jpg").write_bytes(
+        (data / "train" / sorted(p.name for p in (data / "train").iterdir())[0]).read_bytes()
+    )
+    (data / "train_masks" / "holiday_mask.gif").write_bytes(next((data / "train_masks").iterdir()).read_bytes())
+    with pytest.raises(DataError, match="holiday.jpg"):
+        scan_train(Layout(data), n_jobs=1)
+
+
+def test_too_few_cars():
+    df = pd.DataFrame({"img": ["a"], "car_id": ["x"], "view": [1], "mask_area": [0.1], "width": [1], "height": [1]})
+    with pytest.raises(DataError, match="at least 5 cars"):
+        assign_folds(df, k=5)

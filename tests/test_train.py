@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from pipeline.train import Trainer
+from tests.conftest import tiny_config
+
+
+def test_training_steps_lower_the_loss(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "runs")
+    t = Trainer(cfg, quiet=True)
+    batch = next(iter(torch.utils.data.DataLoader(t.val_ds, batch_size=8)))
+    t.model.train()
+    opt = torch.optim.Adam(t.model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = t.loss_fn(t.model(batch["image"]), batch["mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_continues_identically(tiny_data, tmp_path):
+    # Uninterrupted: 2 epochs.
+    a = Trainer(tiny_config(tiny_data, tmp_path / "a"), quiet=True)
+    a.fit()
+    # Killed right after epoch 1's checkpoint, then resumed by a new Trainer (a new process).
+    b = Trainer(tiny_config(tiny_data, tmp_path / "b"), quiet=True)
+    real_write = b._write_history
+
+    def crash_after_checkpoint():
+        real_write()
+        raise KeyboardInterrupt
+
+    b._write_history = crash_after_checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    b2 = Trainer(tiny_config(tiny_data, tmp_path / "b"), quiet=True)
+    assert b2.epoch == 1 and not b2.finished
+    b2.fit()
+    assert b2.epoch == 2
+    pa, pb = _params(a.model), _params(b2.model)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), f"{k} differs after resume"
+    assert a.history[-1]["train_loss"] == b2.history[-1]["train_loss"]
+    sa, sb = a.optimizer.state_dict()["state"], b2.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
