@@ -17,8 +17,11 @@ SUBMISSION ?= submissions/submission.csv.gz
 ARGS ?=
 
 DEMO_DIR ?= demo
-DEMO_MODELS ?= demo-resnet18 demo-mobilenetv3
+DEMO_MODELS ?= demo-mobilenetv3-large demo-mobilenetv3
 DEMO_VARS = DATA=$(DEMO_DIR)/data FOLDS_CSV=$(DEMO_DIR)/folds.csv RUNS=$(DEMO_DIR)/runs
+comma := ,
+space := $(subst ,, )
+DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
 .PHONY: help install demo test lint format folds train ensemble submission validate clean-demo bench
 
@@ -60,7 +63,7 @@ demo: $(STAMP)
 	@test -f $(DEMO_DIR)/data/sample_submission.csv || $(PY) -m pipeline demo-data --out $(DEMO_DIR)/data
 	$(MAKE) --no-print-directory folds $(DEMO_VARS)
 	for m in $(DEMO_MODELS); do $(MAKE) --no-print-directory train MODEL=$$m FOLD=all $(DEMO_VARS) || exit 1; done
-	$(MAKE) --no-print-directory ensemble $(DEMO_VARS)
+	$(MAKE) --no-print-directory ensemble $(DEMO_VARS) ARGS="--members $(DEMO_MEMBERS)"
 	$(MAKE) --no-print-directory submission $(DEMO_VARS)
 	@$(PY) -c "import json; r = json.load(open('$(RECIPE)')); \
 		print(f\"demo done: $(SUBMISSION) | out-of-fold Dice {r['oof']['dice']:.5f} on {r['oof']['n_images']} images\")"
