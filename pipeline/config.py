@@ -66,7 +66,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     early_stopping: int = 8  # epochs without validation improvement; 0 disables
     num_workers: int = 4
-    cache_images: bool = False  # keep resized train/val images in RAM (small datasets only)
+    cache_images: bool = False  # keep resized images in RAM: small datasets with num_workers=0 only
     val_every: int = 1
 
 

@@ -112,7 +112,10 @@ def read_image(path: str | Path, height: int | None = None, width: int | None = 
         raise DataError(f"{path}: cannot decode image (missing, truncated or not an image)")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if height and width and img.shape[:2] != (height, width):
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+        # After DCT scaling the remaining factor is usually in (0.5, 1]: bilinear is alias-free
+        # enough there and ~5x faster than INTER_AREA at non-integer ratios (make bench).
+        mild = height > img.shape[0] / 2 and width > img.shape[1] / 2
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR if mild else cv2.INTER_AREA)
     return img
 
 
