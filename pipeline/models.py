@@ -44,7 +44,12 @@ class SegModel(nn.Module):
 
 
 def _read_state_dict(path: Path) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":  # the smp-hub / timm hub format
+        from safetensors.torch import load_file
+
+        obj = load_file(path)
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model", "encoder"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -90,7 +95,7 @@ def build_model(mcfg: ModelConfig) -> SegModel:
 
 
 def _looks_like_path(weights: str) -> bool:
-    return any(weights.endswith(ext) for ext in (".pth", ".pt", ".bin", ".ckpt")) or "/" in weights
+    return any(weights.endswith(ext) for ext in (".pth", ".pt", ".bin", ".ckpt", ".safetensors")) or "/" in weights
 
 
 def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegModel, Config]:

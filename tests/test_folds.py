@@ -7,6 +7,7 @@ from PIL import Image
 
 from pipeline.data import DataError, Layout, read_mask
 from pipeline.folds import assign_folds, make_folds, scan_train
+from tests.conftest import REAL, needs_real_data
 
 
 def test_group_kfold_invariants(tiny_data, tmp_path):
@@ -90,3 +91,13 @@ def test_too_few_cars():
     df = pd.DataFrame({"img": ["a"], "car_id": ["x"], "view": [1], "mask_area": [0.1], "width": [1], "height": [1]})
     with pytest.raises(DataError, match="at least 5 cars"):
         assign_folds(df, k=5)
+
+
+@needs_real_data()
+def test_real_sample_folds(tmp_path):
+    df = make_folds(REAL, tmp_path / "folds.csv", k=5, seed=42)
+    assert len(df) == 960 and df.car_id.nunique() == 60
+    assert (df.groupby("car_id").fold.nunique() == 1).all()
+    assert (df.groupby("fold").car_id.nunique() == 12).all()
+    assert ((df.width == 1918) & (df.height == 1280)).all()
+    assert df.mask_area.between(0.09, 0.42).all()

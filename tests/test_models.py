@@ -30,6 +30,16 @@ def test_local_weights_file_is_loaded(tmp_path):
     assert not torch.equal(fresh.net.encoder.conv1.weight, source.net.encoder.conv1.weight)
 
 
+def test_safetensors_weights_file_is_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    source = build_model(_tiny())
+    path = tmp_path / "model.safetensors"
+    save_file({f"encoder.{k}": v.contiguous() for k, v in source.net.encoder.state_dict().items()}, path)
+    loaded = build_model(_tiny(path))
+    assert torch.equal(loaded.net.encoder.conv1.weight, source.net.encoder.conv1.weight)
+
+
 def test_mismatched_weights_file_fails_clearly(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
