@@ -65,8 +65,7 @@ def make_submission(
     recipe_path, out = Path(recipe_path), Path(out)
     if not recipe_path.is_file():
         raise DataError(f"{recipe_path}: recipe not found; run `make ensemble` first")
-    recipe_bytes = recipe_path.read_bytes()
-    recipe = json.loads(recipe_bytes)
+    recipe = json.loads(recipe_path.read_text())
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
     names = read_sample_names(layout.sample_submission)
@@ -78,7 +77,13 @@ def make_submission(
             f"{layout.test_dir / missing[0]}: test image listed in sample_submission.csv not found "
             f"({len(missing)} missing in all)"
         )
-    key = {"recipe": _sha(recipe_bytes), "sample": _sha("\n".join(names).encode()), "data": str(Path(data_dir))}
+    # What the rows depend on; the recipe's timestamps are left out so a re-tuned identical recipe matches.
+    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds")}
+    key = {
+        "recipe": _sha(json.dumps(stable, sort_keys=True).encode()),
+        "sample": _sha("\n".join(names).encode()),
+        "data": str(Path(data_dir)),
+    }
     summary_path = out.with_name(out.name + ".json")
     if out.exists() and summary_path.exists() and not force:
         done = read_json(summary_path)
