@@ -51,3 +51,16 @@ def test_resume_continues_identically(tiny_data, tmp_path):
     assert a.history[-1]["train_loss"] == b2.history[-1]["train_loss"]
     sa, sb = a.optimizer.state_dict()["state"], b2.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
+    # lr 0: validation Dice never improves after epoch 1, so patience 1 stops after epoch 2 of 5.
+    cfg = tiny_config(tiny_data, tmp_path / "runs", **{"train.lr": 0.0, "train.epochs": 5, "train.early_stopping": 1})
+    t = Trainer(cfg, quiet=True)
+    t.fit()
+    assert t.finished and t.epoch == 2
+    best = torch.load(cfg.run_dir / "best.pt", weights_only=False)
+    assert best["epoch"] == 1 and best["val_dice"] == t.history[0]["val_dice"]
+    again = Trainer(cfg, quiet=True)  # a finished run is not trained further when re-run
+    again.fit()
+    assert again.epoch == 2
