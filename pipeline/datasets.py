@@ -59,12 +59,9 @@ class InferenceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         path = self.images[i]
         w0, h0 = image_size(path)
-        full = None
         item = {"name": Path(path).name, "height": h0, "width": w0}
         for k, (h, w) in enumerate(self.sizes):
-            # Each size decodes through read_image, exactly as in training (DCT-scaled decode).
-            img = read_image(path, h, w) if (h, w) != (h0, w0) else (full if full is not None else read_image(path))
-            if (h, w) == (h0, w0):
-                full = img
+            # Through read_image, exactly as in training (DCT-scaled decode, same resize).
+            img = read_image(path, h, w)
             item[f"x{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return item

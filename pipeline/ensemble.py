@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .data import DataError, Layout, read_mask
 from .engine import blend
 from .io_utils import atomic_path, read_json, write_json
-from .metrics import dice_from_counts
+from .metrics import dice, dice_from_counts
 
 MAX_COMBOS = 2000
 
@@ -103,29 +103,27 @@ def dice_by_threshold(hist: np.ndarray) -> np.ndarray:
     return dice_from_counts(tp, fp, fn)
 
 
+def _load(layout: Layout, img: str, members: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(the members' uint8 maps (M, H, W), the GIF mask) of one image."""
+    mask = read_mask(layout.mask(img))
+    maps = np.stack([_read_q(_oof_path(m["by_image"][img], img)) for m in members])
+    if maps.shape[1:] != mask.shape:
+        raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
+    return maps, mask
+
+
 def _chunk_scores(layout: Layout, images: list[str], members: list[dict], combos: np.ndarray) -> np.ndarray:
     total = np.zeros((len(combos), 256))
     for img in images:
-        mask = read_mask(layout.mask(img))
-        maps = np.stack([_read_q(_oof_path(members[j]["by_image"][img], img)) for j in range(len(members))])
-        if maps.shape[1:] != mask.shape:
-            raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
+        maps, mask = _load(layout, img, members)
         total += dice_by_threshold(image_histograms(maps, mask, combos))
     return total
 
 
 def _per_image(layout: Layout, img: str, members: list[dict], weights: list[int], threshold: int) -> list[float]:
-    mask = read_mask(layout.mask(img))
-    maps = np.stack([_read_q(_oof_path(m["by_image"][img], img)) for m in members])
-    out = [float(dice_from_counts(*_counts(blend(maps, weights) >= threshold, mask)))]
-    out += [float(dice_from_counts(*_counts(q >= threshold, mask))) for q in maps]
-    return out
-
-
-def _counts(pred: np.ndarray, mask: np.ndarray):
-    m = mask.astype(bool)
-    tp = np.count_nonzero(pred & m)
-    return tp, np.count_nonzero(pred) - tp, np.count_nonzero(m) - tp
+    """Dice of the blend and of each member alone, at the recipe's threshold."""
+    maps, mask = _load(layout, img, members)
+    return [dice(blend(maps, weights) >= threshold, mask)] + [dice(q >= threshold, mask) for q in maps]
 
 
 def tune(

@@ -9,6 +9,7 @@ fold as complete). Re-running the same command resumes from ``last.pt``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -113,8 +114,7 @@ class Trainer:
 
         seed_everything(cfg.seed)  # the random init of the decoder (and encoder without weights)
         if resume:  # weights come from the checkpoint: do not fetch the encoder again
-            mcfg = type(cfg.model)(**{**cfg.model.__dict__, "encoder_weights": "none"})
-            self.model = build_model(mcfg)
+            self.model = build_model(dataclasses.replace(cfg.model, encoder_weights="none"))
         else:
             self.model = build_model(cfg.model)
         self.model.to(self.device)
@@ -224,6 +224,15 @@ class Trainer:
             persistent_workers=False,
         )
 
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, target) of a batch, under AMP and channels_last where configured."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype):
+            logits = self.model(x)
+        return logits, batch["mask"].to(self.device, non_blocking=True)
+
     def train_epoch(self) -> float:
         t = self.cfg.train
         seed = self.cfg.seed * 1000 + self.epoch
@@ -239,12 +248,7 @@ class Trainer:
             disable=self.quiet,
         )
         for batch in bar:
-            x = batch["image"].to(self.device, non_blocking=True)
-            y = batch["mask"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, t.amp, t.amp_dtype):
-                logits = self.model(x)
+            logits, y = self._forward(batch)
             loss = self.loss_fn(logits, y)  # fp32 (the losses cast)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -263,12 +267,8 @@ class Trainer:
         loader = DataLoader(self.val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
         losses, dices = [], []
         for batch in tqdm(loader, desc="validate", leave=False, disable=self.quiet):
-            x, y = batch["image"].to(self.device), batch["mask"].to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, t.amp, t.amp_dtype):
-                logits = self.model(x)
-            losses.append(self.loss_fn(logits, y).item() * len(x))
+            logits, y = self._forward(batch)
+            losses.append(self.loss_fn(logits, y).item() * len(y))
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
         return float(np.sum(losses) / n), float(torch.cat(dices).mean())
