@@ -54,9 +54,11 @@ def test_resume_continues_identically(tiny_data, tmp_path):
 
 
 def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
-    # lr 0: validation Dice never improves after epoch 1, so patience 1 stops after epoch 2 of 5.
-    cfg = tiny_config(tiny_data, tmp_path / "runs", **{"train.lr": 0.0, "train.epochs": 5, "train.early_stopping": 1})
+    # Validation Dice 0.5 then 0.4: with patience 1 training stops after epoch 2 of 5, best is epoch 1.
+    cfg = tiny_config(tiny_data, tmp_path / "runs", **{"train.epochs": 5, "train.early_stopping": 1})
     t = Trainer(cfg, quiet=True)
+    scores = iter([(1.0, 0.5), (1.0, 0.4), (1.0, 0.3)])
+    t.validate = lambda: next(scores)
     t.fit()
     assert t.finished and t.epoch == 2
     best = torch.load(cfg.run_dir / "best.pt", weights_only=False)
