@@ -49,7 +49,15 @@ def cmd_train(a) -> None:
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
-    tune(a.runs, a.data, a.out, names=a.members.split(",") if a.members else None, steps=a.steps, n_jobs=a.jobs)
+    tune(
+        a.runs,
+        a.data,
+        a.out,
+        names=a.members.split(",") if a.members else None,
+        steps=a.steps,
+        n_jobs=a.jobs,
+        postprocess_steps=a.postprocess,
+    )
 
 
 def cmd_submission(a) -> None:
@@ -143,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--steps", type=int, default=10, help="weight grid resolution (10 = steps of 0.1)")
     s.add_argument("--jobs", type=int, default=-1)
+    s.add_argument(
+        "--postprocess",
+        default="auto",
+        help="auto (try each candidate, keep the best only if out-of-fold Dice rises), none, or steps a,b",
+    )
     s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("evaluate", help="score predictions against the masks at full resolution (per image)")

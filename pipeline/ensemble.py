@@ -27,6 +27,8 @@ from .data import DataError, Layout, read_mask
 from .engine import blend
 from .io_utils import atomic_path, read_json, write_json
 from .metrics import dice, dice_from_counts
+from .postprocess import apply as postprocess
+from .postprocess import parse_steps
 
 MAX_COMBOS = 2000
 
@@ -129,10 +131,28 @@ def _chunk_scores(layout: Layout, images: list[str], maps_of: list[dict], combos
     return total
 
 
-def _per_image(layout: Layout, img: str, maps_of: list[dict], weights: list[int], threshold: int) -> list[float]:
-    """Dice of the blend and of each member alone, at the recipe's threshold."""
+# Post-processing candidates tried on the tuned blend; one is kept only if out-of-fold Dice rises.
+POSTPROCESS_CANDIDATES = (
+    ("largest_cc",),
+    ("remove_small",),
+    ("fill_holes",),
+    ("smooth_contour",),
+    ("remove_small", "fill_holes"),
+    ("remove_small", "fill_holes", "smooth_contour"),
+)
+
+
+def _per_image(
+    layout: Layout, img: str, maps_of: list[dict], weights: list[int], threshold: int, candidates: list[list[str]]
+) -> list[float]:
+    """Dice of the blend, of the blend after each post-processing candidate, and of each member alone."""
     maps, mask = load_maps(layout, img, maps_of)
-    return [dice(blend(maps, weights) >= threshold, mask)] + [dice(q >= threshold, mask) for q in maps]
+    binary = (blend(maps, weights) >= threshold).astype(np.uint8)
+    return (
+        [dice(binary, mask)]
+        + [dice(postprocess(binary, steps), mask) for steps in candidates]
+        + [dice(q >= threshold, mask) for q in maps]
+    )
 
 
 def tune(
@@ -143,8 +163,16 @@ def tune(
     steps: int = 10,
     n_jobs: int = -1,
     quiet: bool = False,
+    postprocess_steps: str = "auto",
 ) -> dict:
+    """Tune weights and threshold; then post-processing: ``"auto"`` tries POSTPROCESS_CANDIDATES and
+    keeps the best only if it raises out-of-fold Dice, ``"none"`` skips it, anything else (e.g.
+    ``"fill_holes,smooth_contour"``) is scored and applied as given."""
     start = time.time()
+    if postprocess_steps == "auto":
+        candidates = [list(c) for c in POSTPROCESS_CANDIDATES]
+    else:
+        candidates = [parse_steps(postprocess_steps)] if parse_steps(postprocess_steps) else []
     layout = Layout(data_dir)
     found = discover(runs_dir, names)
     members = []
@@ -174,12 +202,22 @@ def tune(
     weights = combos[ci].tolist()
 
     per_image = Parallel(n_jobs=n_jobs)(
-        delayed(_per_image)(layout, img, maps_of, weights, int(threshold))
+        delayed(_per_image)(layout, img, maps_of, weights, int(threshold), candidates)
         for img in tqdm(common, desc="score recipe", unit="img", disable=quiet)
     )
-    cols = ["blend"] + [m["name"] for m in members]
+    names = ["+".join(c) for c in candidates]
+    cols = ["blend"] + [f"blend+{n}" for n in names] + [m["name"] for m in members]
     scores = pd.DataFrame(per_image, columns=cols)
     scores.insert(0, "img", common)
+    base = float(scores.blend.mean())
+    pp_gain = {n: float(scores[f"blend+{n}"].mean()) - base for n in names}
+    if postprocess_steps == "auto":
+        best = max(pp_gain, key=pp_gain.get, default=None)
+        chosen = parse_steps(best) if best is not None and pp_gain[best] > 0 else []
+    else:
+        chosen = candidates[0] if candidates else []
+    if chosen:
+        scores["blend"] = scores[f"blend+{'+'.join(chosen)}"]
 
     steps_total = int(combos[0].sum())
     vertex = {m["name"]: int(np.flatnonzero(combos[:, j] == steps_total)[0]) for j, m in enumerate(members)}
@@ -189,6 +227,9 @@ def tune(
         "runs_dir": str(runs_dir),
         "threshold": int(threshold),
         "threshold_probability": round(int(threshold) / 255, 6),
+        "postprocess": chosen,
+        # Mean out-of-fold Dice gained by each candidate over the thresholded blend (negative: it hurts).
+        "postprocess_gain": pp_gain,
         "weight_total": int(sum(weights)),
         "members": [
             {
@@ -206,7 +247,8 @@ def tune(
         ],
         "oof": {
             "n_images": len(common),
-            "dice": float(mean[ci, threshold]),
+            "dice": float(scores.blend.mean()),
+            "dice_before_postprocess": float(mean[ci, threshold]),
             "dice_at_0.5": float(mean[ci, 128]),
             "dice_percentiles": {f"p{p}": float(np.percentile(scores.blend, p)) for p in (1, 5, 25, 50)},
             "weight_step": 1 / steps,
@@ -218,7 +260,9 @@ def tune(
     with atomic_path(out.with_name(out.stem + "_oof_scores.csv")) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.6f")
     if not quiet:
-        tqdm.write(json.dumps({k: recipe[k] for k in ("threshold", "oof")}, indent=1))
+        tqdm.write(
+            json.dumps({k: recipe[k] for k in ("threshold", "postprocess", "postprocess_gain", "oof")}, indent=1)
+        )
         for m in recipe["members"]:
             tqdm.write(
                 f"  {m['name']}: weight {m['weight']}/{recipe['weight_total']}, folds {m['folds']}, "
