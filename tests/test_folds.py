@@ -101,3 +101,49 @@ def test_real_sample_folds(tmp_path):
     assert (df.groupby("fold").car_id.nunique() == 12).all()
     assert ((df.width == 1918) & (df.height == 1280)).all()
     assert df.mask_area.between(0.09, 0.42).all()
+
+
+def test_an_index_gives_the_same_folds_as_the_images(tiny_data, tmp_path):
+    from_images = make_folds(tiny_data, tmp_path / "a.csv", k=3, seed=5, n_jobs=1)
+    index = tmp_path / "index.csv"
+    from_images.drop(columns=["fold"]).sample(frac=1, random_state=0).to_csv(index, index=False)  # any row order
+    make_folds(None, tmp_path / "b.csv", k=3, seed=5, index=index)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    bad = pd.read_csv(index)
+    bad.loc[0, "view"] = 17 if bad.loc[0, "view"] != 17 else 1
+    bad.to_csv(index, index=False)
+    with pytest.raises(DataError, match=f"{index}: row '{bad.img[0]}'"):
+        make_folds(None, tmp_path / "c.csv", index=index)
+    bad.drop(columns=["mask_area"]).to_csv(index, index=False)
+    with pytest.raises(DataError, match="missing columns \\['mask_area'\\]"):
+        make_folds(None, tmp_path / "c.csv", index=index)
+
+
+def test_published_folds_are_the_folds_of_the_kaggle_train_index(tmp_path):
+    """folds/folds.csv (committed) is a group k-fold of the whole Kaggle train set, and exactly what
+    `make folds INDEX=../shared/data/kaggle_train_index.csv` gives."""
+    from pathlib import Path
+
+    published = Path(__file__).resolve().parents[1] / "folds" / "folds.csv"
+    df = pd.read_csv(published)
+    assert len(df) == 5088 and df.car_id.nunique() == 318 and df.img.is_unique
+    assert (df.groupby("car_id").fold.nunique() == 1).all() and (df.groupby("car_id").size() == 16).all()
+    assert sorted(df.fold.unique()) == [0, 1, 2, 3, 4]
+    cars = df.groupby("fold").car_id.nunique()
+    assert cars.max() - cars.min() <= 1
+    area = df.groupby("fold").mask_area.mean()
+    assert area.max() - area.min() < 0.01  # stratified: folds alike in car size
+    index = REAL.parent / "kaggle_train_index.csv"
+    if not index.is_file():
+        pytest.skip(f"Kaggle train index not found at {index} (../shared)")
+    make_folds(None, tmp_path / "f.csv", index=index)
+    assert (tmp_path / "f.csv").read_bytes() == published.read_bytes()
+
+
+@needs_real_data()
+def test_real_masks_match_the_published_index():
+    """The index's mask areas are those of the real masks (so index folds = image folds)."""
+    index = pd.read_csv(REAL.parent / "kaggle_train_index.csv").set_index("img")
+    scanned = scan_train(Layout(REAL), n_jobs=1).set_index("img")
+    assert len(scanned) == 960
+    assert (index.loc[scanned.index, "mask_area"] == scanned.mask_area).all()
