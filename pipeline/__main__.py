@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
 def _folds_arg(value: str) -> list[int] | None:
-    return None if value == "all" else [int(v) for v in value.split(",")]
+    from .config import ConfigError
+
+    try:
+        return None if value == "all" else [int(v) for v in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--fold {value!r}: expected a fold number, a comma list (0,2) or 'all'") from None
 
 
 def cmd_demo_data(a) -> None:
@@ -23,7 +29,7 @@ def cmd_demo_data(a) -> None:
 def cmd_folds(a) -> None:
     from .folds import make_folds, summary
 
-    df = make_folds(a.data, a.out, k=a.k, seed=a.seed)
+    df = make_folds(a.data, a.out, k=a.k, seed=a.seed, strict=a.strict)
     print(summary(df))
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
 
@@ -49,12 +55,23 @@ def cmd_train(a) -> None:
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
-    tune(a.runs, a.data, a.out, names=a.members.split(",") if a.members else None, steps=a.steps, n_jobs=a.jobs)
+    tune(
+        a.runs,
+        a.data,
+        a.out,
+        names=a.members.split(",") if a.members else None,
+        steps=a.steps,
+        n_jobs=a.jobs,
+        allow_incomplete=a.allow_incomplete,
+    )
 
 
 def cmd_submission(a) -> None:
+    from .checks import check_device, check_recipe
     from .submission import make_submission
 
+    check_device(a.device, "--device")
+    check_recipe(a.recipe)
     make_submission(
         a.recipe,
         a.data,
@@ -96,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", default="folds/folds.csv")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--strict", action="store_true", help="cars without exactly views 01..16 are an error")
     s.set_defaults(func=cmd_folds)
 
     s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
@@ -116,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--steps", type=int, default=10, help="weight grid resolution (10 = steps of 0.1)")
     s.add_argument("--jobs", type=int, default=-1)
+    s.add_argument(
+        "--allow-incomplete", action="store_true", help="tune even if a member lacks folds (on the images all cover)"
+    )
     s.set_defaults(func=cmd_ensemble)
 
     s = sub.add_parser("submission", help="predict test images with the recipe -> Kaggle .csv.gz (resumable)")
@@ -135,16 +156,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", default="data")
     s.set_defaults(func=cmd_validate)
 
-    a = p.parse_args(argv)
-    from .config import ConfigError
-    from .data import DataError
-    from .validate import SubmissionError
+    # Errors: one line naming the file or option (errors.PipelineError); --debug (anywhere on the
+    # command line) or PIPELINE_DEBUG=1 shows the full traceback instead.
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
+    a = p.parse_args([v for v in argv if v != "--debug"])
+    from .errors import PipelineError, user_message
 
     start = time.time()
     try:
         a.func(a)
-    except (DataError, ConfigError, SubmissionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (PipelineError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

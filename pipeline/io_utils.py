@@ -57,3 +57,32 @@ def file_sha256(path: str | os.PathLike, n_hex: int = 16) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:n_hex]
+
+
+_MAGIC = {b"\x1f\x8b": "gzip", b"PK": "zip", b"BZ": "bzip2", b"\xfd7": "xz"}
+
+
+def check_csv_name(path: str | os.PathLike, error=None) -> str | None:
+    """The compression a CSV's name promises ("gzip" for .gz, None for .csv), checked against its bytes.
+
+    pandas and Kaggle both go by the name, so a file whose name and content disagree (gzip bytes
+    named .csv, plain text named .csv.gz) would fail later with a decode error or be rejected
+    after upload: refuse it here, naming the file. Other names (e.g. ``.part``) go by content.
+    """
+    if error is None:
+        from .errors import DataError as error
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    content = _MAGIC.get(head)
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        if content != "gzip":
+            what = f"{content} data" if content else "not gzip data (plain text?)"
+            raise error(f"{path}: named .gz but {what}; compress it with gzip or drop the .gz from the name")
+        return "gzip"
+    if name.endswith(".csv"):
+        if content is not None:
+            raise error(f"{path}: named .csv but holds {content}-compressed data; name it .csv.gz or decompress it")
+        return None
+    return "gzip" if content == "gzip" else None
