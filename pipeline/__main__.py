@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, FileNotFoundError) as e:
         if debug:
             raise
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # bars left open by the exception: end their line
+            bar.close()
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

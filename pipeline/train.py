@@ -91,9 +91,10 @@ def clear_fold_outputs(run_dir: Path) -> None:
 
 def _check_finite(value: float, what: str, run_dir: Path, epoch: int) -> None:
     if not math.isfinite(value):
+        kept = f"last.pt and best.pt keep the last good state (epoch {epoch})" if epoch else "no checkpoint written"
         raise TrainingError(
-            f"{run_dir}: {what} is {value} in epoch {epoch + 1}; stopped. last.pt and best.pt keep the last "
-            f"good state (epoch {epoch}). Lower train.lr, try train.amp=false, or check the data."
+            f"{run_dir}: {what} is {value} in epoch {epoch + 1}; stopped, {kept}. "
+            "Lower train.lr, try train.amp=false, or check the data."
         )
 
 

@@ -48,6 +48,8 @@ def validate_submission(path: str | Path, names: list[str], width: int, height: 
     Streams the file; raises SubmissionError naming the row and image of the first problem.
     """
     path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: not found")
     csv.field_size_limit(sys.maxsize)
     n_pixels = width * height
     empty = 0

@@ -96,7 +96,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_data, tmp_path
         return loss * float("nan") if t.model.training and t.epoch >= 1 else loss
 
     t.loss_fn = explodes_in_epoch_2
-    with pytest.raises(TrainingError, match=r"training loss is nan in epoch 2.*keep the last good state \(epoch 1\)"):
+    with pytest.raises(
+        TrainingError,
+        match=r"training loss is nan in epoch 2; stopped, last.pt and best.pt keep the last good state \(epoch 1\)",
+    ):
         t.fit()
     last = torch.load(cfg.run_dir / "last.pt", weights_only=False)
     best = torch.load(cfg.run_dir / "best.pt", weights_only=False)
