@@ -17,8 +17,21 @@ def _folds_arg(value: str) -> list[int] | None:
         raise ConfigError(f"--fold {value!r}: expected a fold number, a comma list (0,2) or 'all'") from None
 
 
+def _at_least(option: str, value: int, low: int) -> None:
+    """Sizes and counts checked up front: a clear error instead of one from deep inside a library."""
+    from .config import ConfigError
+
+    if value < low:
+        raise ConfigError(f"{option} {value}: must be at least {low}")
+
+
 def cmd_demo_data(a) -> None:
     from .demo_data import generate
+
+    for option, value, low in (("--train-cars", a.train_cars, 1), ("--test-cars", a.test_cars, 1)):
+        _at_least(option, value, low)
+    _at_least("--width", a.width, 32)
+    _at_least("--height", a.height, 32)
 
     out = generate(
         a.out, n_train_cars=a.train_cars, n_test_cars=a.test_cars, width=a.width, height=a.height, seed=a.seed
@@ -55,6 +68,11 @@ def cmd_train(a) -> None:
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
+    if a.jobs == 0:  # joblib: -1 = all cores, n >= 1
+        from .config import ConfigError
+
+        raise ConfigError("--jobs 0: use -1 (all cores) or a number of processes >= 1")
+
     tune(
         a.runs,
         a.data,
@@ -71,6 +89,10 @@ def cmd_submission(a) -> None:
     from .submission import make_submission
 
     check_device(a.device, "--device")
+    _at_least("--batch-size", a.batch_size, 1)
+    _at_least("--num-workers", a.num_workers, 0)
+    if a.limit is not None:
+        _at_least("--limit", a.limit, 1)
     check_recipe(a.recipe)
     make_submission(
         a.recipe,

@@ -327,6 +327,21 @@ def test_cuda_without_gpu(cli, tmp_path):
     assert "--device=cuda:1: CUDA asked for" in cli("submission", "--recipe", recipe, "--device", "cuda:1")
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["demo-data", "--width", "0"], "--width 0: must be at least 32"),
+        (["demo-data", "--train-cars", "0"], "--train-cars 0: must be at least 1"),
+        (["submission", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["ensemble", "--jobs", "0"], "--jobs 0: use -1 (all cores)"),
+        (["ensemble", "--steps", "0"], "--steps 0: the weight grid needs at least 1 step"),
+    ],
+)
+def test_size_options(cli, tmp_path, argv, expected):
+    assert expected in cli(*argv, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_folds_k_below_2(cli, tiny_data, tmp_path):
     assert "--k 1: k-fold needs at least 2 folds" in cli(
         "folds", "--data", tiny_data, "--out", tmp_path / "f.csv", "--k", "1"
