@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
 def _folds_arg(value: str) -> list[int] | None:
-    return None if value == "all" else [int(v) for v in value.split(",")]
+    from .config import ConfigError
+
+    try:
+        return None if value == "all" else [int(v) for v in value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--fold {value!r}: expected a fold number, a comma list (0,2) or 'all'") from None
+
+
+def _at_least(option: str, value: int, low: int) -> None:
+    """Sizes and counts checked up front: a clear error instead of one from deep inside a library."""
+    from .config import ConfigError
+
+    if value < low:
+        raise ConfigError(f"{option} {value}: must be at least {low}")
 
 
 def cmd_demo_data(a) -> None:
     from .demo_data import generate
+
+    for option, value, low in (("--train-cars", a.train_cars, 1), ("--test-cars", a.test_cars, 1)):
+        _at_least(option, value, low)
+    _at_least("--width", a.width, 32)
+    _at_least("--height", a.height, 32)
 
     out = generate(
         a.out, n_train_cars=a.train_cars, n_test_cars=a.test_cars, width=a.width, height=a.height, seed=a.seed
@@ -23,7 +42,7 @@ def cmd_demo_data(a) -> None:
 def cmd_folds(a) -> None:
     from .folds import make_folds, summary
 
-    df = make_folds(a.data, a.out, k=a.k, seed=a.seed, index=a.index)
+    df = make_folds(a.data, a.out, k=a.k, seed=a.seed, index=a.index, strict=a.strict)
     print(summary(df))
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
 
@@ -49,6 +68,11 @@ def cmd_train(a) -> None:
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
+    if a.jobs == 0:  # joblib: -1 = all cores, n >= 1
+        from .config import ConfigError
+
+        raise ConfigError("--jobs 0: use -1 (all cores) or a number of processes >= 1")
+
     tune(
         a.runs,
         a.data,
@@ -57,12 +81,20 @@ def cmd_ensemble(a) -> None:
         steps=a.steps,
         n_jobs=a.jobs,
         postprocess_steps=a.postprocess,
+        allow_incomplete=a.allow_incomplete,
     )
 
 
 def cmd_submission(a) -> None:
+    from .checks import check_device, check_recipe
     from .submission import make_submission
 
+    check_device(a.device, "--device")
+    _at_least("--batch-size", a.batch_size, 1)
+    _at_least("--num-workers", a.num_workers, 0)
+    if a.limit is not None:
+        _at_least("--limit", a.limit, 1)
+    check_recipe(a.recipe)
     make_submission(
         a.recipe,
         a.data,
@@ -131,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--index", help="train-set index CSV (img,car_id,view,mask_area,width,height) instead of --data")
+    s.add_argument("--strict", action="store_true", help="cars without exactly views 01..16 are an error")
     s.set_defaults(func=cmd_folds)
 
     s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
@@ -155,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "--postprocess",
         default="auto",
         help="auto (try each candidate, keep the best only if out-of-fold Dice rises), none, or steps a,b",
+    )
+    s.add_argument(
+        "--allow-incomplete", action="store_true", help="tune even if a member lacks folds (on the images all cover)"
     )
     s.set_defaults(func=cmd_ensemble)
 
@@ -188,16 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", default="data")
     s.set_defaults(func=cmd_validate)
 
-    a = p.parse_args(argv)
-    from .config import ConfigError
-    from .data import DataError
-    from .validate import SubmissionError
+    # Errors: one line naming the file or option (errors.PipelineError); --debug (anywhere on the
+    # command line) or PIPELINE_DEBUG=1 shows the full traceback instead.
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
+    a = p.parse_args([v for v in argv if v != "--debug"])
+    from .errors import PipelineError, user_message
 
     start = time.time()
     try:
         a.func(a)
-    except (DataError, ConfigError, SubmissionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (PipelineError, FileNotFoundError) as e:
+        if debug:
+            raise
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # bars left open by the exception: end their line
+            bar.close()
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

@@ -7,6 +7,7 @@ checkpoint, so a model can always be rebuilt and predicted with exactly as it wa
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from .errors import PipelineError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(PipelineError, ValueError):
+    """A config file, ``--set`` override or option with a value that is not allowed; names it."""
 
 
 @dataclass
@@ -25,7 +28,9 @@ class ModelConfig:
     encoder: str = "vgg11"  # any smp encoder name, or "tu-<timm name>"
     # "imagenet" (downloaded by smp/timm from the hub), "none", or a path to a state-dict file
     encoder_weights: str = "imagenet"
-    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    # null: the architecture's own default, filled in when the model is built (models.resolve_model_config);
+    # an error for an architecture that has no such argument (it would be silently ignored).
+    decoder_channels: list[int] | None = None
     # A ResNet-style refinement block after the decoder (Heitzinger & Kampel): sees the logits and
     # the image at input resolution and adds a residual to the logits. 0 disables; else its width.
     refine: int = 0
@@ -162,7 +167,15 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            detail = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({detail}); quote it or fix the brackets"
+            ) from None
+        if not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ConfigError(f"--set {item!r}: empty key; use the form section.key=value, e.g. train.lr=1e-4")
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -177,7 +190,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            detail = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"{path}:{where} not valid YAML ({detail})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (YAML) file") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded
@@ -188,6 +209,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 def config_from_dict(data: dict) -> Config:
     cfg = _build(Config, data)
-    if cfg.image.height <= 0 or cfg.image.width <= 0:
-        raise ConfigError("image.height and image.width must be positive")
+    _check_ranges(cfg)
     return cfg
+
+
+# (path, smallest allowed value): sizes and counts that would fail deep inside torch otherwise.
+_MINIMUM = {
+    "image.height": 1,
+    "image.width": 1,
+    "fold": 0,
+    "train.epochs": 1,
+    "train.batch_size": 1,
+    "train.steps_per_epoch": 0,
+    "train.num_workers": 0,
+    "train.val_every": 1,
+    "train.early_stopping": 0,
+    "train.warmup_epochs": 0,
+    "train.weight_decay": 0,
+    "predict.batch_size": 1,
+    "predict.num_workers": 0,
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, low in _MINIMUM.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if value < low:
+            raise ConfigError(f"{key}={value}: must be at least {low}")
+    if not cfg.train.lr > 0 or not math.isfinite(cfg.train.lr):
+        raise ConfigError(f"train.lr={cfg.train.lr}: must be a positive number")
+    if cfg.model.decoder_channels is not None and any(c < 1 for c in cfg.model.decoder_channels):
+        raise ConfigError(f"model.decoder_channels={cfg.model.decoder_channels}: channel counts must be positive")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .data import DataError, Layout, read_mask
 from .engine import blend
-from .io_utils import atomic_path, read_json, write_json
+from .io_utils import atomic_path, check_csv_name, file_sha256, read_json, write_json
 from .metrics import dice, dice_from_counts
 from .postprocess import apply as postprocess
 from .postprocess import parse_steps
@@ -33,12 +33,59 @@ from .postprocess import parse_steps
 MAX_COMBOS = 2000
 
 
-def discover(runs_dir: str | Path, names: list[str] | None = None) -> dict[str, list[dict]]:
+_OOF_KEYS = {"fold": int, "tta": list, "height": int, "width": int, "checkpoint": str}
+
+
+def _read_oof_summary(path: Path) -> dict:
+    """One fold's oof.json, checked: it must exist as written by training, for the best.pt beside it."""
+    info = read_json(path)  # DataError naming the file if it is not JSON
+    bad = [k for k, t in _OOF_KEYS.items() if not isinstance(info, dict) or not isinstance(info.get(k), t)]
+    if bad:
+        raise DataError(f"{path}: malformed oof.json (missing or wrong {bad}); re-run that fold's training")
+    sha = info.get("checkpoint_sha256")
+    ckpt = path.parent / info["checkpoint"]
+    if sha is not None and (not ckpt.is_file() or file_sha256(ckpt) != sha):
+        raise DataError(
+            f"{path}: written for another {info['checkpoint']} than the one beside it (retrained or copied); "
+            "re-run that fold's training command to re-predict its out-of-fold maps"
+        )
+    return info
+
+
+def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomplete: bool) -> None:
+    """Every member must have every fold: of its folds CSV (recorded ``k``) and of the other members."""
+    union = {f["fold"] for folds in found.values() for f in folds}
+    problems = []
+    for name, folds in found.items():
+        have = {f["fold"] for f in folds}
+        ks = {f["folds"]["k"] for f in folds if isinstance(f.get("folds"), dict) and "k" in f["folds"]}
+        expected = union | set(range(max(ks))) if ks else union
+        if expected - have:
+            missing = sorted(expected - have)
+            where = ", ".join(str(runs_dir / name / f"fold{k}" / "oof.json") for k in missing[:3])
+            problems.append(f"{name} lacks fold(s) {missing} ({where} not found)")
+        splits = {f["folds"]["folds_sha"] for f in folds if isinstance(f.get("folds"), dict)}
+        if len(splits) > 1:  # one member's folds must partition one split, or images repeat or go missing
+            problems.append(f"{name}: its folds were trained on {len(splits)} different folds CSVs")
+    if not problems:
+        return
+    if not allow_incomplete:
+        raise DataError(
+            f"{runs_dir}: incomplete member(s): {'; '.join(problems)}. Train the missing folds, or pass "
+            "--allow-incomplete to tune on the images all members cover"
+        )
+    for p in problems:
+        tqdm.write(f"warning: {p} (--allow-incomplete)")
+
+
+def discover(
+    runs_dir: str | Path, names: list[str] | None = None, allow_incomplete: bool = False
+) -> dict[str, list[dict]]:
     """{member name: [oof.json of each completed fold, with its run dir]} sorted by name and fold."""
     runs_dir = Path(runs_dir)
     found: dict[str, list[dict]] = {}
     for summary in sorted(runs_dir.glob("*/fold*/oof.json")):
-        info = read_json(summary)
+        info = _read_oof_summary(summary)
         info["run_dir"] = str(summary.parent)
         found.setdefault(summary.parent.parent.name, []).append(info)
     if names:
@@ -56,6 +103,7 @@ def discover(runs_dir: str | Path, names: list[str] | None = None) -> dict[str, 
             raise DataError(
                 f"{runs_dir / name}: folds disagree on TTA {ttas} or input size {sizes}; retrain them with one config"
             )
+    _check_complete(runs_dir, found, allow_incomplete)
     return found
 
 
@@ -109,8 +157,11 @@ def member_images(folds: list[dict]) -> dict[str, str]:
     """{image: run dir of the fold that holds its out-of-fold map} over a member's completed folds."""
     by_image: dict[str, str] = {}
     for f in folds:
-        scores = pd.read_csv(Path(f["run_dir"]) / "oof_dice.csv")
-        by_image.update({img: f["run_dir"] for img in scores.img})
+        scores_csv = Path(f["run_dir"]) / "oof_dice.csv"
+        if not scores_csv.is_file():
+            raise DataError(f"{scores_csv}: not found; re-run that fold's training")
+        check_csv_name(scores_csv)
+        by_image.update({img: f["run_dir"] for img in pd.read_csv(scores_csv).img})
     return by_image
 
 
@@ -164,17 +215,20 @@ def tune(
     n_jobs: int = -1,
     quiet: bool = False,
     postprocess_steps: str = "auto",
+    allow_incomplete: bool = False,
 ) -> dict:
     """Tune weights and threshold; then post-processing: ``"auto"`` tries POSTPROCESS_CANDIDATES and
     keeps the best only if it raises out-of-fold Dice, ``"none"`` skips it, anything else (e.g.
     ``"fill_holes,smooth_contour"``) is scored and applied as given."""
     start = time.time()
+    if steps < 1:
+        raise DataError(f"--steps {steps}: the weight grid needs at least 1 step")
     if postprocess_steps == "auto":
         candidates = [list(c) for c in POSTPROCESS_CANDIDATES]
     else:
         candidates = [parse_steps(postprocess_steps)] if parse_steps(postprocess_steps) else []
     layout = Layout(data_dir)
-    found = discover(runs_dir, names)
+    found = discover(runs_dir, names, allow_incomplete=allow_incomplete)
     members = []
     for name, folds in found.items():
         members.append({"name": name, "folds": folds, "by_image": member_images(folds)})
@@ -237,6 +291,7 @@ def tune(
                 "weight": int(w),
                 "folds": [f["fold"] for f in m["folds"]],
                 "checkpoints": [str(Path(f["run_dir"]) / f["checkpoint"]) for f in m["folds"]],
+                "checkpoint_sha256": [f.get("checkpoint_sha256") for f in m["folds"]],
                 "tta": m["folds"][0]["tta"],
                 "height": m["folds"][0]["height"],
                 "width": m["folds"][0]["width"],

@@ -8,6 +8,7 @@ construction. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,17 @@ from joblib import Parallel, delayed
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
-from .data import DataError, Layout, image_size, list_images, parse_name, read_mask
-from .io_utils import atomic_path
+from .data import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
+from .io_utils import atomic_path, check_csv_name
 
 COLUMNS = ["img", "car_id", "view", "fold", "mask_area", "width", "height"]
+N_VIEWS = 16  # Carvana photographs every car from 16 angles, views 01..16
 
 
 def _inspect(layout: Layout, img: str) -> tuple[float, int, int]:
     """Check one image/mask pair; return (mask area fraction, width, height)."""
     w, h = image_size(layout.train_image(img))
+    check_jpeg_complete(layout.train_image(img))  # the header alone reads fine from a truncated file
     mask_path = layout.mask(img)
     mw, mh = image_size(mask_path)
     if (mw, mh) != (w, h):
@@ -66,8 +69,27 @@ def scan_train(layout: Layout, n_jobs: int = -1) -> pd.DataFrame:
     return df
 
 
+def check_views(df: pd.DataFrame, strict: bool = False) -> list[str]:
+    """Cars without exactly the views 01..16: returned (and printed as warnings), or a DataError if strict."""
+    problems = []
+    for car, views in df.groupby("car_id", sort=True).view:
+        bad = sorted(v for v in views if not 1 <= v <= N_VIEWS)
+        if bad:
+            problems.append(f"car {car}: view number(s) {bad} outside 01..{N_VIEWS}")
+        elif len(views) != N_VIEWS:
+            missing = sorted(set(range(1, N_VIEWS + 1)) - set(views))
+            problems.append(f"car {car}: {len(views)} views, expected {N_VIEWS} (missing {missing})")
+    if problems and strict:
+        raise DataError(f"{len(problems)} car(s) with unexpected views (--strict): " + "; ".join(problems[:5]))
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    return problems
+
+
 def assign_folds(df: pd.DataFrame, k: int = 5, seed: int = 42, n_bins: int = 5) -> pd.DataFrame:
     """Add a ``fold`` column: group k-fold by car id, stratified by the car's mean mask area."""
+    if k < 2:
+        raise DataError(f"--k {k}: k-fold needs at least 2 folds")
     cars = df.groupby("car_id", sort=True)["mask_area"].mean().reset_index()
     if len(cars) < k:
         raise DataError(f"{len(cars)} cars found; {k} folds need at least {k} cars")
@@ -114,9 +136,13 @@ def make_folds(
     seed: int = 42,
     n_jobs: int = -1,
     index: str | Path | None = None,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Folds from the train images and masks under ``data_dir``, or from an ``index`` CSV of them."""
+    if k < 2:
+        raise DataError(f"--k {k}: k-fold needs at least 2 folds")
     table = read_index(index) if index else scan_train(Layout(data_dir), n_jobs=n_jobs)
+    check_views(table, strict=strict)
     df = assign_folds(table, k=k, seed=seed)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6f")
@@ -127,10 +153,16 @@ def load_folds(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: folds file not found; run `make folds` first")
-    df = pd.read_csv(path)
+    check_csv_name(path)
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as e:  # pandas' parser errors are ValueErrors
+        raise DataError(f"{path}: unreadable as a CSV ({str(e).splitlines()[0][:120]}); re-run `make folds`") from None
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)}; re-run `make folds`")
+    if df.empty or not pd.api.types.is_integer_dtype(df.fold) or (df.fold < 0).any():
+        raise DataError(f"{path}: no rows, or a 'fold' that is not a whole number >= 0; re-run `make folds`")
     return df
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,5 +40,49 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def read_json(path: str | os.PathLike):
-    with open(path) as f:
-        return json.load(f)
+    """json.load; a DataError naming the file when it is not JSON (truncated, edited, binary)."""
+    from .errors import DataError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def file_sha256(path: str | os.PathLike, n_hex: int = 16) -> str:
+    """Content hash of a file (a checkpoint's identity: ~1 GB/s, so well under a second)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:n_hex]
+
+
+_MAGIC = {b"\x1f\x8b": "gzip", b"PK": "zip", b"BZ": "bzip2", b"\xfd7": "xz"}
+
+
+def check_csv_name(path: str | os.PathLike, error=None) -> str | None:
+    """The compression a CSV's name promises ("gzip" for .gz, None for .csv), checked against its bytes.
+
+    pandas and Kaggle both go by the name, so a file whose name and content disagree (gzip bytes
+    named .csv, plain text named .csv.gz) would fail later with a decode error or be rejected
+    after upload: refuse it here, naming the file. Other names (e.g. ``.part``) go by content.
+    """
+    if error is None:
+        from .errors import DataError as error
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    content = _MAGIC.get(head)
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        if content != "gzip":
+            what = f"{content} data" if content else "not gzip data (plain text?)"
+            raise error(f"{path}: named .gz but {what}; compress it with gzip or drop the .gz from the name")
+        return "gzip"
+    if name.endswith(".csv"):
+        if content is not None:
+            raise error(f"{path}: named .csv but holds {content}-compressed data; name it .csv.gz or decompress it")
+        return None
+    return "gzip" if content == "gzip" else None

@@ -7,6 +7,9 @@ submission cannot disagree on preprocessing.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -14,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, ModelConfig, config_from_dict
+from .config import Config, ConfigError, ModelConfig, config_from_dict
+from .errors import CheckpointError, PipelineError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_DECODER_CHANNEL_ARCHS = {"Unet", "UnetPlusPlus"}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(PipelineError, RuntimeError):
     pass
 
 
@@ -102,9 +105,78 @@ def load_encoder_weights(net: nn.Module, path: str | Path) -> None:
         raise WeightsError(f"{path}: does not match the encoder: {str(e)[:600]}") from None
 
 
+def _arch_class(arch: str):
+    archs = smp.MODEL_ARCHITECTURES_MAPPING
+    if arch.lower() not in archs:
+        names = sorted(c.__name__ for c in archs.values())
+        raise ConfigError(f"model.arch={arch!r}: unknown architecture; available: {', '.join(names)}")
+    return archs[arch.lower()]
+
+
+def _check_encoder(encoder: str) -> None:
+    if encoder.startswith("tu-"):
+        import timm
+
+        if timm.is_model(encoder[3:]):
+            return
+        close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=3)
+        hint = f"; close: {', '.join('tu-' + c for c in close)}" if close else ""
+        raise ConfigError(f"model.encoder={encoder!r}: timm has no model {encoder[3:]!r}{hint}")
+    names = smp.encoders.get_encoder_names()
+    if encoder not in names:
+        close = difflib.get_close_matches(encoder, names, n=3)
+        hint = f"close: {', '.join(close)}; " if close else ""
+        raise ConfigError(
+            f"model.encoder={encoder!r}: unknown encoder ({hint}any of smp.encoders.get_encoder_names(), "
+            "or tu-<timm model name>)"
+        )
+
+
+def resolve_model_config(mcfg: ModelConfig) -> ModelConfig:
+    """Check the names and fill in what the architecture actually uses; ConfigError naming the key.
+
+    ``decoder_channels`` is passed only to architectures that take it, so a value for one that
+    does not would be silently ignored while the saved config claims it: that is an error. Unset
+    (null), it becomes the architecture's default, so the saved config says what was built.
+    """
+    cls = _arch_class(mcfg.arch)
+    _check_encoder(mcfg.encoder)
+    param = inspect.signature(cls.__init__).parameters.get("decoder_channels")
+    channels = mcfg.decoder_channels
+    if param is None:
+        if channels is not None:
+            raise ConfigError(
+                f"model.decoder_channels={channels}: architecture {cls.__name__} has no decoder_channels "
+                "argument and would ignore it; remove it (or set it to null)"
+            )
+    elif isinstance(param.default, int):  # DeepLabV3Plus, PAN, UPerNet: one width for the whole decoder
+        if channels is None:
+            channels = [param.default]
+        elif len(channels) != 1:
+            raise ConfigError(
+                f"model.decoder_channels={channels}: architecture {cls.__name__} takes one decoder width; "
+                f"use a one-element list, e.g. [{param.default}]"
+            )
+    else:
+        channels = list(param.default) if channels is None else channels
+        if len(channels) != len(param.default):
+            raise ConfigError(
+                f"model.decoder_channels={channels}: architecture {cls.__name__} needs {len(param.default)} "
+                f"values (one per decoder block), e.g. {list(param.default)}"
+            )
+    return dataclasses.replace(mcfg, decoder_channels=None if channels is None else list(channels))
+
+
 def build_model(mcfg: ModelConfig) -> SegModel:
+    mcfg = resolve_model_config(mcfg)
     weights = mcfg.encoder_weights
-    kwargs = {"decoder_channels": list(mcfg.decoder_channels)} if mcfg.arch in _DECODER_CHANNEL_ARCHS else {}
+    kwargs = {}
+    if mcfg.decoder_channels is not None:
+        channels = mcfg.decoder_channels
+        takes_int = isinstance(
+            inspect.signature(_arch_class(mcfg.arch).__init__).parameters["decoder_channels"].default, int
+        )
+        kwargs["decoder_channels"] = channels[0] if takes_int else list(channels)
     hub = weights.lower() not in ("none", "") and not _looks_like_path(weights)
     try:
         net = smp.create_model(
@@ -118,6 +190,10 @@ def build_model(mcfg: ModelConfig) -> SegModel:
             f"{str(e)[:200]}). Offline? Download them at home and set model.encoder_weights=/path/to/file.pth, "
             "or model.encoder_weights=none to train from scratch."
         ) from None
+    except (KeyError, ValueError) as e:  # smp's own checks, e.g. weights it has no entry for
+        raise ConfigError(
+            f"model {mcfg.arch}/{mcfg.encoder} (weights {weights}): {str(e).strip(chr(39))[:300]}"
+        ) from None
     if _looks_like_path(weights):
         load_encoder_weights(net, weights)
     return SegModel(net, refine=mcfg.refine)
@@ -127,14 +203,36 @@ def _looks_like_path(weights: str) -> bool:
     return any(weights.endswith(ext) for ext in (".pth", ".pt", ".bin", ".ckpt", ".safetensors")) or "/" in weights
 
 
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """torch.load a pipeline checkpoint; CheckpointError naming the path if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a broken file
+        detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: unreadable {what}, truncated or not a torch file ({detail})") from None
+    if not isinstance(ckpt, dict) or not {"config", "model"} <= set(ckpt):
+        keys = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this pipeline (has {keys}, expected 'config' and 'model'); "
+            "for encoder weights use model.encoder_weights=<file>"
+        )
+    return ckpt
+
+
 def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegModel, Config]:
     """Rebuild a trained model from a checkpoint (no encoder download: the weights are inside)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     cfg.model.encoder_weights = "none"
+    if "decoder_channels" not in inspect.signature(_arch_class(cfg.model.arch).__init__).parameters:
+        cfg.model.decoder_channels = None  # saved by versions that silently ignored it for this arch
     model = build_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match its config ({str(e).splitlines()[0][:200]})") from None
     return model.to(device).eval(), cfg

@@ -59,11 +59,13 @@ def parse(rle: str, n_pixels: int) -> np.ndarray:
     if not text:
         return np.zeros((0, 2), dtype=np.int64)
     parts = text.split()
-    if not all(p.isdigit() for p in parts):
-        bad = next(p for p in parts if not p.isdigit())
+    if not all(p.isascii() and p.isdigit() for p in parts):  # isdigit alone accepts "²" and other scripts
+        bad = next(p for p in parts if not (p.isascii() and p.isdigit()))
         raise RLEError(f"RLE token {bad!r} is not a positive integer")
     if len(parts) % 2:
         raise RLEError(f"RLE has an odd number of values ({len(parts)})")
+    if any(len(p) > 18 for p in parts):  # beyond int64; no image has 10**18 pixels
+        raise RLEError(f"RLE value {next(p for p in parts if len(p) > 18)[:30]}... is out of range")
     runs = np.array(parts, dtype=np.int64).reshape(-1, 2)
     starts, lengths = runs[:, 0], runs[:, 1]
     if (starts < 1).any():

@@ -5,14 +5,23 @@ per epoch), ``last.pt`` (full state: model, optimizer, scheduler, scaler, epoch,
 and ``best.pt`` (best validation Dice), ``oof/<image>.png`` (uint8 probabilities at full
 resolution, the engine's output), ``oof_dice.csv`` and ``oof.json`` (written last: it marks the
 fold as complete). Re-running the same command resumes from ``last.pt``.
+
+Every checkpoint records the folds it was trained on (``folds_fingerprint``): resuming, or
+writing out-of-fold maps, against a changed folds CSV is refused, since the held-out cars would
+leak into training. The out-of-fold maps are tied to the exact ``best.pt`` (content hash), TTA
+and folds that made them (``oof/source.json``); any change deletes and re-predicts them, and
+``oof.json`` is removed as soon as training goes on, so a fold is only ever marked complete by
+the model it claims.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -24,22 +33,79 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from .augment import train_transform
+from .checks import check_fold, check_train_config
 from .config import Config
 from .data import Layout, read_mask
 from .datasets import SegmentationDataset
 from .engine import Engine, Member, autocast, pick_device
+from .errors import CheckpointError, PipelineError, TrainingError
 from .folds import load_folds
-from .io_utils import atomic_path, write_json, write_text
+from .io_utils import atomic_path, file_sha256, read_json, write_json, write_text
 from .losses import get_loss
 from .metrics import dice, dice_batch
-from .models import build_model, load_checkpoint_model
+from .models import build_model, load_checkpoint_model, read_checkpoint
 
 # Config sections that must not change when resuming a run.
 _FIXED_ON_RESUME = ("model", "image", "fold", "name")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(PipelineError, RuntimeError):
     pass
+
+
+# -- what a run was trained on, and what its outputs belong to -------------------------------------
+def folds_fingerprint(folds: pd.DataFrame, fold: int) -> dict:
+    """Identity of the split: all (img, fold) pairs, and this fold's held-out set and cars."""
+
+    def sha(lines) -> str:
+        return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+
+    held = folds.fold == fold
+    return {
+        "folds_sha": sha(f"{i},{f}" for i, f in zip(folds.img, folds.fold)),
+        "fold_sha": sha(f"{i},{int(h)}" for i, h in zip(folds.img, held)),
+        "k": int(folds.fold.nunique()),
+        "held_out_cars": sorted(set(folds.car_id[held])),
+        "n_train_images": int((~held).sum()),
+    }
+
+
+def check_same_folds(recorded: dict | None, current: dict, path: Path, folds_csv: str, doing: str) -> None:
+    """Refuse to ``doing`` when ``path`` was trained on another split of the data."""
+    if recorded is None or recorded.get("fold_sha") == current["fold_sha"]:
+        return  # checkpoints written before fingerprints existed are trusted as before
+    old, new = set(recorded.get("held_out_cars", [])), set(current["held_out_cars"])
+    raise ResumeError(
+        f"{path}: trained on a different split than {folds_csv} (held-out cars: {len(old - new)} left, "
+        f"{len(new - old)} new); refusing to {doing}, the held-out cars would leak. "
+        "Restore the folds CSV it was trained on, use another run name, or --fresh to start this fold over."
+    )
+
+
+def clear_fold_outputs(run_dir: Path) -> None:
+    """``--fresh``: remove everything a previous run of this fold wrote (the maps included)."""
+    for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "oof", ignore_errors=True)
+
+
+def _check_finite(value: float, what: str, run_dir: Path, epoch: int) -> None:
+    if not math.isfinite(value):
+        kept = f"last.pt and best.pt keep the last good state (epoch {epoch})" if epoch else "no checkpoint written"
+        raise TrainingError(
+            f"{run_dir}: {what} is {value} in epoch {epoch + 1}; stopped, {kept}. "
+            "Lower train.lr, try train.amp=false, or check the data."
+        )
+
+
+def _read_last(path: Path) -> dict:
+    try:
+        return read_checkpoint(path, "last.pt")
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e}. Ways out: --fresh starts this fold over (deleting its outputs); best.pt beside it keeps the best "
+            "model so far (copy it aside first if you want it; training cannot resume from it)"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -93,14 +159,15 @@ def _save(path: Path, state: dict) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, fresh: bool = False, quiet: bool = False):
+        cfg = check_train_config(cfg)  # every name, before anything in the run dir is touched
         self.cfg = cfg
         self.quiet = quiet
         self.run_dir = cfg.run_dir
         self.device = pick_device(cfg.device)
         self.layout = Layout(cfg.data_dir)
         folds = load_folds(cfg.folds_csv)
-        if cfg.fold not in set(folds.fold):
-            raise ValueError(f"fold {cfg.fold} not in {cfg.folds_csv} (folds {sorted(set(folds.fold))})")
+        check_fold(cfg, sorted(set(folds.fold)))
+        self.folds_id = folds_fingerprint(folds, cfg.fold)
         self.train_df = folds[folds.fold != cfg.fold].reset_index(drop=True)
         self.val_df = folds[folds.fold == cfg.fold].reset_index(drop=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +175,7 @@ class Trainer:
         if resume:
             self._check_resumable()
         elif fresh:
-            for name in ("last.pt", "best.pt", "oof.json", "history.csv"):
-                (self.run_dir / name).unlink(missing_ok=True)
+            clear_fold_outputs(self.run_dir)
         write_text(self.run_dir / "config.yaml", cfg.to_yaml())
 
         seed_everything(cfg.seed)  # the random init of the decoder (and encoder without weights)
@@ -136,6 +202,8 @@ class Trainer:
         self.history: list[dict] = []
         if resume:
             self._load(self.run_dir / "last.pt")
+        if not self.finished:  # training goes on: the fold is not complete until predict_oof says so
+            (self.run_dir / "oof.json").unlink(missing_ok=True)
 
         self.transform = train_transform(cfg.augment, seed=cfg.seed)
         h, w = cfg.image.height, cfg.image.width
@@ -158,7 +226,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _check_resumable(self) -> None:
-        ckpt = torch.load(self.run_dir / "last.pt", map_location="cpu", weights_only=False)
+        ckpt = _read_last(self.run_dir / "last.pt")
+        check_same_folds(ckpt.get("folds"), self.folds_id, self.run_dir / "last.pt", self.cfg.folds_csv, "resume")
         old, new = ckpt["config"], self.cfg.to_dict()
         changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
         if changed:
@@ -179,6 +248,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "finished": self.finished,
             "history": self.history,
+            "folds": self.folds_id,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -188,7 +258,7 @@ class Trainer:
         }
 
     def _load(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = _read_last(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -256,6 +326,7 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             losses.append(loss.item())
+            _check_finite(losses[-1], "the training loss", self.run_dir, self.epoch)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         return float(np.mean(losses)) if losses else float("nan")
 
@@ -271,6 +342,7 @@ class Trainer:
             losses.append(self.loss_fn(logits, y, x).item() * len(y))
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
+        _check_finite(float(np.sum(losses)), "the validation loss", self.run_dir, self.epoch - 1)
         return float(np.sum(losses) / n), float(torch.cat(dices).mean())
 
     def fit(self) -> None:
@@ -297,6 +369,7 @@ class Trainer:
                             "model": self.model.state_dict(),
                             "epoch": self.epoch,
                             "val_dice": self.best,
+                            "folds": self.folds_id,
                         },
                     )
                 else:
@@ -324,12 +397,16 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     """Predict the fold's held-out cars with ``best.pt`` through the shared engine; store uint8 PNGs."""
     run_dir = cfg.run_dir
     device = pick_device(cfg.device)
-    model, mcfg = load_checkpoint_model(run_dir / "best.pt", device)
     folds = load_folds(cfg.folds_csv)
+    check_fold(cfg, sorted(set(folds.fold)))
+    folds_id = folds_fingerprint(folds, cfg.fold)
+    best = read_checkpoint(run_dir / "best.pt", "best.pt")
+    check_same_folds(best.get("folds"), folds_id, run_dir / "best.pt", cfg.folds_csv, "write out-of-fold maps")
+    source = _oof_source(run_dir, cfg, folds_id)
+    model, mcfg = load_checkpoint_model(run_dir / "best.pt", device)
     val = folds[folds.fold == cfg.fold].reset_index(drop=True)
     layout = Layout(cfg.data_dir)
     oof_dir = run_dir / "oof"
-    oof_dir.mkdir(exist_ok=True)
     todo = [img for img in val.img if not (oof_dir / f"{Path(img).stem}.png").exists()]
     engine = Engine(
         [Member(cfg.name, [model], mcfg.image.height, mcfg.image.width, cfg.predict.tta)],
@@ -369,16 +446,47 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
         "width": mcfg.image.width,
         "encoder": mcfg.model.encoder,
         "checkpoint": "best.pt",
+        "checkpoint_sha256": source["checkpoint_sha256"],
+        "checkpoint_epoch": best.get("epoch"),
+        "checkpoint_val_dice": best.get("val_dice"),
+        "folds_csv": str(cfg.folds_csv),
+        "folds": {k: folds_id[k] for k in ("folds_sha", "fold_sha", "k")},
     }
     write_json(run_dir / "oof.json", summary)
     return summary
+
+
+def _oof_source(run_dir: Path, cfg: Config, folds_id: dict) -> dict:
+    """Make ``oof/`` hold maps of this best.pt, TTA and split only; returns their source record.
+
+    A map left by another checkpoint (``--fresh``, more epochs, a copied folder) or another TTA
+    would otherwise be kept, since only missing maps are predicted.
+    """
+    oof_dir = run_dir / "oof"
+    source = {
+        "checkpoint_sha256": file_sha256(run_dir / "best.pt"),
+        "tta": list(cfg.predict.tta),
+        "fold_sha": folds_id["fold_sha"],
+    }
+    marker = oof_dir / "source.json"
+    try:
+        same = marker.is_file() and read_json(marker) == source
+    except PipelineError:
+        same = False
+    if not same:
+        (run_dir / "oof.json").unlink(missing_ok=True)
+        (run_dir / "oof_dice.csv").unlink(missing_ok=True)
+        shutil.rmtree(oof_dir, ignore_errors=True)
+        oof_dir.mkdir(parents=True)
+        write_json(marker, source)
+    return source
 
 
 def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
     trainer = Trainer(cfg, fresh=fresh, quiet=quiet)
     trainer.fit()
     if not (cfg.run_dir / "best.pt").exists():
-        raise RuntimeError(f"{cfg.run_dir}: training ended without a validated checkpoint")
+        raise TrainingError(f"{cfg.run_dir}: training ended without a validated checkpoint")
     summary = predict_oof(cfg, quiet=quiet)
     if not quiet:
         tqdm.write(

@@ -7,10 +7,12 @@ import gzip
 import sys
 from pathlib import Path
 
+from .errors import PipelineError
+from .io_utils import check_csv_name
 from .rle import RLEError, parse
 
 
-class SubmissionError(ValueError):
+class SubmissionError(PipelineError, ValueError):
     pass
 
 
@@ -18,20 +20,25 @@ def read_sample_names(sample_csv: str | Path) -> list[str]:
     sample_csv = Path(sample_csv)
     if not sample_csv.is_file():
         raise SubmissionError(f"{sample_csv}: not found")
-    with open(sample_csv, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ["img", "rle_mask"]:
-            raise SubmissionError(f"{sample_csv}: header {header}, expected ['img', 'rle_mask']")
-        names = [row[0] for row in reader if row]
+    try:
+        with _open(sample_csv) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["img", "rle_mask"]:
+                raise SubmissionError(f"{sample_csv}: header {header}, expected ['img', 'rle_mask']")
+            names = [row[0] for row in reader if row]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        raise SubmissionError(f"{sample_csv}: unreadable as a CSV ({str(e)[:120]})") from None
+    if not names:
+        raise SubmissionError(f"{sample_csv}: no rows after the header; expected one row per test image")
     if len(set(names)) != len(names):
         raise SubmissionError(f"{sample_csv}: duplicate image names")
     return names
 
 
 def _open(path: Path):
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"  # by content: the partial file is ".part"
+    # By name for .csv / .csv.gz (a disagreeing content is refused); by content otherwise (".part").
+    gzipped = check_csv_name(path, SubmissionError) == "gzip"
     return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
 
 
@@ -41,6 +48,8 @@ def validate_submission(path: str | Path, names: list[str], width: int, height: 
     Streams the file; raises SubmissionError naming the row and image of the first problem.
     """
     path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: not found")
     csv.field_size_limit(sys.maxsize)
     n_pixels = width * height
     empty = 0
@@ -67,8 +76,9 @@ def validate_submission(path: str | Path, names: list[str], width: int, height: 
                 if len(runs) == 0:
                     empty += 1
                 pixels += int(runs[:, 1].sum())
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise SubmissionError(f"{path}: unreadable ({e})") from None
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, csv.Error) as e:
+        # binary junk: bytes that are not UTF-8 text, NUL bytes, a broken gzip stream
+        raise SubmissionError(f"{path}: unreadable as a CSV ({str(e)[:120]})") from None
     if i + 1 != len(names):
         raise SubmissionError(f"{path}: {i + 1} rows, expected {len(names)} (sample_submission.csv)")
     return {"rows": i + 1, "empty_masks": empty, "mean_mask_area": pixels / max(1, i + 1) / n_pixels}

@@ -70,10 +70,12 @@ def test_mask_size_mismatch_named(tiny_data, tmp_path):
 def test_bad_mask_values_named(tiny_data, tmp_path):
     data = _copy(tiny_data, tmp_path)
     victim = sorted((data / "train_masks").iterdir())[1]
-    bad = Image.fromarray(np.array(Image.open(victim)) * 2, mode="P")  # palette indices 0/2
+    codes = np.array(Image.open(victim)) * 2  # palette indices 0/2 (black/white) ...
+    codes[:2, :2] = 1  # ... and a few grey pixels: three levels, not a binary mask
+    bad = Image.fromarray(codes, mode="P")
     bad.putpalette([0, 0, 0, 128, 128, 128, 255, 255, 255])
     bad.save(victim, format="GIF", optimize=False)
-    with pytest.raises(DataError, match=rf"{victim.name}.*expected only 0 and 1"):
+    with pytest.raises(DataError, match=rf"{victim.name}.*grey levels \[0, 128, 255\].*expected a binary mask"):
         scan_train(Layout(data), n_jobs=1)
 
 

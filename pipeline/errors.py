@@ -1,0 +1,42 @@
+"""The errors a user can cause and act on.
+
+Every stage raises a ``PipelineError`` subclass with a message that names the file or option and
+what is allowed; ``python -m pipeline`` prints it as one line and exits with status 2 (``--debug``
+or ``PIPELINE_DEBUG=1`` shows the traceback instead). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of the errors shown to the user as ``error: <message>``."""
+
+
+class DataError(PipelineError, ValueError):
+    """Bad or missing input data; the message names the file and the problem."""
+
+
+class CheckpointError(PipelineError, RuntimeError):
+    """A checkpoint that is missing, truncated or not written by this pipeline."""
+
+
+class TrainingError(PipelineError, RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the checkpoints keep the last good state."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The message to show for ``exc``, without the traceback text DataLoader workers wrap it in.
+
+    torch re-raises a worker's exception in the main process as the same type, but with the
+    worker's whole traceback as its message; the user's message is what follows the last
+    ``<type>: `` line.
+    """
+    msg = str(exc)
+    if "DataLoader worker" in msg and "Original Traceback" in msg:
+        name = type(exc).__name__
+        lines = msg.rstrip().splitlines()
+        for i in range(len(lines) - 1, -1, -1):
+            head, sep, rest = lines[i].partition(": ")
+            if sep and head.rsplit(".", 1)[-1] == name:
+                return "\n".join([rest, *lines[i + 1 :]])
+    return msg
