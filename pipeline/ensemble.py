@@ -226,7 +226,8 @@ def tune(
     if postprocess_steps == "auto":
         candidates = [list(c) for c in POSTPROCESS_CANDIDATES]
     else:
-        candidates = [parse_steps(postprocess_steps)] if parse_steps(postprocess_steps) else []
+        given = [step for step in parse_steps(postprocess_steps) if step != "none"]
+        candidates = [given] if given else []
     layout = Layout(data_dir)
     found = discover(runs_dir, names, allow_incomplete=allow_incomplete)
     members = []

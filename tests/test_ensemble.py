@@ -6,9 +6,10 @@ import torch
 
 from pipeline.data import Layout, read_mask
 from pipeline.engine import blend
-from pipeline.ensemble import tune, weight_grid
+from pipeline.ensemble import POSTPROCESS_CANDIDATES, tune, weight_grid
 from pipeline.io_utils import write_json
 from pipeline.metrics import dice
+from pipeline.postprocess import apply as postprocess
 
 
 def test_blend_numpy_and_torch_agree_and_round_half_up():
@@ -63,11 +64,27 @@ def test_search_finds_the_brute_force_optimum(tiny_data, tmp_path):
             score = float(np.mean([dice(bl >= t, m) for bl, m in zip(blended, masks)]))
             if score > best[0] + 1e-12:
                 best = (score, w.tolist(), t)
-    assert recipe["oof"]["dice"] == pytest.approx(best[0], abs=1e-9)
+    assert recipe["oof"]["dice_before_postprocess"] == pytest.approx(best[0], abs=1e-9)
     assert [m["weight"] for m in recipe["members"]] == best[1]
     assert recipe["threshold"] == best[2]
     scores = pd.read_csv(tmp_path / "recipe_oof_scores.csv")
-    assert scores.blend.mean() == pytest.approx(best[0], abs=1e-6)
+    assert scores.blend.mean() == pytest.approx(recipe["oof"]["dice"], abs=1e-6)
+
+    # Post-processing: every candidate's gain is recorded, and one is kept only if it raises the score.
+    thresholded = [(blend(np.stack([a, b]), best[1]) >= best[2]).astype(np.uint8) for a, b in zip(maps_a, maps_b)]
+    gains = recipe["postprocess_gain"]
+    assert set(gains) == {"+".join(c) for c in POSTPROCESS_CANDIDATES}
+    for name, gain in gains.items():
+        after = np.mean([dice(postprocess(t, name), m) for t, m in zip(thresholded, masks)])
+        assert gain == pytest.approx(after - best[0], abs=1e-9)
+    if max(gains.values()) > 0:
+        assert "+".join(recipe["postprocess"]) == max(gains, key=gains.get)
+        assert recipe["oof"]["dice"] == pytest.approx(best[0] + max(gains.values()), abs=1e-9)
+    else:
+        assert recipe["postprocess"] == [] and recipe["oof"]["dice"] == pytest.approx(best[0], abs=1e-9)
+    none = tune(runs, tiny_data, tmp_path / "r0.json", steps=4, n_jobs=1, quiet=True, postprocess_steps="none")
+    assert none["postprocess"] == [] and none["postprocess_gain"] == {}
+    assert none["oof"]["dice"] == pytest.approx(best[0], abs=1e-9)
 
 
 def test_threshold_between_separated_levels(tiny_data, tmp_path):
