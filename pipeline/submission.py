@@ -161,7 +161,7 @@ class RowWriter:
 
     def add(self, name: str, mask: np.ndarray) -> None:
         self.rows.append(self.pool.submit(_row, name, mask))
-        while len(self.rows) > self.max_rows:
+        while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
 
@@ -227,7 +227,7 @@ def recipe_hash(recipe: dict) -> str:
 
 
 def _files_fingerprint(paths: list[Path]) -> str:
-    """Names, sizes and modification times of the test files: keys resume on the data, not on how its path is spelled."""
+    """Names, sizes and mtimes of the test files: resume keys on the data, not on how its path is spelled."""
     h = hashlib.sha256()
     for p in paths:
         st = p.stat()
@@ -339,19 +339,13 @@ def make_submission(
         todo = paths[rows_done:]
         if todo:
             members, weights = load(recipe, dev)
-            engine = Engine(
-                members, dev, amp=amp, batch_size=batch_size, num_workers=num_workers, compile=compile
-            )
-            bar = tqdm(
-                total=len(names), initial=rows_done, desc=out.name, unit="img", disable=quiet, smoothing=0.05
-            )
+            engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=num_workers, compile=compile)
+            bar = tqdm(total=len(names), initial=rows_done, desc=out.name, unit="img", disable=quiet, smoothing=0.05)
             state = {"rows": rows_done, "size": size}
 
             def on_chunk(n: int, offset: int) -> None:
                 state["rows"] += n
-                write_json(
-                    progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]}
-                )
+                write_json(progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]})
                 bar.update(n)
 
             with open(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
@@ -449,9 +443,7 @@ def merge_shards(data_dir: str | Path, out: str | Path, recipe_path: str | Path 
     for i in range(count):
         path = shards[i]
         part_names = names[shard_slice(len(names), i, count)]
-        key = _key(
-            wanted_recipe or "?", part_names, [layout.test_dir / n for n in part_names], f"{i}/{count}", None
-        )
+        key = _key(wanted_recipe or "?", part_names, [layout.test_dir / n for n in part_names], f"{i}/{count}", None)
         summary_path = path.with_name(path.name + ".json")
         info = read_json(summary_path) if summary_path.is_file() else {}
         if wanted_recipe is None:
