@@ -39,12 +39,14 @@ def cmd_train(a) -> None:
             overrides.append(f"{key}={value}")
     cfg = load_config(a.config, overrides)
     # torchrun: one fold trained by all ranks with DistributedDataParallel (pipeline/train.py).
+    from datetime import timedelta
+
     from . import distributed
 
     info = distributed.env_info()
     if info.world > 1:
         cfg.device = distributed.rank_device(cfg.device, info)
-        distributed.init(cfg.device)
+        distributed.init(cfg.device, timeout=timedelta(hours=2))  # ranks wait while rank 0 predicts out-of-fold
     folds = _folds_arg(a.fold)
     if folds is None:
         folds = sorted(set(load_folds(cfg.folds_csv).fold))

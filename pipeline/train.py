@@ -127,6 +127,7 @@ class Trainer:
         self.train_df = folds[folds.fold != cfg.fold].reset_index(drop=True)
         self.val_df = folds[folds.fold == cfg.fold].reset_index(drop=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # DDP: every rank sees what rank 0 finished writing before deciding to resume
         resume = (self.run_dir / "last.pt").exists() and not fresh
         if resume:
             self._check_resumable()
@@ -329,6 +330,7 @@ class Trainer:
             train_loss = self.train_epoch()
             if self.dist.world > 1:  # DDP: every rank ran the same number of steps; mean of the means
                 train_loss = distributed.all_reduce_sum([train_loss], self.device)[0] / self.dist.world
+                distributed.broadcast_buffers(self.model)  # validate and save rank 0's BatchNorm statistics
             self.epoch += 1
             row = {
                 "epoch": self.epoch,
