@@ -116,6 +116,8 @@ class Engine:
     def member_probs(self, member: Member, x: torch.Tensor) -> torch.Tensor:
         """Mean probability (B,1,h,w), fp32, over the member's fold models and TTA views."""
         x = x.to(self.device, non_blocking=True)
+        if self.channels_last:  # (B,H,W,3) from the workers: NCHW with channels_last strides, no copy
+            x = x.permute(0, 3, 1, 2)
         views = resolve(member.tta)
         if self.views_in_one_call and len(views) > 1:
             inputs = [torch.cat([forward(x) for forward, _ in views])]  # (V*B, 3, h, w), view-major
@@ -132,19 +134,22 @@ class Engine:
             # Accumulate model by model, view by view: the same order as an unbatched loop.
             for (_, inverse), lg in zip(views, logits):
                 p = torch.sigmoid(inverse(lg).float())
-                total = p if total is None else total + p
-        return total / (len(member.models) * len(views))
+                total = p if total is None else total.add_(p)
+        n = len(member.models) * len(views)
+        return total.div_(n) if n > 1 else total  # in place: full-size temporaries dominate on CPU
 
     @staticmethod
     def quantize(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B,1,h,w) probability -> (B,height,width) uint8, bilinear upsampling to the image size."""
         if prob.shape[-2:] != (height, width):
             prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
-        return torch.round(prob[:, 0].clamp(0, 1) * 255).to(torch.uint8)
+        # No clamp needed: means of sigmoids and their bilinear interpolation stay in [0, 1] up to an
+        # ulp, and round(255 * (1 + ulp)) is still 255.
+        return prob[:, 0].mul(255).round_().to(torch.uint8)
 
     def loader(self, images: list[Path]) -> DataLoader:
         return DataLoader(
-            InferenceDataset(images, self.sizes),
+            InferenceDataset(images, self.sizes, hwc=self.channels_last),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -164,9 +169,10 @@ class Engine:
             for (h, w), idx in groups.items():
                 if len(idx) < len(batch["name"]):  # mixed sizes in one batch (never in Kaggle's test set)
                     sel = torch.tensor(idx, device=self.device)
-                    out.append((idx, torch.stack([self.quantize(p[sel], h, w) for p in probs])))
+                    qs = [self.quantize(p[sel], h, w) for p in probs]
                 else:
-                    out.append((idx, torch.stack([self.quantize(p, h, w) for p in probs])))
+                    qs = [self.quantize(p, h, w) for p in probs]
+                out.append((idx, qs[0][None] if len(qs) == 1 else torch.stack(qs)))
             yield list(batch["name"]), out
 
     def predict(self, images: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
