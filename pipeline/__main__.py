@@ -106,7 +106,7 @@ def cmd_submission(a) -> None:
 def cmd_merge(a) -> None:
     from .submission import merge_shards
 
-    merge_shards(a.data, a.out, recipe_path=a.recipe)
+    merge_shards(a.data, a.out, recipe_path=a.recipe, shards_of=a.shards_of)
 
 
 def cmd_validate(a) -> None:
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", default="data")
     s.add_argument("--out", default="submissions/submission.csv.gz")
     s.add_argument("--recipe", help="also check that every shard was made with this recipe")
+    s.add_argument("--shards-of", help="the --out the shards were computed with, when not --out itself")
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("validate", help="check a submission file against sample_submission.csv")

@@ -402,32 +402,55 @@ def make_submission(
 _SHARD_RE = r"\.shard(\d+)-of-(\d+)"
 
 
-def merge_shards(data_dir: str | Path, out: str | Path, recipe_path: str | Path | None = None, quiet=False) -> dict:
-    """Concatenate ``<stem>.shard<i>-of-<N>`` (all N, each complete) into ``out`` in sample order; validate it."""
-    start = time.time()
-    out = Path(out)
+def _find_shards(out: Path) -> dict[int, dict[int, Path]]:
+    """{N: {i: path}} of the files ``<stem>.shard<i>-of-<N><suffix>`` beside ``out``."""
     stem, suffix = split_suffix(out)
-    pattern = re.compile(re.escape(stem) + _SHARD_RE + re.escape(suffix) + "$")
+    pattern = re.compile(re.escape(stem) + _SHARD_RE + re.escape(suffix))
     found: dict[int, dict[int, Path]] = {}
     if out.parent.is_dir():
         for p in out.parent.iterdir():
             m = pattern.fullmatch(p.name)
             if m:
                 found.setdefault(int(m[2]), {})[int(m[1])] = p
+    return found
+
+
+def merge_shards(
+    data_dir: str | Path,
+    out: str | Path,
+    recipe_path: str | Path | None = None,
+    quiet: bool = False,
+    shards_of: str | Path | None = None,
+) -> dict:
+    """Concatenate the shards (all N, each complete) into ``out`` in sample order; validate it.
+
+    The shards are those of ``out`` (``<stem>.shard<i>-of-<N>.csv.gz`` beside it) or, when there are
+    none, those of ``shards_of`` (the ``--out`` they were computed with).
+    """
+    start = time.time()
+    out = Path(out)
+    _, suffix = split_suffix(out)
+    source = out
+    found = _find_shards(out)
+    if not found and shards_of is not None:
+        source = Path(shards_of)
+        found = _find_shards(source)
+    stem, source_suffix = split_suffix(source)
     if not found:
         raise SubmissionError(
-            f"{out.parent}: no shard files {stem}.shard<i>-of-<N>{suffix}; run `make submission SHARD=i/N` first"
+            f"{source.parent}: no shard files {stem}.shard<i>-of-<N>{source_suffix}; "
+            "run `make submission SHARD=i/N` first"
         )
     if len(found) > 1:
         raise SubmissionError(
-            f"{out.parent}: shards of different splits ({', '.join(f'N={n}' for n in sorted(found))}) "
-            f"for {out.name}; remove the ones you do not want"
+            f"{source.parent}: shards of different splits ({', '.join(f'N={n}' for n in sorted(found))}) "
+            f"for {source.name}; remove the ones you do not want"
         )
     ((count, shards),) = found.items()
     absent = [i for i in range(count) if i not in shards]
     if absent:
         raise SubmissionError(
-            f"{out.parent}: shard(s) {absent} of {count} missing for {out.name}; "
+            f"{source.parent}: shard(s) {absent} of {count} missing for {source.name}; "
             f"run `make submission SHARD={absent[0]}/{count}`"
         )
     layout = Layout(data_dir)
@@ -467,7 +490,7 @@ def merge_shards(data_dir: str | Path, out: str | Path, recipe_path: str | Path 
         with open(part, "wb") as f:
             f.write(compress(HEADER))
             for i in range(count):
-                opener = gzip.open if suffix == ".csv.gz" else open
+                opener = gzip.open if source_suffix == ".csv.gz" else open
                 with opener(shards[i], "rt", newline="") as src:
                     header = src.readline()
                     if header != HEADER:

@@ -81,6 +81,10 @@ def test_shards_merge_to_the_single_run(recipe, tiny_data, single, tmp_path):
     assert main(["merge", "--data", str(tiny_data), "--out", str(out), "--recipe", str(recipe)]) == 0
     assert _text(out) == _text(single)
     assert json.loads(out.with_name(out.name + ".json").read_text())["rows"] == 16
+    # `make merge SUBMISSION=other.csv`: shards found by the name they were computed with; plain text out.
+    other = tmp_path / "other.csv"
+    merge_shards(tiny_data, other, shards_of=out, quiet=True)
+    assert other.read_text() == _text(single)
     # The merged file is a complete submission for the single-process command: nothing is recomputed.
     assert _run(recipe, tiny_data, out)["merged_from"]
 
