@@ -24,7 +24,7 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench
+.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
@@ -35,6 +35,11 @@ help:
 	@echo "make submission                 -> $(SUBMISSION) (resumable, validated)"
 	@echo "make evaluate                   score out-of-fold maps of every run and the recipe (per image, full res)"
 	@echo "make validate                   re-check $(SUBMISSION) against sample_submission.csv"
+	@echo "make submission SHARD=i/N       one slice of the test set (a GPU or host each); then make merge"
+	@echo "make submission GPUS=G          torchrun: G GPUs of this host, one shard each, rank 0 merges"
+	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
+	@echo "make train-folds GPUS=0,1,2,3,4 one fold per GPU in parallel (fold k on the k-th GPU listed)"
+	@echo "make bench                      speed/memory figures with targets -> bench.json"
 	@echo "make lint | format              ruff"
 
 $(STAMP): requirements.txt
@@ -55,8 +60,13 @@ train: $(STAMP)
 ensemble: $(STAMP)
 	$(PY) -m pipeline ensemble --runs $(RUNS) --data $(DATA) --out $(RECIPE) $(ARGS)
 
+# SHARD=i/N: one contiguous slice of the test set into its own resumable shard file (then `make merge`).
+# GPUS=G: torchrun with G processes on this host (one GPU each); rank 0 merges the shards.
+SHARD ?=
+GPUS ?=
 submission: $(STAMP)
-	$(PY) -m pipeline submission --recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(ARGS)
+	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m pipeline submission \
+		--recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(if $(SHARD),--shard $(SHARD)) $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --runs $(RUNS) --data $(DATA) $(if $(wildcard $(RECIPE)),--recipe $(RECIPE)) $(ARGS)
@@ -89,3 +99,27 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pipeline.bench
+
+merge: $(STAMP)
+	$(PY) -m pipeline merge --data $(DATA) --out $(SUBMISSION) --shards-of submissions/submission.csv.gz \
+		$(if $(wildcard $(RECIPE)),--recipe $(RECIPE))
+
+# One fold per GPU, in parallel: fold k on the k-th GPU of GPUS (FOLDS=... to choose other folds).
+# Logs in $(RUNS)/logs/; fails if any fold fails (after all have ended).
+FOLDS ?=
+train-folds: $(STAMP)
+	@test -n "$(GPUS)" || { echo "train-folds: set GPUS=0,1,2,3,4 (one fold per GPU)"; exit 2; }
+	@mkdir -p $(RUNS)/logs; gpus="$(subst $(comma),$(space),$(GPUS))"; folds="$(subst $(comma),$(space),$(FOLDS))"; \
+	set -- $$folds; pids=""; k=0; \
+	for g in $$gpus; do \
+		f=$${1:-$$k}; [ $$# -gt 0 ] && shift; log=$(RUNS)/logs/$(MODEL)-fold$$f.log; \
+		echo "fold $$f on GPU $$g -> $$log"; \
+		CUDA_VISIBLE_DEVICES=$$g $(PY) -m pipeline train --config configs/$(MODEL).yaml --fold $$f --data $(DATA) \
+			--folds-csv $(FOLDS_CSV) --runs $(RUNS) --device $(DEVICE) $(ARGS) > $$log 2>&1 & pids="$$pids $$!:$$f"; \
+		k=$$((k+1)); \
+	done; \
+	fail=0; for p in $$pids; do \
+		if wait $${p%%:*}; then echo "fold $${p#*:}: done"; \
+		else echo "fold $${p#*:}: FAILED, see $(RUNS)/logs/$(MODEL)-fold$${p#*:}.log:"; \
+			tail -n 5 $(RUNS)/logs/$(MODEL)-fold$${p#*:}.log; fail=1; fi; \
+	done; exit $$fail

@@ -57,12 +57,24 @@ def cmd_train(a) -> None:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(a.config, overrides)
+    # torchrun: one fold trained by all ranks with DistributedDataParallel (pipeline/train.py).
+    from datetime import timedelta
+
+    from . import distributed
+
+    info = distributed.env_info()
+    if info.world > 1:
+        cfg.device = distributed.rank_device(cfg.device, info)
+        distributed.init(cfg.device, timeout=timedelta(hours=2))  # ranks wait while rank 0 predicts out-of-fold
     folds = _folds_arg(a.fold)
     if folds is None:
         folds = sorted(set(load_folds(cfg.folds_csv).fold))
-    for fold in folds:
-        cfg.fold = fold
-        run(cfg, fresh=a.fresh)
+    try:
+        for fold in folds:
+            cfg.fold = fold
+            run(cfg, fresh=a.fresh)
+    finally:
+        distributed.shutdown()
 
 
 def cmd_ensemble(a) -> None:
@@ -86,8 +98,12 @@ def cmd_ensemble(a) -> None:
 
 
 def cmd_submission(a) -> None:
+    from datetime import timedelta
+
+    from . import distributed
+    from .submission import make_submission, merge_shards, parse_shard
     from .checks import check_device, check_recipe
-    from .submission import make_submission
+    from .validate import SubmissionError
 
     check_device(a.device, "--device")
     _at_least("--batch-size", a.batch_size, 1)
@@ -95,17 +111,43 @@ def cmd_submission(a) -> None:
     if a.limit is not None:
         _at_least("--limit", a.limit, 1)
     check_recipe(a.recipe)
-    make_submission(
-        a.recipe,
-        a.data,
-        a.out,
-        device=a.device,
-        batch_size=a.batch_size,
-        num_workers=a.num_workers,
-        amp=not a.no_amp,
-        force=a.force,
-        limit=a.limit,
-    )
+
+    # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
+    info = distributed.env_info()
+    shard = parse_shard(a.shard) if a.shard else None
+    device = a.device
+    if info.world > 1:
+        if shard is not None:
+            raise SubmissionError("--shard and torchrun both split the test set; use one of them")
+        shard, device = (info.rank, info.world), distributed.rank_device(a.device, info)
+        # gloo for the barrier on any device; shards may finish hours apart.
+        distributed.init(device, timeout=timedelta(hours=48), backend="gloo")
+    try:
+        make_submission(
+            a.recipe,
+            a.data,
+            a.out,
+            device=device,
+            batch_size=a.batch_size,
+            num_workers=a.num_workers,
+            amp=not a.no_amp,
+            force=a.force,
+            limit=a.limit,
+            shard=shard,
+            compile=a.compile,
+        )
+        if info.world > 1:
+            distributed.barrier()
+            if info.is_main and not a.limit:
+                merge_shards(a.data, a.out, recipe_path=a.recipe)
+    finally:
+        distributed.shutdown()
+
+
+def cmd_merge(a) -> None:
+    from .submission import merge_shards
+
+    merge_shards(a.data, a.out, recipe_path=a.recipe, shards_of=a.shards_of)
 
 
 def cmd_evaluate(a) -> None:
@@ -216,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--num-workers", type=int, default=2)
     s.add_argument("--no-amp", action="store_true", help="fp32 inference on CUDA")
     s.add_argument("--force", action="store_true", help="redo a submission that is already complete")
-    s.add_argument("--limit", type=int, help="only the first N rows (a trial, not a full submission)")
+    s.add_argument("--limit", type=int, help="only the first N rows, to <out stem>.limit<N>-trial.csv.gz (a trial)")
+    s.add_argument("--shard", metavar="I/N", help="compute only slice I of N (contiguous) into its own file; see merge")
+    s.add_argument("--compile", action="store_true", help="torch.compile the models (off by default)")
     s.set_defaults(func=cmd_submission)
+
+    s = sub.add_parser("merge", help="assemble the shard files of --out in sample order and validate the result")
+    s.add_argument("--data", default="data")
+    s.add_argument("--out", default="submissions/submission.csv.gz")
+    s.add_argument("--recipe", help="also check that every shard was made with this recipe")
+    s.add_argument("--shards-of", help="the --out the shards were computed with, when not --out itself")
+    s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("validate", help="check a submission file against sample_submission.csv")
     s.add_argument("file")

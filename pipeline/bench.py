@@ -1,69 +1,358 @@
-"""Micro-benchmarks of the per-image CPU costs that bound submission speed (``make bench``).
+"""``make bench``: the submission's speed and memory figures, measured side by side, with targets.
 
-Measures, on one core: JPEG decode of a test image (full and DCT-scaled), RLE encode of a full
-1918x1280 mask, and gzip of its CSV row. Uses a real Carvana image and mask when ``--data``
-points at them, else a generated demo image.
+1. ``rle_speedup``  RLE encode of real 1918x1280 masks, ours vs the widely copied Kaggle-kernel
+   encoder (strings checked byte-identical). Target >= 3.
+2. ``host_ratio``   images/s of the whole submission with a trivial model (decode, device work,
+   threshold, RLE, gzip, write) over a decode-only loop over the same files with the same workers.
+   Target >= 0.8. On a CPU-only machine the "device" work runs on the same cores as the decoders.
+3. ``rss_growth``   peak RSS of a submission child process over 5,000 generated 480x320 test
+   images relative to 1,000 (all in one process: num_workers=0). Target < 0.10.
+4. GPU only: ``ensemble_img_s`` (2 architectures x 5 folds x hflip at the configs' resolution, bf16),
+   the hours this implies for 100,064 images, model-views/s, ``gpu_ratio`` (end to end over a bare
+   forward loop on tensors already on the GPU; target >= 0.9), and training images/s for vgg11
+   and resnet50 at full resolution (synthetic batches already on the GPU).
+
+Writes every figure to ``bench.json`` (path printed). Models have random weights: speed does not
+depend on them.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
 from . import rle
-from .data import read_image, read_mask
+from .data import read_mask
+
+TEST_IMAGES = 100_064
 
 
-def _time(fn, repeat: int) -> float:
-    fn()
+def kaggle_rle(img: np.ndarray) -> str:
+    """The encoder of the public Kaggle kernels, written from its description (the reference)."""
+    pixels = img.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def _best(fn, repeat: int = 3) -> float:
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeat):
         start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        best = min(best, (time.perf_counter() - start) / repeat)
-    return best * 1e3
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _masks(data: Path, n: int) -> tuple[list[np.ndarray], str]:
+    files = sorted((data / "train_masks").glob("*_mask.gif"))[:n] if (data / "train_masks").is_dir() else []
+    if files:
+        return [read_mask(f) for f in files], f"{len(files)} real masks from {data / 'train_masks'}"
+    from .demo_data import _car_params, render_view
+
+    rng = np.random.default_rng(0)
+    masks = [render_view(_car_params(rng), 1 + i % 16, 1918, 1280, rng)[1].astype(np.uint8) for i in range(n)]
+    return masks, f"{n} generated demo masks (no real data at {data})"
+
+
+def figure_rle(data: Path) -> dict:
+    masks, source = _masks(data, 16)
+    for m in masks:
+        if rle.encode(m) != kaggle_rle(m):
+            raise AssertionError("RLE strings differ from the Kaggle-kernel encoder")
+    ours = _best(lambda: [rle.encode(m) for m in masks]) / len(masks)
+    ref = _best(lambda: [kaggle_rle(m) for m in masks]) / len(masks)
+    return {"rle_speedup": ref / ours, "rle_ms_ours": ours * 1e3, "rle_ms_kaggle": ref * 1e3, "rle_source": source}
+
+
+# -- a test set on disk and a trivial ensemble --------------------------------------------------------
+class Trivial(nn.Module):
+    """Returns fixed logits (a real car mask's, when there is one): no compute, realistic RLE rows."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 1, *self.logits.shape[-2:])
+
+
+def _trivial_logits(height: int, width: int) -> torch.Tensor:
+    mask = _masks(Path(os.environ.get("BENCH_DATA", "../shared/data/carvana_real")), 1)[0][0]
+    mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(mask.astype(np.float32) * 8 - 4)[None, None]
+
+
+def _jpeg(data: Path, width: int, height: int) -> bytes:
+    real = sorted((data / "test").glob("*.jpg")) if (data / "test").is_dir() else []
+    if real and (width, height) == (1918, 1280):
+        return real[0].read_bytes()
+    from .demo_data import _car_params, render_view
+
+    rng = np.random.default_rng(1)
+    img = render_view(_car_params(rng), 3, width, height, rng)[0]
+    return cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+def make_test_set(root: Path, n: int, jpeg: bytes) -> Path:
+    """``root/data`` in the Kaggle layout with n test images (hard links to one JPEG) + sample CSV."""
+    data = root / "data"
+    (data / "test").mkdir(parents=True, exist_ok=True)
+    first = data / "test" / "source.jpg"
+    first.write_bytes(jpeg)
+    names = [f"{i:012x}_{1 + i % 16:02d}.jpg" for i in range(n)]
+    for name in names:
+        os.link(first, data / "test" / name)
+    first.unlink()
+    (data / "sample_submission.csv").write_text("img,rle_mask\n" + "".join(f"{x},1 1\n" for x in names))
+    return data
+
+
+def trivial_recipe(root: Path, height: int, width: int) -> Path:
+    member = {"name": "trivial", "weight": 1, "checkpoints": [], "height": height, "width": width, "tta": []}
+    path = root / "recipe.json"
+    path.write_text(json.dumps({"members": [member], "threshold": 128}))
+    return path
+
+
+def load_trivial(recipe: dict, device: torch.device):
+    from .engine import Member
+
+    m = recipe["members"][0]
+    return [Member("trivial", [Trivial(_trivial_logits(m["height"], m["width"]))], m["height"], m["width"], [])], [1]
+
+
+def figure_host(data: Path, n: int, workers: int, batch: int, height: int, width: int) -> dict:
+    from torch.utils.data import DataLoader
+
+    from .datasets import InferenceDataset
+    from .submission import make_submission
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        test = make_test_set(root, n, _jpeg(data, 1918, 1280))
+        paths = sorted((test / "test").glob("*.jpg"))
+
+        def decode_only():
+            for _ in DataLoader(InferenceDataset(paths, [(height, width)]), batch_size=batch, num_workers=workers):
+                pass
+
+        def submission():
+            out = root / f"s{time.monotonic_ns()}.csv.gz"
+            make_submission(
+                trivial_recipe(root, height, width), test, out, device="cpu", batch_size=batch,
+                num_workers=workers, quiet=True, load=load_trivial,
+            )  # fmt: skip
+
+        t_decode = min(_best(decode_only, 1), _best(decode_only, 1))
+        t_sub = min(_best(submission, 1), _best(submission, 1))
+    return {
+        "host_ratio": t_decode / t_sub,
+        "host_img_s_submission": n / t_sub,
+        "host_img_s_decode_only": n / t_decode,
+        "host_setup": f"{n} test images 1918x1280, input {height}x{width}, {workers} workers, batch {batch}, CPU",
+    }
+
+
+def _rss_child(n: int, root: Path) -> None:
+    """Run inside a child process: a submission over n small images; print peak RSS (kB)."""
+    from .submission import make_submission
+
+    # 480x320: big enough that keeping anything per image (a 150 kB mask) would show as growth.
+    data = make_test_set(root, n, _jpeg(Path("/nonexistent"), 480, 320))
+    out = root / "s.csv.gz"
+    make_submission(
+        trivial_recipe(root, 320, 480), data, out, device="cpu", num_workers=0, quiet=True, load=load_trivial,
+        chunk_rows=256,
+    )  # fmt: skip
+    status = Path("/proc/self/status").read_text()
+    print(json.dumps({"vmhwm_kb": int(status.split("VmHWM:")[1].split()[0])}))
+
+
+def figure_rss(small: int, large: int) -> dict:
+    peaks = {}
+    for n in (small, large):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pipeline.bench", "--rss-child", str(n), tmp]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            peaks[n] = json.loads(out.strip().splitlines()[-1])["vmhwm_kb"]
+    return {
+        "rss_growth": peaks[large] / peaks[small] - 1,
+        f"rss_peak_mb_{small}": peaks[small] / 1024,
+        f"rss_peak_mb_{large}": peaks[large] / 1024,
+        "rss_setup": "480x320 generated test images, 1 process (num_workers=0), trivial model, VmHWM",
+    }
+
+
+# -- figure 4: GPU ------------------------------------------------------------------------------------
+def figure_gpu(data: Path, n: int, workers: int, batch: int) -> dict:
+    from .config import load_config
+    from .engine import Engine, Member
+    from .losses import get_loss
+    from .models import build_model
+    from .submission import make_submission
+
+    dev = torch.device("cuda")
+    cfgs = {a: load_config(f"configs/{a}.yaml", ["model.encoder_weights=none"]) for a in ("vgg11", "resnet50")}
+    members = []
+    for arch, cfg in cfgs.items():
+        models = [build_model(cfg.model) for _ in range(5)]
+        members.append(Member(arch, models, cfg.image.height, cfg.image.width, ["hflip"]))
+    views = sum(len(m.models) * 2 for m in members)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        test = make_test_set(root, n, _jpeg(data, 1918, 1280))
+        recipe = trivial_recipe(root, 1280, 1918)
+        make_submission(
+            recipe,
+            test,
+            root / "warm.csv.gz",
+            device="cuda",
+            batch_size=batch,
+            num_workers=workers,
+            quiet=True,
+            load=lambda r, d: (members, [1, 1]),
+            limit=2 * batch,
+        )  # fmt: skip  (warm-up: cuDNN autotuning, allocator)
+        start = time.perf_counter()
+        make_submission(
+            recipe, test, root / "s.csv.gz", device="cuda", batch_size=batch, num_workers=workers, quiet=True,
+            load=lambda r, d: (members, [1, 1]),
+        )  # fmt: skip
+        e2e = n / (time.perf_counter() - start)
+    engine = Engine(members, dev, batch_size=batch)
+    x = torch.randint(0, 256, (batch, 3, 1280, 1918), dtype=torch.uint8, device=dev)
+    steps = max(2, n // batch)
+    for m in members:
+        engine.member_probs(m, x)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        for m in members:
+            engine.member_probs(m, x)
+    torch.cuda.synchronize()
+    bare = steps * batch / (time.perf_counter() - start)
+    out.update(
+        ensemble_img_s=e2e,
+        ensemble_hours_100064=TEST_IMAGES / e2e / 3600,
+        model_views_per_s=e2e * views,
+        bare_forward_img_s=bare,
+        gpu_ratio=e2e / bare,
+        gpu=torch.cuda.get_device_name(0),
+        gpu_setup=f"2 archs x 5 folds x (identity, hflip) = {views} model-views/image, bf16, channels_last, "
+        f"batch {batch}, {workers} workers, {n} images 1918x1280",
+    )
+    loss_fn = get_loss("bce_dice")
+    for arch, cfg in cfgs.items():
+        model = build_model(cfg.model).to(dev).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        b = cfg.train.batch_size
+        xb = torch.randint(0, 256, (b, 3, 1280, 1918), dtype=torch.uint8, device=dev)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = (torch.rand(b, 1, 1280, 1918, device=dev) > 0.5).float()
+
+        def step(model=model, opt=opt, xb=xb, yb=yb):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(xb)
+            loss = loss_fn(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        out[f"train_img_s_{arch}"] = 10 * b / (time.perf_counter() - start)
+    return out
+
+
+TARGETS = {"rle_speedup": (">=", 3.0), "host_ratio": (">=", 0.8), "rss_growth": ("<", 0.10), "gpu_ratio": (">=", 0.9)}
+
+
+def _verdict(key: str, value: float) -> str:
+    op, t = TARGETS[key]
+    ok = value >= t if op == ">=" else value < t
+    return f"target {op} {t:g}: {'met' if ok else 'MISSED'}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.bench")
-    p.add_argument("--data", default="../shared/data/carvana_real", help="a Kaggle-layout data root")
-    p.add_argument("--repeat", type=int, default=50)
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="../shared/data/carvana_real", help="a Kaggle-layout root for real masks/images")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--images", type=int, default=96, help="test images for figure 2 (and 4)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--size", default="1280x1918", help="model input HxW for figure 2 (the configs' resolution)")
+    p.add_argument("--rss", default="1000,5000", help="the two test-set sizes of figure 3")
+    p.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.rss_child:
+        torch.set_num_threads(1)
+        return _rss_child(int(a.rss_child[0]), Path(a.rss_child[1]))
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     cv2.setNumThreads(1)
-    train = Path(a.data) / "train"
-    images = sorted(train.glob("*.jpg")) if train.is_dir() else []
-    if images:
-        image = images[0]
-        mask = read_mask(Path(a.data) / "train_masks" / f"{image.stem}_mask.gif")
-        source = str(image)
-    else:
-        from .demo_data import _car_params, render_view
-
-        rng = np.random.default_rng(0)
-        img, mask = render_view(_car_params(rng), 3, 1918, 1280, rng)
-        image = Path(tempfile.mkdtemp()) / "bench.jpg"
-        cv2.imwrite(str(image), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
-        source = "generated demo image"
-    mask = mask.astype(bool)
-    row = f"{image.name},{rle.encode(mask)}\n".encode()
-    results = {
-        "jpeg decode full (ms)": _time(lambda: read_image(image), a.repeat),
-        "jpeg decode to 320x480 (ms)": _time(lambda: read_image(image, 320, 480), a.repeat),
-        "jpeg decode to 1024x1536 (ms)": _time(lambda: read_image(image, 1024, 1536), a.repeat),
-        "rle encode 1918x1280 (ms)": _time(lambda: rle.encode(mask), a.repeat * 4),
-        "rle parse/validate (ms)": _time(lambda: rle.parse(row.decode().split(",")[1], mask.size), a.repeat * 4),
-        "gzip one csv row (ms)": _time(lambda: gzip.compress(row, compresslevel=6), a.repeat * 4),
+    data = Path(a.data)
+    os.environ["BENCH_DATA"] = str(data)  # for the trivial model's mask, also in the figure-3 children
+    h, w = (int(v) for v in a.size.lower().split("x"))
+    small, large = (int(v) for v in a.rss.split(","))
+    res: dict = {
+        "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "torch": torch.__version__,
+        "command": " ".join(["python -m pipeline.bench"] + (argv if argv is not None else sys.argv[1:])),
     }
-    print(f"source: {source}; mask {mask.shape[1]}x{mask.shape[0]}, row {len(row)} bytes, one thread")
-    for k, v in results.items():
-        print(f"{k:32s} {v:8.3f}")
+    start = time.time()
+    res.update(figure_rle(data))
+    print(f"1. rle_speedup  {res['rle_speedup']:6.2f}x  {_verdict('rle_speedup', res['rle_speedup'])}")
+    print(f"   ours {res['rle_ms_ours']:.3f} ms vs Kaggle kernel {res['rle_ms_kaggle']:.3f} ms per mask, identical")
+    print(f"   strings ({res['rle_source']})")
+    res.update(figure_host(data, a.images, a.workers, a.batch_size, h, w))
+    print(f"2. host_ratio   {res['host_ratio']:6.2f}   {_verdict('host_ratio', res['host_ratio'])}")
+    print(
+        f"   submission {res['host_img_s_submission']:.1f} img/s vs decode only "
+        f"{res['host_img_s_decode_only']:.1f} img/s ({res['host_setup']})"
+    )
+    res.update(figure_rss(small, large))
+    print(f"3. rss_growth   {res['rss_growth']:6.3f}   {_verdict('rss_growth', res['rss_growth'])}")
+    print(
+        f"   peak RSS {res[f'rss_peak_mb_{small}']:.0f} MB for {small} images, "
+        f"{res[f'rss_peak_mb_{large}']:.0f} MB for {large} ({res['rss_setup']})"
+    )
+    if torch.cuda.is_available():
+        res.update(figure_gpu(data, max(a.images, 64), max(a.workers, 8), a.batch_size))
+        print(
+            f"4. ensemble_img_s {res['ensemble_img_s']:.2f} img/s -> {res['ensemble_hours_100064']:.2f} h for "
+            f"{TEST_IMAGES} images (target < 1 h on one H100); {res['model_views_per_s']:.1f} model-views/s"
+        )
+        print(f"   gpu_ratio {res['gpu_ratio']:.2f} ({_verdict('gpu_ratio', res['gpu_ratio'])}); {res['gpu_setup']}")
+        print(
+            f"   training img/s at 1280x1918: vgg11 {res['train_img_s_vgg11']:.1f}, "
+            f"resnet50 {res['train_img_s_resnet50']:.1f} ({res['gpu']})"
+        )
+    else:
+        res["gpu"] = None
+        print("4. GPU figures  skipped: no CUDA device")
+    res["seconds"] = round(time.time() - start, 1)
+    out = Path(a.out)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"bench.json: {out.resolve()} ({res['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

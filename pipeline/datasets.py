@@ -49,9 +49,11 @@ class SegmentationDataset(Dataset):
 class InferenceDataset(Dataset):
     """Images decoded once and resized to every size the ensemble members need."""
 
-    def __init__(self, images: list[Path], sizes: list[tuple[int, int]]):
+    def __init__(self, images: list[Path], sizes: list[tuple[int, int]], hwc: bool = False):
         self.images = list(images)
         self.sizes = list(dict.fromkeys(sizes))  # distinct (height, width), in order
+        # hwc: hand (H,W,3) as decoded, no transpose copy; the device permutes it to a channels_last view.
+        self.hwc = hwc
 
     def __len__(self) -> int:
         return len(self.images)
@@ -63,5 +65,5 @@ class InferenceDataset(Dataset):
         for k, (h, w) in enumerate(self.sizes):
             # Through read_image, exactly as in training (DCT-scaled decode, same resize).
             img = read_image(path, h, w)
-            item[f"x{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+            item[f"x{k}"] = torch.from_numpy(img if self.hwc else np.ascontiguousarray(img.transpose(2, 0, 1)))
         return item

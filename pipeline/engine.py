@@ -55,6 +55,8 @@ def blend(quantized, weights: list[int]):
     total = int(sum(weights))
     if total <= 0:
         raise ValueError(f"blend weights must sum to a positive number, got {weights}")
+    if len(weights) == 1:  # (q*w + w//2) // w == q for integers: a single member blends to itself
+        return quantized[0]
     if isinstance(quantized, np.ndarray):
         acc = np.zeros(quantized.shape[1:], dtype=np.int32)
         for q, w in zip(quantized, weights):
@@ -69,6 +71,15 @@ def blend(quantized, weights: list[int]):
 
 
 class Engine:
+    """Streams images through the ensemble: workers decode, the device does everything else.
+
+    DataLoader workers decode each JPEG once per distinct member input size (DCT-scaled where the
+    size allows, ``data.read_image``) and hand uint8 tensors over; normalisation (inside
+    ``SegModel``), the TTA views (all views of a batch in one forward call), the averaging, the
+    bilinear resize back to the image size, the uint8 quantization, the blend and the threshold
+    all run on the device. Only the final boolean masks come back to the host.
+    """
+
     def __init__(
         self,
         members: list[Member],
@@ -78,58 +89,130 @@ class Engine:
         channels_last: bool = True,
         batch_size: int = 4,
         num_workers: int = 2,
+        compile: bool = False,
+        views_in_one_call: bool = True,
     ):
         self.members = members
         self.device = device
         self.amp, self.amp_dtype = amp, amp_dtype
         self.channels_last = channels_last and device.type == "cuda"
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.views_in_one_call = views_in_one_call
         self.sizes = list(dict.fromkeys((m.height, m.width) for m in members))
+        if device.type == "cuda":
+            # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
+        self._forward: dict[int, list] = {}
         for m in members:
             for model in m.models:
                 model.to(device).eval()
                 if self.channels_last:
                     model.to(memory_format=torch.channels_last)
+            # torch.compile is off by default: it costs minutes of compilation per model and has
+            # not been measured to pay off here (make bench, docs/benchmarks.md).
+            self._forward[id(m)] = [torch.compile(model, dynamic=False) if compile else model for model in m.models]
 
     @torch.no_grad()
     def member_probs(self, member: Member, x: torch.Tensor) -> torch.Tensor:
         """Mean probability (B,1,h,w), fp32, over the member's fold models and TTA views."""
         x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        total = None
+        if self.channels_last:  # (B,H,W,3) from the workers: NCHW with channels_last strides, no copy
+            x = x.permute(0, 3, 1, 2)
         views = resolve(member.tta)
-        for model in member.models:
-            for forward, inverse in views:
+        if self.views_in_one_call and len(views) > 1:
+            inputs = [torch.cat([forward(x) for forward, _ in views])]  # (V*B, 3, h, w), view-major
+        else:
+            inputs = [forward(x) for forward, _ in views]
+        if self.channels_last:
+            inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
+        total = None
+        for model in self._forward[id(member)]:
+            logits = []
+            for v in inputs:
                 with autocast(self.device, self.amp, self.amp_dtype):
-                    logits = model(forward(x))
-                p = torch.sigmoid(inverse(logits).float())
-                total = p if total is None else total + p
-        return total / (len(member.models) * len(views))
+                    logits.extend(model(v).chunk(len(views) // len(inputs)))
+            # Accumulate model by model, view by view: the same order as an unbatched loop.
+            for (_, inverse), lg in zip(views, logits):
+                p = torch.sigmoid(inverse(lg).float())
+                total = p if total is None else total.add_(p)
+        n = len(member.models) * len(views)
+        return total.div_(n) if n > 1 else total  # in place: full-size temporaries dominate on CPU
 
     @staticmethod
     def quantize(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(1,h,w) probability -> (height,width) uint8, bilinear upsampling to the image size."""
+        """(B,1,h,w) probability -> (B,height,width) uint8, bilinear upsampling to the image size."""
         if prob.shape[-2:] != (height, width):
-            prob = F.interpolate(prob[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        return torch.round(prob[0].clamp(0, 1) * 255).to(torch.uint8)
+            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
+        # No clamp needed: means of sigmoids and their bilinear interpolation stay in [0, 1] up to an
+        # ulp, and round(255 * (1 + ulp)) is still 255.
+        return prob[:, 0].mul(255).round_().to(torch.uint8)
 
     def loader(self, images: list[Path]) -> DataLoader:
         return DataLoader(
-            InferenceDataset(images, self.sizes),
+            InferenceDataset(images, self.sizes, hwc=self.channels_last),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
         )
+
+    def _quantized(self, images: list[Path]) -> Iterator[tuple[list[str], list[tuple[list[int], torch.Tensor]]]]:
+        """Per batch: the names, and per group of images of one size (indices, (M,b,H,W) uint8 on the device)."""
+        for batch in self.loader(images):
+            probs = [self.member_probs(m, batch[f"x{self.sizes.index((m.height, m.width))}"]) for m in self.members]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, (h, w) in enumerate(zip(batch["height"].tolist(), batch["width"].tolist())):
+                groups.setdefault((h, w), []).append(i)
+            out = []
+            for (h, w), idx in groups.items():
+                if len(idx) < len(batch["name"]):  # mixed sizes in one batch (never in Kaggle's test set)
+                    sel = torch.tensor(idx, device=self.device)
+                    qs = [self.quantize(p[sel], h, w) for p in probs]
+                else:
+                    qs = [self.quantize(p, h, w) for p in probs]
+                out.append((idx, qs[0][None] if len(qs) == 1 else torch.stack(qs)))
+            yield list(batch["name"]), out
 
     def predict(self, images: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (image name, uint8 maps (M, H, W) on the engine's device), in input order."""
-        for batch in self.loader(images):
-            per_member = [
-                self.member_probs(m, batch[f"x{self.sizes.index((m.height, m.width))}"]) for m in self.members
-            ]
-            for i, name in enumerate(batch["name"]):
-                h, w = int(batch["height"][i]), int(batch["width"][i])
-                yield name, torch.stack([self.quantize(p[i], h, w) for p in per_member])
+        for names, groups in self._quantized(images):
+            per_image = {i: q[:, j] for idx, q in groups for j, i in enumerate(idx)}
+            for i, name in enumerate(names):
+                yield name, per_image[i]
+
+    def masks(self, images: list[Path], weights: list[int], threshold: int) -> Iterator[tuple[list[str], list]]:
+        """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host), in input order.
+
+        The blend and threshold of ``predict``'s maps happen on the device. On CUDA the masks are
+        copied into pinned memory without blocking and a batch is handed over only once the next
+        one has been queued, so the device never waits for the host's RLE/gzip work.
+        """
+        pending = None
+        for names, groups in self._quantized(images):
+            copies = []
+            for idx, q in groups:
+                m = blend(q, weights) >= threshold  # (b, H, W) bool
+                if self.device.type == "cuda":
+                    host = torch.empty(m.shape, dtype=torch.bool, pin_memory=True)
+                    host.copy_(m, non_blocking=True)
+                    copies.append((idx, host))
+                else:
+                    copies.append((idx, m))
+            event = None
+            if self.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
+            if pending is not None:
+                yield self._host_masks(*pending)
+            pending = (names, copies, event)
+        if pending is not None:
+            yield self._host_masks(*pending)
+
+    @staticmethod
+    def _host_masks(names, copies, event) -> tuple[list[str], list]:
+        if event is not None:
+            event.synchronize()
+        per_image = {i: host[j].numpy() for idx, host in copies for j, i in enumerate(idx)}
+        return names, [per_image[i] for i in range(len(names))]

@@ -1,39 +1,212 @@
 """Predict the test set with the ensemble recipe and write the Kaggle submission, resumably.
 
-The CSV is written as a sequence of gzip members (a valid .csv.gz: readers decompress
-concatenated members as one stream), one member per chunk of rows, each fsync'ed before the
-progress file records its end offset. After a crash or kill -9, re-running the same command
+The CSV is written as a sequence of chunks (for ``.csv.gz`` each chunk is a gzip member: readers
+decompress concatenated members as one stream; a ``.csv`` gets plain text), each fsync'ed before
+the progress file records its end offset. After a crash or kill -9, re-running the same command
 truncates the partial file to the last recorded chunk and continues with the next image, so
-memory stays bounded and no finished work is lost. Only a validated file is renamed to its
-final name.
+memory stays bounded and no finished work is lost. Only a validated file gets its final name,
+and its summary (``<out>.json``, with the file's SHA-256) is written before that rename, so a
+crash right after it does not recompute anything.
+
+Sharding: ``shard=(i, N)`` computes the contiguous slice ``names[n*i//N : n*(i+1)//N]`` of the
+sample order into its own resumable file ``<stem>.shard<i>-of-<N>.csv.gz`` (with the header);
+``merge_shards`` concatenates the N shard files in order into the final submission, which is then
+identical after decompression to a single-process run. Contiguous (not strided) slices make the
+merge a plain concatenation.
+
+Every output is guarded by an exclusive ``flock`` on ``<out>.lock``: a second run writing the same
+file stops with the holder's pid and host, and a killed run's lock is released by the kernel.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
 import os
+import re
+import socket
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import rle
 from .data import DataError, Layout
-from .engine import Engine, Member, blend, pick_device
+from .engine import Engine, Member, pick_device
 from .io_utils import read_json, write_json
 from .models import load_checkpoint_model
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
+SUFFIXES = (".csv.gz", ".csv")
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- file names -----------------------------------------------------------------------------------
+def split_suffix(path: str | Path) -> tuple[str, str]:
+    """``submission.csv.gz`` -> (``submission``, ``.csv.gz``); anything but .csv.gz/.csv is refused."""
+    name = Path(path).name
+    for suffix in SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    raise SubmissionError(f"{path}: a submission must be named *.csv.gz (gzip) or *.csv (plain text)")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/4"`` -> (1, 4)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not int(m[2]) >= 1 or not int(m[1]) < int(m[2]):
+        raise SubmissionError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+    return int(m[1]), int(m[2])
+
+
+def shard_slice(n: int, index: int, count: int) -> slice:
+    """The contiguous slice of ``n`` sample rows that shard ``index`` of ``count`` computes."""
+    return slice(n * index // count, n * (index + 1) // count)
+
+
+def shard_path(out: str | Path, index: int, count: int) -> Path:
+    stem, suffix = split_suffix(out)
+    return Path(out).with_name(f"{stem}.shard{index}-of-{count}{suffix}")
+
+
+def limit_path(out: str | Path, limit: int) -> Path:
+    """Where ``--limit N`` writes: never the final name, and visibly not a full submission."""
+    stem, suffix = split_suffix(out)
+    return Path(out).with_name(f"{stem}.limit{limit}-trial{suffix}")
+
+
+def _compressor(suffix: str):
+    if suffix == ".csv.gz":
+        return lambda text: gzip.compress(text.encode(), compresslevel=6)
+    return lambda text: text.encode()
+
+
+# -- locking ----------------------------------------------------------------------------------------
+class OutputLock:
+    """Exclusive ``flock`` on ``<target>.lock`` for as long as a run writes ``target``.
+
+    flock (not a pid file) because the kernel drops it when the holder dies, even by kill -9:
+    a stale lock file never blocks the next run. The file holds the holder's pid and host, for
+    the error message of a second run. (flock is local to a host on some network filesystems.)
+    """
+
+    def __init__(self, target: str | Path):
+        self.target = Path(target)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise SubmissionError(
+                f"{self.target}: another run is writing it ({holder}; lock {self.path}). "
+                "Wait for it or stop it; a killed run releases the lock by itself."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- ordered, pooled row writer ---------------------------------------------------------------------
+def _row(name: str, mask: np.ndarray) -> str:
+    return f"{name},{rle.encode(mask)}\n"
+
+
+class RowWriter:
+    """Appends rows, in the order given, to an open file as fsync'ed chunks of ``chunk_rows``.
+
+    RLE encoding (one task per image) and compression (one task per chunk) run in a small thread
+    pool, overlapping with decoding and the device; NumPy and zlib release the GIL, so threads
+    suffice and no mask is copied between processes. Results are consumed strictly in order, and
+    at most ``max_rows`` images and ``max_chunks`` chunks are in flight: memory stays bounded.
+    ``on_chunk(rows, offset)`` is called after each chunk is on disk.
+    """
+
+    def __init__(self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32):
+        self.f, self.pool, self.chunk_rows, self.compress, self.on_chunk = f, pool, chunk_rows, compress, on_chunk
+        self.max_rows, self.max_chunks = max_rows, 2
+        self.rows: deque[Future] = deque()
+        self.chunks: deque[tuple[Future, int]] = deque()
+        self.lines: list[str] = []
+
+    def add(self, name: str, mask: np.ndarray) -> None:
+        self.rows.append(self.pool.submit(_row, name, mask))
+        while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
+            self._take_row()
+        self._write_chunks(block=len(self.chunks) > self.max_chunks)
+
+    def _take_row(self) -> None:
+        self.lines.append(self.rows.popleft().result())
+        if len(self.lines) == self.chunk_rows:
+            self._submit_chunk()
+
+    def _submit_chunk(self) -> None:
+        text, n = "".join(self.lines), len(self.lines)
+        self.lines = []
+        self.chunks.append((self.pool.submit(self.compress, text), n))
+
+    def _write_chunks(self, block: bool) -> None:
+        while self.chunks and (block or self.chunks[0][0].done()):
+            future, n = self.chunks.popleft()
+            self.f.write(future.result())
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.on_chunk(n, self.f.tell())
+
+    def finish(self) -> None:
+        while self.rows:
+            self._take_row()
+        if self.lines:
+            self._submit_chunk()
+        self._write_chunks(block=True)
+
+    def salvage(self) -> None:
+        """After an error: keep the chunks whose rows all succeeded, drop the rest."""
+        for future in self.rows:
+            future.cancel()
+        while self.chunks:
+            future, n = self.chunks.popleft()
+            try:
+                data = future.result()
+            except BaseException:
+                return
+            self.f.write(data)
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.on_chunk(n, self.f.tell())
+
+
+# -- submission -------------------------------------------------------------------------------------
 def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list[int]]:
     members, weights = [], []
     for m in recipe["members"]:
@@ -45,6 +218,44 @@ def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list
     if not members:
         raise SubmissionError("recipe has no member with a positive weight")
     return members, weights
+
+
+def recipe_hash(recipe: dict) -> str:
+    # What the rows depend on; the recipe's timestamps are left out so a re-tuned identical recipe matches.
+    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds")}
+    return _sha(json.dumps(stable, sort_keys=True).encode())
+
+
+def _files_fingerprint(paths: list[Path]) -> str:
+    """Names, sizes and mtimes of the test files: resume keys on the data, not on how its path is spelled."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _key(recipe_sha: str, names: list[str], paths: list[Path], shard: str | None, limit: int | None) -> dict:
+    return {
+        "recipe": recipe_sha,
+        "sample": _sha("\n".join(names).encode()),
+        "test_files": _files_fingerprint(paths),
+        "shard": shard,
+        "limit": limit,
+    }
+
+
+def _complete(out: Path, summary_path: Path, key: dict) -> dict | None:
+    """The summary of ``out`` if it is finished for ``key`` (same key, and the file it validated)."""
+    if not (out.exists() and summary_path.exists()):
+        return None
+    try:
+        done = read_json(summary_path)
+    except (OSError, ValueError):
+        return None
+    if done.get("key") == key and done.get("sha256") == file_sha256(out):
+        return done
+    return None
 
 
 def make_submission(
@@ -59,111 +270,255 @@ def make_submission(
     force: bool = False,
     limit: int | None = None,
     quiet: bool = False,
+    shard: tuple[int, int] | None = None,
+    compile: bool = False,
+    rle_threads: int = 2,
+    load=load_members,
 ) -> dict:
-    """Write ``out`` (.csv.gz) for every row of ``sample_submission.csv``; return a summary."""
+    """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
+
+    ``shard=(i, N)`` writes only shard i's slice to ``shard_path(out, i, N)``; ``limit`` writes the
+    first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members.
+    """
     start = time.time()
     recipe_path, out = Path(recipe_path), Path(out)
+    _, suffix = split_suffix(out)
+    if limit is not None and limit < 1:
+        raise SubmissionError(f"--limit {limit}: must be at least 1")
     if not recipe_path.is_file():
         raise DataError(f"{recipe_path}: recipe not found; run `make ensemble` first")
     recipe = json.loads(recipe_path.read_text())
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
     names = read_sample_names(layout.sample_submission)
-    if limit:  # for quick trials; the result is not a full submission and is not validated as one
+    if shard is not None:
+        names = names[shard_slice(len(names), *shard)]
+        out = shard_path(out, *shard)
+    if limit:  # a trial: written beside the submission under a name that says so, never over it
         names = names[:limit]
-    missing = [n for n in names if not (layout.test_dir / n).is_file()]
+        out = limit_path(out, limit)
+    paths = [layout.test_dir / n for n in names]
+    missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(
-            f"{layout.test_dir / missing[0]}: test image listed in sample_submission.csv not found "
-            f"({len(missing)} missing in all)"
+            f"{missing[0]}: test image listed in sample_submission.csv not found ({len(missing)} missing in all)"
         )
-    # What the rows depend on; the recipe's timestamps are left out so a re-tuned identical recipe matches.
-    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds")}
-    key = {
-        "recipe": _sha(json.dumps(stable, sort_keys=True).encode()),
-        "sample": _sha("\n".join(names).encode()),
-        "data": str(Path(data_dir)),
-    }
+    key = _key(recipe_hash(recipe), names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     summary_path = out.with_name(out.name + ".json")
-    if out.exists() and summary_path.exists() and not force:
-        done = read_json(summary_path)
-        if done.get("key") == key:
+    part = out.with_name(out.name + ".part")
+    progress_path = out.with_name(out.name + ".progress.json")
+    with OutputLock(out):
+        done = None if force else _complete(out, summary_path, key)
+        if done is not None:
+            progress_path.unlink(missing_ok=True)
             if not quiet:
                 print(f"{out} is already complete for this recipe and data ({done['rows']} rows); --force to redo")
             return done
 
+        rows_done, size = 0, None
+        if part.exists() and progress_path.exists() and not force:
+            progress = read_json(progress_path)
+            if progress.get("key") == key:
+                rows_done, size = progress["rows"], progress["size"]
+                with open(part, "r+b") as f:
+                    f.truncate(progress["bytes"])  # drop a chunk that was being written when it stopped
+                if not quiet:
+                    print(f"resuming {part}: {rows_done}/{len(names)} rows already written")
+            elif not quiet:
+                print(f"{part}: left by a different recipe or data; starting over")
+        compress = _compressor(suffix)
+        if rows_done == 0:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as f:
+                f.write(compress(HEADER))
+                f.flush()
+                os.fsync(f.fileno())
+            write_json(progress_path, {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None})
+
+        dev = pick_device(device)
+        todo = paths[rows_done:]
+        if todo:
+            members, weights = load(recipe, dev)
+            engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=num_workers, compile=compile)
+            bar = tqdm(total=len(names), initial=rows_done, desc=out.name, unit="img", disable=quiet, smoothing=0.05)
+            state = {"rows": rows_done, "size": size}
+
+            def on_chunk(n: int, offset: int) -> None:
+                state["rows"] += n
+                write_json(progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]})
+                bar.update(n)
+
+            with open(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
+                writer = RowWriter(f, pool, chunk_rows, compress, on_chunk, max_rows=max(32, 4 * batch_size))
+                try:
+                    for batch_names, masks in engine.masks(todo, weights, int(recipe["threshold"])):
+                        for name, mask in zip(batch_names, masks):
+                            if state["size"] is None:
+                                state["size"] = [mask.shape[1], mask.shape[0]]
+                            elif [mask.shape[1], mask.shape[0]] != state["size"]:
+                                w0, h0 = state["size"]
+                                raise DataError(
+                                    f"{layout.test_dir / name}: {mask.shape[1]}x{mask.shape[0]}, but the test "
+                                    f"images before it are {w0}x{h0}"
+                                )
+                            writer.add(name, mask)
+                    writer.finish()
+                except BaseException:
+                    writer.salvage()  # what is complete stays on disk for the next run
+                    raise
+            bar.close()
+            size = state["size"]
+
+        width, height = size
+        check = validate_submission(part, names, width, height)
+        summary = {
+            "file": str(out),
+            "key": key,
+            "sha256": file_sha256(part),
+            "recipe": str(recipe_path),
+            "rows": check["rows"],
+            "empty_masks": check["empty_masks"],
+            "mean_mask_area": round(check["mean_mask_area"], 5),
+            "width": width,
+            "height": height,
+            "partial": bool(limit) or shard is not None,
+            "device": str(dev),
+            "seconds_this_run": round(time.time() - start, 1),
+        }
+        # Summary first, then the rename: the summary names the file's hash, so a crash between the
+        # two leaves a finished .part (renamed by the next run) and never a stale "complete" claim.
+        write_json(summary_path, summary)
+        os.replace(part, out)
+        progress_path.unlink(missing_ok=True)
+    if not quiet:
+        what = "trial of the first rows, not a submission" if limit else "shard" if shard else "validated"
+        print(
+            f"{out}: {check['rows']} rows, {what} ({check['empty_masks']} empty masks, "
+            f"mean car area {check['mean_mask_area']:.3f})"
+        )
+    return summary
+
+
+_SHARD_RE = r"\.shard(\d+)-of-(\d+)"
+
+
+def _find_shards(out: Path) -> dict[int, dict[int, Path]]:
+    """{N: {i: path}} of the files ``<stem>.shard<i>-of-<N><suffix>`` beside ``out``."""
+    stem, suffix = split_suffix(out)
+    pattern = re.compile(re.escape(stem) + _SHARD_RE + re.escape(suffix))
+    found: dict[int, dict[int, Path]] = {}
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m:
+                found.setdefault(int(m[2]), {})[int(m[1])] = p
+    return found
+
+
+def merge_shards(
+    data_dir: str | Path,
+    out: str | Path,
+    recipe_path: str | Path | None = None,
+    quiet: bool = False,
+    shards_of: str | Path | None = None,
+) -> dict:
+    """Concatenate the shards (all N, each complete) into ``out`` in sample order; validate it.
+
+    The shards are those of ``out`` (``<stem>.shard<i>-of-<N>.csv.gz`` beside it) or, when there are
+    none, those of ``shards_of`` (the ``--out`` they were computed with).
+    """
+    start = time.time()
+    out = Path(out)
+    _, suffix = split_suffix(out)
+    source = out
+    found = _find_shards(out)
+    if not found and shards_of is not None:
+        source = Path(shards_of)
+        found = _find_shards(source)
+    stem, source_suffix = split_suffix(source)
+    if not found:
+        raise SubmissionError(
+            f"{source.parent}: no shard files {stem}.shard<i>-of-<N>{source_suffix}; "
+            "run `make submission SHARD=i/N` first"
+        )
+    if len(found) > 1:
+        raise SubmissionError(
+            f"{source.parent}: shards of different splits ({', '.join(f'N={n}' for n in sorted(found))}) "
+            f"for {source.name}; remove the ones you do not want"
+        )
+    ((count, shards),) = found.items()
+    absent = [i for i in range(count) if i not in shards]
+    if absent:
+        raise SubmissionError(
+            f"{source.parent}: shard(s) {absent} of {count} missing for {source.name}; "
+            f"run `make submission SHARD={absent[0]}/{count}`"
+        )
+    layout = Layout(data_dir)
+    layout.require(layout.sample_submission, layout.test_dir)
+    names = read_sample_names(layout.sample_submission)
+    wanted_recipe = None
+    if recipe_path is not None:
+        recipe_path = Path(recipe_path)
+        if not recipe_path.is_file():
+            raise DataError(f"{recipe_path}: recipe not found")
+        wanted_recipe = recipe_hash(json.loads(recipe_path.read_text()))
+    summaries = []
+    for i in range(count):
+        path = shards[i]
+        part_names = names[shard_slice(len(names), i, count)]
+        key = _key(wanted_recipe or "?", part_names, [layout.test_dir / n for n in part_names], f"{i}/{count}", None)
+        summary_path = path.with_name(path.name + ".json")
+        info = read_json(summary_path) if summary_path.is_file() else {}
+        if wanted_recipe is None:
+            key["recipe"] = info.get("key", {}).get("recipe")
+        if _complete(path, summary_path, key) is None:
+            raise SubmissionError(
+                f"{path}: not a complete shard {i}/{count} for this sample, test data"
+                f"{' and recipe' if wanted_recipe else ''}; re-run `make submission SHARD={i}/{count}`"
+            )
+        summaries.append(info)
+    recipes = {s["key"]["recipe"] for s in summaries}
+    sizes = {(s["width"], s["height"]) for s in summaries}
+    if len(recipes) > 1 or len(sizes) > 1:
+        raise SubmissionError(f"{out.parent}: the shards of {out.name} were made with different recipes or image sizes")
+    (width, height), (recipe_sha,) = sizes.pop(), recipes
+    key = _key(recipe_sha, names, [layout.test_dir / n for n in names], None, None)
+    summary_path = out.with_name(out.name + ".json")
     part = out.with_name(out.name + ".part")
-    progress_path = out.with_name(out.name + ".progress.json")
-    rows_done = 0
-    size = None
-    if part.exists() and progress_path.exists():
-        progress = read_json(progress_path)
-        if progress.get("key") == key:
-            rows_done, size = progress["rows"], progress["size"]
-            with open(part, "r+b") as f:
-                f.truncate(progress["bytes"])  # drop a chunk that was being written when it stopped
-            if not quiet:
-                print(f"resuming {part}: {rows_done}/{len(names)} rows already written")
-        elif not quiet:
-            print(f"{part}: left by a different recipe or data; starting over")
-    if rows_done == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    compress = _compressor(suffix)
+    with OutputLock(out):
         with open(part, "wb") as f:
-            f.write(gzip.compress(HEADER.encode(), compresslevel=6))
+            f.write(compress(HEADER))
+            for i in range(count):
+                opener = gzip.open if source_suffix == ".csv.gz" else open
+                with opener(shards[i], "rt", newline="") as src:
+                    header = src.readline()
+                    if header != HEADER:
+                        raise SubmissionError(f"{shards[i]}: header {header!r}, expected {HEADER!r}")
+                    while block := src.read(1 << 22):
+                        f.write(compress(block))
             f.flush()
             os.fsync(f.fileno())
-        write_json(progress_path, {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None})
-
-    dev = pick_device(device)
-    todo = names[rows_done:]
-    if todo:
-        members, weights = load_members(recipe, dev)
-        engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=num_workers)
-        threshold = int(recipe["threshold"])
-        lines: list[str] = []
-        bar = tqdm(total=len(names), initial=rows_done, desc="submission", unit="img", disable=quiet, smoothing=0.05)
-        with open(part, "ab") as f:
-            for name, q in engine.predict([layout.test_dir / n for n in todo]):
-                if size is None:
-                    size = [q.shape[2], q.shape[1]]
-                elif [q.shape[2], q.shape[1]] != size:
-                    raise DataError(
-                        f"{layout.test_dir / name}: {q.shape[2]}x{q.shape[1]}, but the test images "
-                        f"before it are {size[0]}x{size[1]}"
-                    )
-                mask = (blend(q, weights) >= threshold).cpu().numpy()
-                lines.append(f"{name},{rle.encode(mask)}\n")
-                if len(lines) == chunk_rows or rows_done + len(lines) == len(names):
-                    f.write(gzip.compress("".join(lines).encode(), compresslevel=6))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    rows_done += len(lines)
-                    write_json(progress_path, {"key": key, "rows": rows_done, "bytes": f.tell(), "size": size})
-                    bar.update(len(lines))
-                    lines = []
-        bar.close()
-
-    width, height = size
-    check = validate_submission(part, names, width, height)
-    os.replace(part, out)
-    progress_path.unlink(missing_ok=True)
-    summary = {
-        "file": str(out),
-        "key": key,
-        "recipe": str(recipe_path),
-        "rows": check["rows"],
-        "empty_masks": check["empty_masks"],
-        "mean_mask_area": round(check["mean_mask_area"], 5),
-        "width": width,
-        "height": height,
-        "partial": bool(limit),
-        "device": str(dev),
-        "seconds_this_run": round(time.time() - start, 1),
-    }
-    write_json(summary_path, summary)
+        check = validate_submission(part, names, width, height)
+        summary = {
+            "file": str(out),
+            "key": key,
+            "sha256": file_sha256(part),
+            "recipe": summaries[0].get("recipe"),
+            "rows": check["rows"],
+            "empty_masks": check["empty_masks"],
+            "mean_mask_area": round(check["mean_mask_area"], 5),
+            "width": width,
+            "height": height,
+            "partial": False,
+            "merged_from": [str(shards[i]) for i in range(count)],
+            "seconds_this_run": round(time.time() - start, 1),
+        }
+        write_json(summary_path, summary)
+        os.replace(part, out)
     if not quiet:
         print(
-            f"{out}: {check['rows']} rows, validated ({check['empty_masks']} empty masks, "
+            f"{out}: {check['rows']} rows merged from {count} shards, validated ({check['empty_masks']} empty masks, "
             f"mean car area {check['mean_mask_area']:.3f})"
         )
     return summary

@@ -29,9 +29,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, RandomSampler, Sampler, Subset
 from tqdm import tqdm
 
+from . import distributed
 from .augment import train_transform
 from .checks import check_fold, check_train_config
 from .config import Config
@@ -153,8 +155,29 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
 
 
 def _save(path: Path, state: dict) -> None:
+    if not distributed.is_main():  # DDP: only rank 0 writes the run's files
+        return
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+class RankSampler(Sampler):
+    """DDP: rank r's share (every world-th index) of one seeded random draw made identically on every rank.
+
+    Like DistributedSampler with a per-epoch seed (``set_epoch``), but the draw is the
+    single-process sampler's, so an epoch covers the same images whatever the number of ranks.
+    """
+
+    def __init__(self, n: int, per_rank: int, seed: int, rank: int, world: int):
+        self.n, self.per_rank, self.seed, self.rank, self.world = n, per_rank, seed, rank, world
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        order = list(RandomSampler(range(self.n), num_samples=self.per_rank * self.world, generator=g))
+        return iter(order[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 class Trainer:
@@ -171,12 +194,14 @@ class Trainer:
         self.train_df = folds[folds.fold != cfg.fold].reset_index(drop=True)
         self.val_df = folds[folds.fold == cfg.fold].reset_index(drop=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # DDP: every rank sees what rank 0 finished writing before deciding to resume
         resume = (self.run_dir / "last.pt").exists() and not fresh
         if resume:
             self._check_resumable()
-        elif fresh:
+        elif fresh and distributed.is_main():
             clear_fold_outputs(self.run_dir)
-        write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        if distributed.is_main():
+            write_text(self.run_dir / "config.yaml", cfg.to_yaml())
 
         seed_everything(cfg.seed)  # the random init of the decoder (and encoder without weights)
         if resume:  # weights come from the checkpoint: do not fetch the encoder again
@@ -190,7 +215,9 @@ class Trainer:
         self.loss_fn = get_loss(cfg.train.loss).to(self.device)
 
         t = cfg.train
-        self.steps_per_epoch = t.steps_per_epoch or max(1, len(self.train_df) // t.batch_size)
+        self.dist = distributed.current()  # DDP under torchrun; rank 0 of 1 otherwise
+        # An epoch is one pass over the training images by all ranks together (batch_size per rank).
+        self.steps_per_epoch = t.steps_per_epoch or max(1, len(self.train_df) // (t.batch_size * self.dist.world))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         use_scaler = self.device.type == "cuda" and t.amp and t.amp_dtype == "float16"
@@ -223,6 +250,12 @@ class Trainer:
             transform=None,
             cache=t.cache_images,
         )
+        # DDP: a wrapper for the training forward/backward (gradients averaged over ranks); self.model
+        # stays the plain module for checkpoints, validation and out-of-fold prediction.
+        self.ddp = None
+        if self.dist.world > 1:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _check_resumable(self) -> None:
@@ -282,6 +315,11 @@ class Trainer:
         t = self.cfg.train
         g = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.epoch)
         sampler = RandomSampler(self.train_ds, num_samples=self.steps_per_epoch * t.batch_size, generator=g)
+        if self.dist.world > 1:  # DDP: this rank's share of the epoch; its own augmentation streams
+            seed, r = self.cfg.seed * 1000 + self.epoch, self.dist.rank
+            sampler = RankSampler(len(self.train_ds), self.steps_per_epoch * t.batch_size, seed, r, self.dist.world)
+            g = torch.Generator().manual_seed(seed + 1_000_003 * r)
+            self.transform.set_random_seed(seed + 1_000_003 * r)
         return DataLoader(
             self.train_ds,
             batch_size=t.batch_size,
@@ -299,8 +337,9 @@ class Trainer:
         x = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        model = self.ddp if self.ddp is not None and torch.is_grad_enabled() else self.model
         with autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype):
-            logits = self.model(x)
+            logits = model(x)
         return logits, batch["mask"].to(self.device, non_blocking=True), x
 
     def train_epoch(self) -> float:
@@ -335,7 +374,12 @@ class Trainer:
         """Mean loss and mean Dice (threshold 0.5) on the held-out cars, at training resolution."""
         self.model.eval()
         t = self.cfg.train
-        loader = DataLoader(self.val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
+        val_ds = (
+            self.val_ds
+            if self.dist.world == 1
+            else Subset(self.val_ds, range(self.dist.rank, len(self.val_ds), self.dist.world))
+        )
+        loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
         losses, dices = [], []
         for batch in tqdm(loader, desc="validate", leave=False, disable=self.quiet):
             logits, y, x = self._forward(batch)
@@ -343,6 +387,12 @@ class Trainer:
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
         _check_finite(float(np.sum(losses)), "the validation loss", self.run_dir, self.epoch - 1)
+        if self.dist.world > 1:  # DDP: each rank validated every world-th image; sum over ranks
+            d = torch.cat(dices) if dices else torch.zeros(0)
+            loss_sum, dice_sum, n = distributed.all_reduce_sum(
+                [float(np.sum(losses)), float(d.sum()), len(d)], self.device
+            )
+            return loss_sum / n, dice_sum / n
         return float(np.sum(losses) / n), float(torch.cat(dices).mean())
 
     def fit(self) -> None:
@@ -350,6 +400,9 @@ class Trainer:
         while not self.finished and self.epoch < t.epochs:
             start = time.time()
             train_loss = self.train_epoch()
+            if self.dist.world > 1:  # DDP: every rank ran the same number of steps; mean of the means
+                train_loss = distributed.all_reduce_sum([train_loss], self.device)[0] / self.dist.world
+                distributed.broadcast_buffers(self.model)  # validate and save rank 0's BatchNorm statistics
             self.epoch += 1
             row = {
                 "epoch": self.epoch,
@@ -389,6 +442,8 @@ class Trainer:
                 self._log(f"early stop: no improvement for {self.bad_epochs} epochs")
 
     def _write_history(self) -> None:
+        if not self.dist.is_main:
+            return
         with atomic_path(self.run_dir / "history.csv") as tmp:
             pd.DataFrame(self.history).to_csv(tmp, index=False)
 
@@ -485,6 +540,8 @@ def _oof_source(run_dir: Path, cfg: Config, folds_id: dict) -> dict:
 def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
     trainer = Trainer(cfg, fresh=fresh, quiet=quiet)
     trainer.fit()
+    if not distributed.is_main():  # DDP: rank 0 predicts out-of-fold and reports
+        return {}
     if not (cfg.run_dir / "best.pt").exists():
         raise TrainingError(f"{cfg.run_dir}: training ended without a validated checkpoint")
     summary = predict_oof(cfg, quiet=quiet)

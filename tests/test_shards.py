@@ -1,0 +1,226 @@
+"""Submission shards, merge, torchrun, and the output's safety: locks, trial files, resume keys, suffixes."""
+
+import fcntl
+import gzip
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import rle
+from pipeline import submission as submission_mod
+from pipeline.__main__ import main
+from pipeline.models import build_model
+from pipeline.submission import limit_path, make_submission, merge_shards, shard_path
+from pipeline.validate import SubmissionError, read_sample_names
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_data, tmp_path_factory):
+    """Two members (2 fold models each; hflip TTA / none; 32x48 / full 64x96 input) with random weights."""
+    root = tmp_path_factory.mktemp("shards")
+    members = []
+    spec = (("a", {}, ["hflip"], 2, (32, 48)), ("b", {"model.decoder_channels": "[8,8,8,8,8]"}, [], 1, (64, 96)))
+    for name, over, tta, weight, (h, w) in spec:
+        checkpoints = []
+        for k in range(2):
+            cfg = tiny_config(tiny_data, root / "runs", name=name, fold=k, **over)
+            torch.manual_seed(100 * weight + k)
+            path = root / f"{name}{k}.pt"
+            torch.save({"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()}, path)
+            checkpoints.append(str(path))
+        members.append(
+            {"name": name, "weight": weight, "checkpoints": checkpoints, "height": h, "width": w, "tta": tta}
+        )
+    path = root / "recipe.json"
+    path.write_text(json.dumps({"members": members, "threshold": 128}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(recipe, tiny_data, tmp_path_factory):
+    """The single-process submission every sharded variant must reproduce."""
+    out = tmp_path_factory.mktemp("single") / "submission.csv.gz"
+    make_submission(recipe, tiny_data, out, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
+    return out
+
+
+def _text(path: Path) -> str:
+    with gzip.open(path, "rt", newline="") as f:
+        return f.read()
+
+
+def _run(recipe, data, out, **kw):
+    return make_submission(recipe, data, out, device="cpu", quiet=True, **{"chunk_rows": 2, "num_workers": 0, **kw})
+
+
+def test_single_run_has_real_rows(single, tiny_data):
+    lines = _text(single).splitlines()
+    assert lines[0] == "img,rle_mask" and len(lines) == 17
+    assert [ln.split(",")[0] for ln in lines[1:]] == read_sample_names(tiny_data / "sample_submission.csv")
+    assert any(ln.split(",")[1] for ln in lines[1:]), "all masks empty: the test would prove little"
+
+
+def test_shards_merge_to_the_single_run(recipe, tiny_data, single, tmp_path):
+    out = tmp_path / "sub" / "other.csv.gz"
+    names = read_sample_names(tiny_data / "sample_submission.csv")
+    for i in range(3):
+        _run(recipe, tiny_data, out, shard=(i, 3), num_workers=1 if i == 1 else 0)
+        rows = _text(shard_path(out, i, 3)).splitlines()
+        assert rows[0] == "img,rle_mask"
+        assert [r.split(",")[0] for r in rows[1:]] == names[16 * i // 3 : 16 * (i + 1) // 3]  # contiguous
+    assert not out.exists()
+    assert main(["merge", "--data", str(tiny_data), "--out", str(out), "--recipe", str(recipe)]) == 0
+    assert _text(out) == _text(single)
+    assert json.loads(out.with_name(out.name + ".json").read_text())["rows"] == 16
+    # `make merge SUBMISSION=other.csv`: shards found by the name they were computed with; plain text out.
+    other = tmp_path / "other.csv"
+    merge_shards(tiny_data, other, shards_of=out, quiet=True)
+    assert other.read_text() == _text(single)
+    # The merged file is a complete submission for the single-process command: nothing is recomputed.
+    assert _run(recipe, tiny_data, out)["merged_from"]
+
+
+def test_merge_names_a_missing_or_incomplete_shard(recipe, tiny_data, tmp_path, capsys):
+    out = tmp_path / "s.csv.gz"
+    _run(recipe, tiny_data, out, shard=(0, 2))
+    with pytest.raises(SubmissionError, match=r"shard\(s\) \[1\] of 2 missing.*SHARD=1/2"):
+        merge_shards(tiny_data, out)
+    shard_path(out, 1, 2).write_bytes(gzip.compress(b"img,rle_mask\n"))  # no summary: not complete
+    assert main(["merge", "--data", str(tiny_data), "--out", str(out)]) == 2
+    assert "not a complete shard 1/2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
+    out = tmp_path / "k.csv.gz"
+    shard1 = shard_path(out, 1, 2)
+    # A real kill -9 of a process computing shard 1/2 (8 rows, chunks of 2), just after its second chunk
+    # reached the disk and before the progress file recorded it.
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pipeline import submission
+        real = submission.write_json
+        def write_json(path, obj):
+            if obj.get("rows") == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(path, obj)
+        submission.write_json = write_json
+        submission.make_submission({str(recipe)!r}, {str(tiny_data)!r}, {str(out)!r}, device="cpu",
+                                   num_workers=0, chunk_rows=2, quiet=True, shard=(1, 2))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -9
+    progress = json.loads(shard1.with_name(shard1.name + ".progress.json").read_text())
+    assert progress["rows"] == 2 and progress["key"]["shard"] == "1/2"
+    assert not shard1.exists() and shard1.with_name(shard1.name + ".part").exists()
+    # Shard 0 is computed meanwhile, independently; then shard 1 resumes (and must not redo its rows).
+    _run(recipe, tiny_data, out, shard=(0, 2))
+    calls = []
+    real = rle.encode
+
+    def counting(mask):
+        calls.append(1)
+        return real(mask)
+
+    submission_mod.rle.encode = counting
+    try:
+        _run(recipe, tiny_data, out, shard=(1, 2))
+    finally:
+        submission_mod.rle.encode = real
+    assert len(calls) == 6  # rows 3..8: the chunk past the recorded offset is dropped and redone
+    merge_shards(tiny_data, out, recipe_path=recipe, quiet=True)
+    assert _text(out) == _text(single)
+
+
+def test_torchrun_two_ranks_shard_and_merge(recipe, tiny_data, single, tmp_path):
+    out = tmp_path / "tr" / "submission.csv.gz"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline"]
+    cmd += ["submission", "--recipe", str(recipe), "--data", str(tiny_data), "--out", str(out)]
+    cmd += ["--device", "cpu", "--num-workers", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shard_path(out, 0, 2).exists() and shard_path(out, 1, 2).exists()
+    assert _text(out) == _text(single)
+
+
+def test_limit_writes_a_trial_file_beside_the_submission(recipe, tiny_data, single, tmp_path):
+    out = tmp_path / "submission.csv.gz"
+    out.write_bytes(single.read_bytes())
+    before = out.read_bytes()
+    summary = _run(recipe, tiny_data, out, limit=3)
+    trial = limit_path(out, 3)
+    assert out.read_bytes() == before, "--limit touched the final submission"
+    assert summary["file"] == str(trial) and summary["partial"] and "trial" in trial.name
+    assert _text(trial).splitlines() == _text(single).splitlines()[:4]
+
+
+def test_resume_key_ignores_how_the_data_path_is_spelled(recipe, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "s.csv.gz"
+    _run(recipe, tiny_data, out)
+    spelled = tiny_data.parent / "." / tiny_data.name / ".." / tiny_data.name
+    link = tmp_path / "link"
+    link.symlink_to(tiny_data)
+
+    def boom(mask):
+        raise AssertionError("recomputed a finished submission")
+
+    monkeypatch.setattr(submission_mod.rle, "encode", boom)
+    for data in (spelled, link, str(tiny_data) + "/"):
+        assert _run(recipe, data, out)["rows"] == 16
+
+
+def test_crash_after_the_final_rename_does_not_recompute(recipe, tiny_data, single, tmp_path, monkeypatch):
+    out = tmp_path / "s.csv.gz"
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == out:
+            raise KeyboardInterrupt  # power cut right after the rename
+
+    monkeypatch.setattr(submission_mod.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(recipe, tiny_data, out)
+    monkeypatch.setattr(submission_mod.os, "replace", real_replace)
+    monkeypatch.setattr(submission_mod.rle, "encode", lambda mask: pytest.fail("recomputed"))
+    assert _run(recipe, tiny_data, out)["rows"] == 16
+    assert _text(out) == _text(single)
+
+
+def test_second_writer_is_refused_and_a_stale_lock_is_not(recipe, tiny_data, single, tmp_path):
+    out = tmp_path / "s.csv.gz"
+    lock = out.with_name(out.name + ".lock")
+    for i in range(2):
+        _run(recipe, tiny_data, out, shard=(i, 2))  # shard files have locks of their own
+    with open(lock, "w") as held:  # another run, alive, holding the lock
+        held.write("pid 424242 on host elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(SubmissionError, match=r"another run is writing it \(pid 424242 on host elsewhere"):
+            _run(recipe, tiny_data, out)
+        with pytest.raises(SubmissionError, match="another run is writing it"):
+            merge_shards(tiny_data, out)
+    assert not out.exists()
+    # The holder was killed: the lock file stays, the kernel lock is gone; the next run proceeds.
+    assert lock.read_text().startswith("pid 424242")
+    _run(recipe, tiny_data, out)
+    assert _text(out) == _text(single)
+
+
+def test_writer_writes_what_the_name_says(recipe, tiny_data, single, tmp_path):
+    plain = tmp_path / "s.csv"
+    _run(recipe, tiny_data, plain)
+    assert plain.read_bytes()[:13] == b"img,rle_mask\n"
+    assert plain.read_text() == _text(single)
+    with pytest.raises(SubmissionError, match=r"s\.txt: a submission must be named \*\.csv\.gz"):
+        _run(recipe, tiny_data, tmp_path / "s.txt")
+    assert not (tmp_path / "s.txt").exists()
