@@ -40,6 +40,7 @@ from . import rle
 from .data import DataError, Layout
 from .engine import Engine, Member, pick_device
 from .io_utils import read_json, write_json
+from .postprocess import apply as postprocess
 from .models import load_checkpoint_model
 from .validate import SubmissionError, read_sample_names, validate_submission
 
@@ -138,8 +139,9 @@ class OutputLock:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray) -> str:
-    return f"{name},{rle.encode(mask)}\n"
+def _row(name: str, mask: np.ndarray, steps: list[str]) -> str:
+    """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE."""
+    return f"{name},{rle.encode(postprocess(mask, steps) if steps else mask)}\n"
 
 
 class RowWriter:
@@ -152,15 +154,18 @@ class RowWriter:
     ``on_chunk(rows, offset)`` is called after each chunk is on disk.
     """
 
-    def __init__(self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32):
+    def __init__(
+        self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32, steps=()
+    ):
         self.f, self.pool, self.chunk_rows, self.compress, self.on_chunk = f, pool, chunk_rows, compress, on_chunk
+        self.steps = list(steps)
         self.max_rows, self.max_chunks = max_rows, 2
         self.rows: deque[Future] = deque()
         self.chunks: deque[tuple[Future, int]] = deque()
         self.lines: list[str] = []
 
     def add(self, name: str, mask: np.ndarray) -> None:
-        self.rows.append(self.pool.submit(_row, name, mask))
+        self.rows.append(self.pool.submit(_row, name, mask, self.steps))
         while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
@@ -349,7 +354,9 @@ def make_submission(
                 bar.update(n)
 
             with open(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
-                writer = RowWriter(f, pool, chunk_rows, compress, on_chunk, max_rows=max(32, 4 * batch_size))
+                writer = RowWriter(
+                    f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
+                )
                 try:
                     for batch_names, masks in engine.masks(todo, weights, int(recipe["threshold"])):
                         for name, mask in zip(batch_names, masks):

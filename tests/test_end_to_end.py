@@ -15,6 +15,7 @@ from pipeline.engine import blend
 from pipeline.ensemble import tune
 from pipeline.io_utils import read_json
 from pipeline.models import load_checkpoint_model
+from pipeline.postprocess import apply as postprocess
 from pipeline.submission import make_submission
 from pipeline.train import run
 from pipeline.validate import SubmissionError, read_sample_names, validate_submission
@@ -56,8 +57,8 @@ def _expected_rows(tiny_data, recipe):
             p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)[0, 0]
             maps.append(torch.round(p.clamp(0, 1) * 255).to(torch.uint8).numpy())
             weights.append(m["weight"])
-        mask = blend(np.stack(maps), weights) >= recipe["threshold"]
-        rows.append([name, rle.encode(mask)])
+        mask = (blend(np.stack(maps), weights) >= recipe["threshold"]).astype(np.uint8)
+        rows.append([name, rle.encode(postprocess(mask, recipe["postprocess"]))])
     return rows
 
 
