@@ -84,3 +84,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pipeline.bench
+
+# -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
+IN ?= data/test
+OUT ?= predictions
+
+.PHONY: predict
+predict: $(STAMP)
+	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)

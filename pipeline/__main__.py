@@ -78,6 +78,39 @@ def cmd_validate(a) -> None:
     print(validate_submission(a.file, names, width, height))
 
 
+# -- what users see: predict (cut-outs), report, Kaggle download/submit (issue 8) -------------------
+def cmd_predict(a) -> None:
+    from .predict import run_predict
+
+    run_predict(
+        a.input,
+        a.out,
+        recipe=a.recipe,
+        checkpoint=a.checkpoint,
+        background=a.background,
+        feather=a.feather,
+        device=a.device,
+        amp=not a.no_amp,
+        batch_size=a.batch_size,
+        resume=a.resume,
+    )
+
+
+def add_user_stages(sub) -> None:
+    s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
+    s.add_argument("input", help="an image file or a folder of images")
+    s.add_argument("--out", default="predictions", help="output folder")
+    s.add_argument("--recipe", default="submissions/recipe.json", help="ensemble recipe (default)")
+    s.add_argument("--checkpoint", help="one checkpoint instead of the recipe (threshold 0.5)")
+    s.add_argument("--background", help="composite onto an image file or a colour #rrggbb")
+    s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-amp", action="store_true", help="fp32 inference on CUDA")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
+    s.set_defaults(func=cmd_predict)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="Carvana image masking pipeline")
     sub = p.add_subparsers(dest="stage", required=True)
@@ -134,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("file")
     s.add_argument("--data", default="data")
     s.set_defaults(func=cmd_validate)
+
+    add_user_stages(sub)
 
     a = p.parse_args(argv)
     from .config import ConfigError
