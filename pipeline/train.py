@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from .augment import train_transform
-from .config import Config
+from .config import Config, ConfigError
 from .data import Layout, read_mask
 from .datasets import SegmentationDataset
 from .engine import Engine, Member, autocast, pick_device
@@ -260,8 +260,8 @@ class Trainer:
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean loss and mean Dice (threshold 0.5) on the held-out cars, at training resolution."""
+    def validate(self) -> tuple[float, float, float]:
+        """Mean loss, Dice and IoU (threshold 0.5, per image) on the held-out cars, at training resolution."""
         self.model.eval()
         t = self.cfg.train
         loader = DataLoader(self.val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
@@ -271,7 +271,9 @@ class Trainer:
             losses.append(self.loss_fn(logits, y).item() * len(y))
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
-        return float(np.sum(losses) / n), float(torch.cat(dices).mean())
+        d = torch.cat(dices)
+        # Per image IoU = Dice / (2 - Dice) exactly (both are 1 when prediction and truth are empty).
+        return float(np.sum(losses) / n), float(d.mean()), float((d / (2 - d)).mean())
 
     def fit(self) -> None:
         t = self.cfg.train
@@ -285,9 +287,10 @@ class Trainer:
                 "train_loss": train_loss,
                 "val_loss": float("nan"),
                 "val_dice": float("nan"),
+                "val_iou": float("nan"),
             }
             if self.epoch % t.val_every == 0 or self.epoch == t.epochs:
-                row["val_loss"], row["val_dice"] = self.validate()
+                row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
                 if row["val_dice"] > self.best:
                     self.best, self.bad_epochs = row["val_dice"], 0
                     _save(
@@ -308,12 +311,30 @@ class Trainer:
                 self.finished = True
             _save(self.run_dir / "last.pt", self._state())
             self._write_history()
+            self._tensorboard(row)
             self._log(
                 f"epoch {self.epoch}: train_loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
                 f"val_dice {row['val_dice']:.5f} ({row['seconds']:.0f}s)"
             )
             if self.finished and self.epoch < t.epochs:
                 self._log(f"early stop: no improvement for {self.bad_epochs} epochs")
+
+    def _tensorboard(self, row: dict) -> None:
+        """Mirror the epoch's history row to TensorBoard (``train.tensorboard``) in ``<run_dir>/tb/``."""
+        if not self.cfg.train.tensorboard:
+            return
+        if getattr(self, "_tb", None) is None:
+            try:  # lazy: tensorboard is only needed when asked for
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError(f"train.tensorboard: true needs the tensorboard package ({e})") from None
+            # purge_step drops what a killed run logged after its last checkpoint: resumed curves stay clean.
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=row["epoch"])
+        tags = {"train_loss": "train/loss", "val_loss": "val/loss", "val_dice": "val/dice", "val_iou": "val/iou"}
+        for key, tag in {"lr": "lr", **tags}.items():
+            if not math.isnan(row[key]):
+                self._tb.add_scalar(tag, row[key], row["epoch"])
+        self._tb.flush()
 
     def _write_history(self) -> None:
         with atomic_path(self.run_dir / "history.csv") as tmp:
