@@ -92,3 +92,10 @@ OUT ?= predictions
 .PHONY: predict
 predict: $(STAMP)
 	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)
+
+.PHONY: download submit
+download: $(STAMP)
+	$(PY) -m pipeline download --data $(DATA) $(ARGS)
+
+submit: $(STAMP)
+	$(PY) -m pipeline submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)

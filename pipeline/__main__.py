@@ -96,6 +96,20 @@ def cmd_predict(a) -> None:
     )
 
 
+def cmd_download(a) -> None:
+    from .kaggle import download
+
+    status = download(a.data, keep_zips=a.keep_zips)
+    print(f"{a.data}: " + ", ".join(f"{target} {state}" for target, state in status.items()))
+
+
+def cmd_submit(a) -> None:
+    from .kaggle import submit
+
+    check = submit(a.file, a.message, a.data)
+    print(f"{a.file}: {check['rows']} rows validated and uploaded; see your submissions page on Kaggle for the score")
+
+
 def add_user_stages(sub) -> None:
     s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")
@@ -109,6 +123,17 @@ def add_user_stages(sub) -> None:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("download", help="fetch and unpack the competition data with the Kaggle CLI")
+    s.add_argument("--data", default="data", help="data root to fill (train/, train_masks/, test/, CSVs)")
+    s.add_argument("--keep-zips", action="store_true", help="keep the downloaded zips in DATA/downloads/")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("submit", help="validate a submission, then upload it with the Kaggle CLI")
+    s.add_argument("file", nargs="?", default="submissions/submission.csv.gz")
+    s.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
+    s.add_argument("--data", default="data", help="data root with sample_submission.csv")
+    s.set_defaults(func=cmd_submit)
 
 
 def main(argv: list[str] | None = None) -> int:
