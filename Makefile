@@ -15,6 +15,7 @@ DEVICE ?= auto
 RECIPE ?= submissions/recipe.json
 SUBMISSION ?= submissions/submission.csv.gz
 ARGS ?=
+INDEX ?=
 
 DEMO_DIR ?= demo
 DEMO_MODELS ?= demo-mobilenetv3-large demo-mobilenetv3
@@ -23,7 +24,7 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble submission validate clean-demo bench
+.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
@@ -32,6 +33,7 @@ help:
 	@echo "make train FOLD=0 MODEL=vgg11   (MODEL=resnet50; FOLD=0..4 or all) -> $(RUNS)/<model>/fold<k>/"
 	@echo "make ensemble                   tune weights + threshold out-of-fold -> $(RECIPE)"
 	@echo "make submission                 -> $(SUBMISSION) (resumable, validated)"
+	@echo "make evaluate                   score out-of-fold maps of every run and the recipe (per image, full res)"
 	@echo "make validate                   re-check $(SUBMISSION) against sample_submission.csv"
 	@echo "make lint | format              ruff"
 
@@ -44,7 +46,7 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 folds: $(STAMP)
-	$(PY) -m pipeline folds --data $(DATA) --out $(FOLDS_CSV)
+	$(PY) -m pipeline folds --data $(DATA) --out $(FOLDS_CSV) $(if $(INDEX),--index $(INDEX))
 
 train: $(STAMP)
 	$(PY) -m pipeline train --config configs/$(MODEL).yaml --fold $(FOLD) --data $(DATA) \
@@ -55,6 +57,9 @@ ensemble: $(STAMP)
 
 submission: $(STAMP)
 	$(PY) -m pipeline submission --recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m pipeline evaluate --runs $(RUNS) --data $(DATA) $(if $(wildcard $(RECIPE)),--recipe $(RECIPE)) $(ARGS)
 
 validate: $(STAMP)
 	$(PY) -m pipeline validate $(SUBMISSION) --data $(DATA)

@@ -23,7 +23,7 @@ def cmd_demo_data(a) -> None:
 def cmd_folds(a) -> None:
     from .folds import make_folds, summary
 
-    df = make_folds(a.data, a.out, k=a.k, seed=a.seed)
+    df = make_folds(a.data, a.out, k=a.k, seed=a.seed, index=a.index)
     print(summary(df))
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
 
@@ -66,6 +66,32 @@ def cmd_submission(a) -> None:
         force=a.force,
         limit=a.limit,
     )
+
+
+def cmd_evaluate(a) -> None:
+    from .evaluate import evaluate, format_table, json_payload
+    from .io_utils import atomic_path, write_json
+
+    summaries, per_image = evaluate(
+        runs=a.runs,
+        recipe=a.recipe,
+        data=a.data,
+        members=a.members.split(",") if a.members else None,
+        submission=a.submission,
+        pred_dir=a.pred_dir,
+        masks=a.masks,
+        n_jobs=a.jobs,
+    )
+    print(format_table(summaries))
+    for name, s in summaries.items():
+        print(f"{name}: worst " + ", ".join(f"{w['img']} {w['dice']:.4f}" for w in s["worst"][:5]))
+    if a.json:
+        write_json(a.json, json_payload(summaries))
+        print(f"summary -> {a.json}")
+    if a.per_image:
+        with atomic_path(a.per_image) as tmp:
+            per_image.to_csv(tmp, index=False, float_format="%.6f")
+        print(f"per-image metrics -> {a.per_image}")
 
 
 def cmd_validate(a) -> None:
@@ -154,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", default="folds/folds.csv")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--index", help="train-set index CSV (img,car_id,view,mask_area,width,height) instead of --data")
     s.set_defaults(func=cmd_folds)
 
     s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
@@ -175,6 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=10, help="weight grid resolution (10 = steps of 0.1)")
     s.add_argument("--jobs", type=int, default=-1)
     s.set_defaults(func=cmd_ensemble)
+
+    s = sub.add_parser("evaluate", help="score predictions against the masks at full resolution (per image)")
+    s.add_argument("--runs", help="score the out-of-fold maps of every completed run under this folder")
+    s.add_argument("--members", help="with --runs: comma list of run names (default: all)")
+    s.add_argument("--recipe", help="score the blend of an ensemble recipe (recipe.json) on out-of-fold maps")
+    s.add_argument("--submission", help="score a submission .csv/.csv.gz (needs --masks)")
+    s.add_argument("--pred-dir", help="score a folder of predicted mask PNGs (needs --masks)")
+    s.add_argument("--masks", help="ground-truth folder of <stem>_mask.gif/.png, e.g. data/train_masks")
+    s.add_argument("--data", default="data", help="data root whose train_masks/ --runs and --recipe use")
+    s.add_argument("--json", help="write the summary (one source: an object; several: {source: object})")
+    s.add_argument("--per-image", help="write one CSV row per source and image")
+    s.add_argument("--jobs", type=int, default=-1)
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("submission", help="predict test images with the recipe -> Kaggle .csv.gz (resumable)")
     s.add_argument("--recipe", default="submissions/recipe.json")

@@ -26,6 +26,9 @@ class ModelConfig:
     # "imagenet" (downloaded by smp/timm from the hub), "none", or a path to a state-dict file
     encoder_weights: str = "imagenet"
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    # A ResNet-style refinement block after the decoder (Heitzinger & Kampel): sees the logits and
+    # the image at input resolution and adds a residual to the logits. 0 disables; else its width.
+    refine: int = 0
 
 
 @dataclass
@@ -60,7 +63,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine | constant (both after a linear warmup)
     warmup_epochs: float = 1.0
-    loss: str = "bce_dice"  # a name from pipeline.losses.LOSSES
+    loss: str = "bce_dice"  # terms of pipeline.losses joined by "+", e.g. "dice+mse+gradient"
     amp: bool = True  # CUDA only; ignored on CPU
     amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 uses a GradScaler)
     channels_last: bool = True  # CUDA only

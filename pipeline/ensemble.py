@@ -103,26 +103,35 @@ def dice_by_threshold(hist: np.ndarray) -> np.ndarray:
     return dice_from_counts(tp, fp, fn)
 
 
-def _load(layout: Layout, img: str, members: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(the members' uint8 maps (M, H, W), the GIF mask) of one image."""
+def member_images(folds: list[dict]) -> dict[str, str]:
+    """{image: run dir of the fold that holds its out-of-fold map} over a member's completed folds."""
+    by_image: dict[str, str] = {}
+    for f in folds:
+        scores = pd.read_csv(Path(f["run_dir"]) / "oof_dice.csv")
+        by_image.update({img: f["run_dir"] for img in scores.img})
+    return by_image
+
+
+def load_maps(layout: Layout, img: str, maps_of: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(the members' uint8 maps (M, H, W), the GIF mask) of one image; ``maps_of`` from member_images."""
     mask = read_mask(layout.mask(img))
-    maps = np.stack([_read_q(_oof_path(m["by_image"][img], img)) for m in members])
+    maps = np.stack([_read_q(_oof_path(by_image[img], img)) for by_image in maps_of])
     if maps.shape[1:] != mask.shape:
         raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
     return maps, mask
 
 
-def _chunk_scores(layout: Layout, images: list[str], members: list[dict], combos: np.ndarray) -> np.ndarray:
+def _chunk_scores(layout: Layout, images: list[str], maps_of: list[dict], combos: np.ndarray) -> np.ndarray:
     total = np.zeros((len(combos), 256))
     for img in images:
-        maps, mask = _load(layout, img, members)
+        maps, mask = load_maps(layout, img, maps_of)
         total += dice_by_threshold(image_histograms(maps, mask, combos))
     return total
 
 
-def _per_image(layout: Layout, img: str, members: list[dict], weights: list[int], threshold: int) -> list[float]:
+def _per_image(layout: Layout, img: str, maps_of: list[dict], weights: list[int], threshold: int) -> list[float]:
     """Dice of the blend and of each member alone, at the recipe's threshold."""
-    maps, mask = _load(layout, img, members)
+    maps, mask = load_maps(layout, img, maps_of)
     return [dice(blend(maps, weights) >= threshold, mask)] + [dice(q >= threshold, mask) for q in maps]
 
 
@@ -140,11 +149,8 @@ def tune(
     found = discover(runs_dir, names)
     members = []
     for name, folds in found.items():
-        by_image: dict[str, str] = {}
-        for f in folds:
-            scores = pd.read_csv(Path(f["run_dir"]) / "oof_dice.csv")
-            by_image.update({img: f["run_dir"] for img in scores.img})
-        members.append({"name": name, "folds": folds, "by_image": by_image})
+        members.append({"name": name, "folds": folds, "by_image": member_images(folds)})
+    maps_of = [m["by_image"] for m in members]
     common = sorted(set.intersection(*(set(m["by_image"]) for m in members)))
     if not common:
         raise DataError(f"{runs_dir}: the members' out-of-fold predictions share no image; train the same folds")
@@ -157,7 +163,7 @@ def tune(
     combos = weight_grid(len(members), steps if len(members) > 1 else 1)
     chunks = [common[i : i + 16] for i in range(0, len(common), 16)]
     parts = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_chunk_scores)(layout, c, members, combos) for c in chunks
+        delayed(_chunk_scores)(layout, c, maps_of, combos) for c in chunks
     )
     total = np.zeros((len(combos), 256))
     for p in tqdm(parts, total=len(chunks), desc="ensemble search", unit="chunk", disable=quiet):
@@ -168,7 +174,7 @@ def tune(
     weights = combos[ci].tolist()
 
     per_image = Parallel(n_jobs=n_jobs)(
-        delayed(_per_image)(layout, img, members, weights, int(threshold))
+        delayed(_per_image)(layout, img, maps_of, weights, int(threshold))
         for img in tqdm(common, desc="score recipe", unit="img", disable=quiet)
     )
     cols = ["blend"] + [m["name"] for m in members]

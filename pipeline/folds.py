@@ -55,6 +55,8 @@ def scan_train(layout: Layout, n_jobs: int = -1) -> pd.DataFrame:
     )
     df = pd.DataFrame(rows, columns=["img", "car_id", "view"])
     df[["mask_area", "width", "height"]] = pd.DataFrame(stats, columns=["mask_area", "width", "height"])
+    # Rounded as folds.csv and the published index store it, so both give the same folds.
+    df["mask_area"] = df["mask_area"].round(6)
     dup = df[df.duplicated(["car_id", "view"], keep=False)]
     if len(dup):
         raise DataError(f"{layout.train_dir / dup.img.iloc[0]}: duplicate car/view")
@@ -81,8 +83,41 @@ def assign_folds(df: pd.DataFrame, k: int = 5, seed: int = 42, n_bins: int = 5) 
     return out.sort_values("img").reset_index(drop=True)[COLUMNS]
 
 
-def make_folds(data_dir: str | Path, out_csv: str | Path, k: int = 5, seed: int = 42, n_jobs: int = -1) -> pd.DataFrame:
-    df = assign_folds(scan_train(Layout(data_dir), n_jobs=n_jobs), k=k, seed=seed)
+INDEX_COLUMNS = ["img", "car_id", "view", "mask_area", "width", "height"]
+
+
+def read_index(path: str | Path) -> pd.DataFrame:
+    """A train-set index (``img, car_id, view, mask_area, width, height``, one row per image, as in
+    ``kaggle_train_index.csv``) in place of the images: the same folds without the data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: index file not found")
+    df = pd.read_csv(path)
+    missing = [c for c in INDEX_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; an index has {INDEX_COLUMNS}")
+    if df.empty:
+        raise DataError(f"{path}: no rows")
+    for img, car, view in zip(df.img, df.car_id, df.view):
+        if parse_name(img) != (car, view):
+            raise DataError(f"{path}: row {img!r} says car {car!r} view {view!r}; the name says otherwise")
+    dup = df[df.img.duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: image {dup.img.iloc[0]} listed twice")
+    return df[INDEX_COLUMNS].assign(mask_area=df.mask_area.round(6)).sort_values("img").reset_index(drop=True)
+
+
+def make_folds(
+    data_dir: str | Path | None,
+    out_csv: str | Path,
+    k: int = 5,
+    seed: int = 42,
+    n_jobs: int = -1,
+    index: str | Path | None = None,
+) -> pd.DataFrame:
+    """Folds from the train images and masks under ``data_dir``, or from an ``index`` CSV of them."""
+    table = read_index(index) if index else scan_train(Layout(data_dir), n_jobs=n_jobs)
+    df = assign_folds(table, k=k, seed=seed)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6f")
     return df

@@ -25,11 +25,37 @@ class WeightsError(RuntimeError):
     pass
 
 
+class RefineBlock(nn.Module):
+    """Residual refinement of the decoder's logits from the logits and the normalised image.
+
+    Two 3x3 conv-BN-ReLU layers and a 3x3 conv to one channel, added to the logits. The last conv
+    starts at zero, so a new block is the identity and training only moves it where it helps.
+    """
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(4, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return logits + self.body(torch.cat([logits, x.to(logits.dtype)], 1))
+
+
 class SegModel(nn.Module):
-    def __init__(self, net: nn.Module, stride: int = 32):
+    def __init__(self, net: nn.Module, stride: int = 32, refine: int = 0):
         super().__init__()
         self.net = net
         self.stride = stride
+        self.refine = RefineBlock(refine) if refine else None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -40,7 +66,10 @@ class SegModel(nn.Module):
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.net(x)[..., :h, :w]
+        logits = self.net(x)
+        if self.refine is not None:
+            logits = self.refine(logits, x)
+        return logits[..., :h, :w]
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -91,7 +120,7 @@ def build_model(mcfg: ModelConfig) -> SegModel:
         ) from None
     if _looks_like_path(weights):
         load_encoder_weights(net, weights)
-    return SegModel(net)
+    return SegModel(net, refine=mcfg.refine)
 
 
 def _looks_like_path(weights: str) -> bool:

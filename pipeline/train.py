@@ -121,7 +121,7 @@ class Trainer:
         self.channels_last = cfg.train.channels_last and self.device.type == "cuda"
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = get_loss(cfg.train.loss)
+        self.loss_fn = get_loss(cfg.train.loss).to(self.device)
 
         t = cfg.train
         self.steps_per_epoch = t.steps_per_epoch or max(1, len(self.train_df) // t.batch_size)
@@ -224,14 +224,14 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, target) of a batch, under AMP and channels_last where configured."""
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, target, input) of a batch, under AMP and channels_last where configured."""
         x = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype):
             logits = self.model(x)
-        return logits, batch["mask"].to(self.device, non_blocking=True)
+        return logits, batch["mask"].to(self.device, non_blocking=True), x
 
     def train_epoch(self) -> float:
         t = self.cfg.train
@@ -248,8 +248,8 @@ class Trainer:
             disable=self.quiet,
         )
         for batch in bar:
-            logits, y = self._forward(batch)
-            loss = self.loss_fn(logits, y)  # fp32 (the losses cast)
+            logits, y, x = self._forward(batch)
+            loss = self.loss_fn(logits, y, x)  # fp32 (the losses cast)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -267,8 +267,8 @@ class Trainer:
         loader = DataLoader(self.val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
         losses, dices = [], []
         for batch in tqdm(loader, desc="validate", leave=False, disable=self.quiet):
-            logits, y = self._forward(batch)
-            losses.append(self.loss_fn(logits, y).item() * len(y))
+            logits, y, x = self._forward(batch)
+            losses.append(self.loss_fn(logits, y, x).item() * len(y))
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
         d = torch.cat(dices)

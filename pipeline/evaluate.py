@@ -1,0 +1,215 @@
+"""Score predictions against the ground-truth masks at full resolution (``python -m pipeline evaluate``).
+
+Sources, each scored per image (metrics.score_image) and summarised over images (metrics.summarize):
+- ``--runs DIR``: the out-of-fold maps of every completed run (member) under DIR, at the run's
+  threshold (0.5), over all its trained folds;
+- ``--recipe FILE``: the ensemble recipe's blend of those maps, its threshold and post-processing;
+- ``--submission FILE --masks DIR``: any Kaggle submission (.csv or .csv.gz) against a mask folder;
+- ``--pred-dir DIR --masks DIR``: a folder of predicted mask images (nonzero = car).
+A mask folder holds ``<image stem>_mask.gif`` (the Kaggle ``train_masks/``) or ``_mask.png`` files.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from . import rle
+from .data import DataError, Layout, read_mask
+from .engine import blend
+from .ensemble import discover, load_maps, member_images
+from .io_utils import read_json
+from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
+from .postprocess import apply as postprocess
+
+
+def _table(images: list[str], rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(PER_IMAGE_COLUMNS))
+    df.insert(0, "img", images)
+    return df
+
+
+def _parallel(fn, items: list, n_jobs: int, desc: str, quiet: bool) -> list:
+    bar = tqdm(items, desc=desc, unit="img", disable=quiet)
+    return Parallel(n_jobs=n_jobs, batch_size=8)(delayed(fn)(i) for i in bar)
+
+
+def score_runs(
+    runs_dir: str | Path, data_dir: str | Path, names: list[str] | None = None, n_jobs: int = -1, quiet: bool = True
+) -> dict[str, pd.DataFrame]:
+    """{member name: per-image table over its out-of-fold images} at each run's threshold."""
+    layout = Layout(data_dir)
+    out = {}
+    for name, folds in discover(runs_dir, names).items():
+        by_image = member_images(folds)
+        images = sorted(by_image)
+        threshold = int(folds[0].get("threshold", 128))
+
+        def one(img: str, by_image=by_image, threshold=threshold) -> dict:
+            (q,), mask = load_maps(layout, img, [by_image])
+            return score_image(q >= threshold, mask)
+
+        out[name] = _table(images, _parallel(one, images, n_jobs, f"evaluate {name}", quiet))
+    return out
+
+
+def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
+    """Per-image table of the recipe's blend (weights, threshold, post-processing) on out-of-fold maps."""
+    recipe_path = Path(recipe_path)
+    recipe = read_json(recipe_path)
+    layout = Layout(data_dir)
+    found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]])
+    maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]
+    images = sorted(set.intersection(*(set(b) for b in maps_of)))
+    weights = [int(m["weight"]) for m in recipe["members"]]
+    threshold, steps = int(recipe["threshold"]), list(recipe.get("postprocess", []))
+
+    def one(img: str) -> dict:
+        maps, mask = load_maps(layout, img, maps_of)
+        return score_image(postprocess((blend(maps, weights) >= threshold).astype(np.uint8), steps), mask)
+
+    return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet))
+
+
+def mask_path(masks_dir: Path, img: str) -> Path | None:
+    stem = Path(img).stem
+    for suffix in ("_mask.gif", "_mask.png"):
+        if (masks_dir / f"{stem}{suffix}").is_file():
+            return masks_dir / f"{stem}{suffix}"
+    return None
+
+
+def _mask_stems(masks_dir: Path) -> set[str]:
+    if not masks_dir.is_dir():
+        raise DataError(f"{masks_dir}: mask folder not found")
+    return {p.name.rsplit("_mask.", 1)[0] for p in masks_dir.iterdir() if p.name.endswith(("_mask.gif", "_mask.png"))}
+
+
+def _check_pairs(listed: list[str], masks_dir: Path, what: str, where: Path) -> None:
+    """Every listed image has a mask and every mask is listed; the error names the first stray."""
+    stems = [Path(i).stem for i in listed]
+    have = _mask_stems(masks_dir)
+    no_mask = [i for i, s in zip(listed, stems) if s not in have]
+    if no_mask:
+        raise DataError(f"{where}: {no_mask[0]} has no mask in {masks_dir} ({len(no_mask)} such {what})")
+    no_pred = sorted(have - set(stems))
+    if no_pred:
+        raise DataError(
+            f"{masks_dir / (no_pred[0] + '_mask.*')}: mask has no {what[:-1]} in {where} ({len(no_pred)} such)"
+        )
+
+
+def _read_rows(path: Path) -> list[tuple[str, str]]:
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    csv.field_size_limit(sys.maxsize)
+    opener = gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
+    with opener as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["img", "rle_mask"]:
+            raise DataError(f"{path}: header {header}, expected ['img', 'rle_mask']")
+        return [(r[0], r[1] if len(r) > 1 else "") for r in reader if r]
+
+
+def score_submission(path: str | Path, masks_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
+    path, masks_dir = Path(path), Path(masks_dir)
+    if not path.is_file():
+        raise DataError(f"{path}: submission not found")
+    rows = _read_rows(path)
+    _check_pairs([r[0] for r in rows], masks_dir, "rows", path)
+
+    def one(row: tuple[str, str]) -> dict:
+        mask = read_mask(mask_path(masks_dir, row[0]))
+        try:
+            pred = rle.decode(row[1], *mask.shape)
+        except rle.RLEError as e:
+            raise DataError(f"{path}: {row[0]}: {e}") from None
+        return score_image(pred, mask)
+
+    return _table([r[0] for r in rows], _parallel(one, rows, n_jobs, "evaluate submission", quiet))
+
+
+def _pred_files(pred_dir: Path) -> dict[str, Path]:
+    """{image stem: predicted mask file}; ``<stem>_mask.png`` (as `predict` writes) or ``<stem>.png``."""
+    if not pred_dir.is_dir():
+        raise DataError(f"{pred_dir}: prediction folder not found")
+    out = {}
+    for p in sorted(pred_dir.glob("*.png")):
+        stem = p.stem[: -len("_mask")] if p.stem.endswith("_mask") else p.stem
+        if not p.stem.endswith(("_cutout", "_composite")):
+            out[stem] = p
+    return out
+
+
+def score_pred_dir(pred_dir: str | Path, masks_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
+    pred_dir, masks_dir = Path(pred_dir), Path(masks_dir)
+    preds = _pred_files(pred_dir)
+    stems = sorted(preds)
+    _check_pairs([f"{s}.jpg" for s in stems], masks_dir, "predictions", pred_dir)
+
+    def one(stem: str) -> dict:
+        mask = read_mask(mask_path(masks_dir, stem + ".jpg"))
+        pred = cv2.imread(str(preds[stem]), cv2.IMREAD_GRAYSCALE)
+        if pred is None:
+            raise DataError(f"{preds[stem]}: cannot decode predicted mask")
+        if pred.shape != mask.shape:
+            raise DataError(
+                f"{preds[stem]}: {pred.shape[1]}x{pred.shape[0]}, its mask is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        return score_image(pred > 0, mask)
+
+    return _table([f"{s}.jpg" for s in stems], _parallel(one, stems, n_jobs, "evaluate predictions", quiet))
+
+
+def format_table(summaries: dict[str, dict]) -> str:
+    cols = ["n_images", "mean_dice", "mean_iou", "pixel_accuracy", "precision", "recall", "dice_p5", "dice_p50"]
+    cols += ["dice_p95"]
+    df = pd.DataFrame({name: {c: s[c] for c in cols} for name, s in summaries.items()}).T
+    df["n_images"] = df["n_images"].astype(int)
+    return df.to_string(float_format=lambda v: f"{v:.5f}")
+
+
+def evaluate(
+    runs: str | None = None,
+    recipe: str | None = None,
+    data: str = "data",
+    members: list[str] | None = None,
+    submission: str | None = None,
+    pred_dir: str | None = None,
+    masks: str | None = None,
+    n_jobs: int = -1,
+    quiet: bool = False,
+) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Score every requested source; return ({source: summary}, per-image table with a source column)."""
+    if (submission or pred_dir) and not masks:
+        raise DataError("--submission and --pred-dir need --masks DIR (e.g. data/train_masks)")
+    tables: dict[str, pd.DataFrame] = {}
+    if runs:
+        tables.update(score_runs(runs, data, members, n_jobs, quiet))
+    if recipe:
+        tables["recipe"] = score_recipe(recipe, data, n_jobs, quiet)
+    if submission:
+        tables[Path(submission).name] = score_submission(submission, masks, n_jobs, quiet)
+    if pred_dir:
+        tables[Path(pred_dir).name] = score_pred_dir(pred_dir, masks, n_jobs, quiet)
+    if not tables:
+        raise DataError("nothing to evaluate: give --runs, --recipe, --submission or --pred-dir")
+    summaries = {name: summarize(t) for name, t in tables.items()}
+    per_image = pd.concat([t.assign(source=name) for name, t in tables.items()], ignore_index=True)
+    return summaries, per_image[["source", "img", *PER_IMAGE_COLUMNS]]
+
+
+def json_payload(summaries: dict[str, dict]) -> dict:
+    """One source: its summary object (exactly metrics.SUMMARY_KEYS); several: {source: summary}."""
+    for s in summaries.values():
+        assert tuple(s) == SUMMARY_KEYS
+    return next(iter(summaries.values())) if len(summaries) == 1 else summaries

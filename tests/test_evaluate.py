@@ -1,0 +1,148 @@
+"""`evaluate` on hand-made predictions over the tiny dataset: out-of-fold maps of runs, a recipe's
+blend, a submission CSV and a folder of mask PNGs, with exact per-image values and clear errors."""
+
+import gzip
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import rle
+from pipeline.__main__ import main
+from pipeline.data import DataError, read_mask
+from pipeline.evaluate import evaluate, score_pred_dir, score_recipe, score_runs, score_submission
+from pipeline.folds import load_folds
+from pipeline.io_utils import write_json
+from pipeline.metrics import SUMMARY_KEYS, score_image
+
+
+def _fake_run(runs, data, name, fold_images, make_map):
+    """runs/<name>/fold<k>/ with oof PNGs from make_map(mask) and the files a completed fold has."""
+    for fold, images in fold_images.items():
+        d = runs / name / f"fold{fold}"
+        (d / "oof").mkdir(parents=True)
+        for img in images:
+            cv2.imwrite(
+                str(d / "oof" / img.replace(".jpg", ".png")),
+                make_map(read_mask(data / "train_masks" / img.replace(".jpg", "_mask.gif"))),
+            )
+        pd.DataFrame({"img": images, "dice": 0.0}).to_csv(d / "oof_dice.csv", index=False)
+        write_json(
+            d / "oof.json",
+            {
+                "name": name,
+                "fold": fold,
+                "n_images": len(images),
+                "mean_dice": 0.0,
+                "threshold": 128,
+                "tta": [],
+                "height": 32,
+                "width": 48,
+                "encoder": "x",
+                "checkpoint": "best.pt",
+            },
+        )
+
+
+def _shift(mask):
+    """A prediction one pixel to the right of the truth (0/255)."""
+    return np.roll(mask, 1, axis=1) * 255
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("eval") / "runs"
+    folds = load_folds(tiny_data.parent / "folds.csv")
+    by_fold = {f: sorted(g.img) for f, g in folds.groupby("fold")}
+    _fake_run(runs, tiny_data, "perfect", by_fold, lambda m: m * 255)
+    _fake_run(runs, tiny_data, "shifted", by_fold, _shift)
+    return runs
+
+
+def test_runs_are_scored_per_image_at_full_resolution(runs, tiny_data):
+    tables = score_runs(runs, tiny_data, n_jobs=1)
+    assert set(tables) == {"perfect", "shifted"}
+    assert len(tables["perfect"]) == 96 and (tables["perfect"].dice == 1).all()
+    img = tables["shifted"].img.iloc[5]
+    mask = read_mask(tiny_data / "train_masks" / img.replace(".jpg", "_mask.gif"))
+    assert tables["shifted"].iloc[5].dice == pytest.approx(score_image(_shift(mask) > 0, mask)["dice"])
+    assert tables["shifted"].dice.mean() < 1
+
+
+def test_recipe_blend_is_scored_with_its_weights_and_threshold(runs, tiny_data, tmp_path):
+    members = [{"name": n, "weight": w} for n, w in (("perfect", 3), ("shifted", 1))]
+    recipe = tmp_path / "recipe.json"
+    write_json(recipe, {"runs_dir": str(runs), "threshold": 128, "members": members})
+    blend = score_recipe(recipe, tiny_data, n_jobs=1)
+    assert (blend.dice == 1).all()  # (3*255 + 1*0) / 4 = 191 >= 128 exactly where the truth is
+    write_json(recipe, {"runs_dir": str(runs), "threshold": 200, "members": members})
+    assert (score_recipe(recipe, tiny_data, n_jobs=1).dice < 1).all()  # 191 < 200: only the overlap survives
+
+
+def _submission(path, rows):
+    with gzip.open(path, "wt") as f:
+        f.write("img,rle_mask\n" + "".join(f"{n},{r}\n" for n, r in rows))
+
+
+def test_submission_and_pred_dir_scores_and_pairing_errors(tiny_data, tmp_path):
+    masks = tiny_data / "train_masks"
+    names = sorted(p.name.replace("_mask.gif", ".jpg") for p in masks.glob("*.gif"))
+    rows = [(n, rle.encode(read_mask(masks / n.replace(".jpg", "_mask.gif")))) for n in names]
+    rows[0] = (rows[0][0], "")  # one empty prediction
+    sub = tmp_path / "s.csv.gz"
+    _submission(sub, rows)
+    df = score_submission(sub, masks, n_jobs=1)
+    assert df.dice.iloc[0] == 0 and (df.dice.iloc[1:] == 1).all()
+
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for n in names[:-1]:
+        cv2.imwrite(str(pred / n.replace(".jpg", "_mask.png")), read_mask(masks / n.replace(".jpg", "_mask.gif")) * 255)
+    with pytest.raises(DataError, match=names[-1].replace(".jpg", "_mask")):  # a mask without prediction
+        score_pred_dir(pred, masks, n_jobs=1)
+    cv2.imwrite(str(pred / names[-1].replace(".jpg", "_mask.png")), np.zeros((64, 96), np.uint8))
+    df = score_pred_dir(pred, masks, n_jobs=1)
+    assert (df.dice.iloc[:-1] == 1).all() and df.dice.iloc[-1] == 0
+
+    _submission(sub, rows + [("00000000beef_01.jpg", "1 2")])
+    with pytest.raises(DataError, match="00000000beef_01.jpg has no mask"):
+        score_submission(sub, masks, n_jobs=1)
+    _submission(sub, rows[1:])
+    with pytest.raises(DataError, match=names[0].replace(".jpg", "_mask")):
+        score_submission(sub, masks, n_jobs=1)
+
+
+def test_cli_writes_the_summary_json_and_per_image_csv(runs, tiny_data, tmp_path, capsys):
+    out, per = tmp_path / "m.json", tmp_path / "per.csv"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--runs",
+                str(runs),
+                "--members",
+                "shifted",
+                "--data",
+                str(tiny_data),
+                "--json",
+                str(out),
+                "--per-image",
+                str(per),
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(out.read_text())
+    assert tuple(summary) == SUMMARY_KEYS and summary["n_images"] == 96 and len(summary["worst"]) == 10
+    assert summary["worst"][0]["dice"] == min(w["dice"] for w in summary["worst"])
+    table = pd.read_csv(per)
+    assert len(table) == 96 and set(table.source) == {"shifted"}
+    assert summary["mean_dice"] == pytest.approx(table.dice.mean())
+    assert "mean_dice" in capsys.readouterr().out
+    summaries, _ = evaluate(runs=str(runs), data=str(tiny_data), n_jobs=1, quiet=True)
+    assert set(summaries) == {"perfect", "shifted"} and summaries["perfect"]["mean_dice"] == 1
+    assert main(["evaluate", "--submission", str(tmp_path / "missing.csv"), "--data", str(tiny_data)]) == 2
