@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .data import DataError, read_image
 from .engine import Engine, Member, blend, pick_device
 from .io_utils import atomic_path
 from .models import load_checkpoint_model
+from .postprocess import apply as postprocess
 from .submission import load_members
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -38,6 +38,7 @@ class Predictor:
     weights: list[int]
     threshold: int  # on the uint8 scale: car where blend >= threshold
     source: str
+    postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
 
 
 def load_predictor(
@@ -52,17 +53,17 @@ def load_predictor(
     if checkpoint is not None:
         model, cfg = load_checkpoint_model(checkpoint, dev)
         members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta))]
-        weights, threshold, source = [1], CHECKPOINT_THRESHOLD, str(checkpoint)
+        weights, threshold, source, steps = [1], CHECKPOINT_THRESHOLD, str(checkpoint), []
     else:
         recipe = Path(recipe or "submissions/recipe.json")
         if not recipe.is_file():
             raise DataError(f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH")
         spec = json.loads(recipe.read_text())
         members, weights = load_members(spec, dev)
-        threshold, source = int(spec["threshold"]), str(recipe)
+        threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=0)
-    return Predictor(engine, weights, threshold, source)
+    return Predictor(engine, weights, threshold, source, steps)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -192,7 +193,10 @@ def predict_images(
         by_name = {p.name: p for p in paths}
         for name, q in predictor.engine.predict(paths):
             image = images.pop(name)
-            mask = (blend(q, predictor.weights) >= predictor.threshold).to(torch.uint8).mul_(255).cpu().numpy()
+            car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
+            if predictor.postprocess:  # as `evaluate` scores the recipe
+                car = postprocess(car.astype(np.uint8), predictor.postprocess)
+            mask = car.astype(np.uint8) * 255
             alpha = feather_alpha(mask, feather)
             targets = output_paths(out_dir, by_name[name], bg is not None)
             _write(targets["mask"], mask, ".png")
