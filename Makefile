@@ -104,3 +104,7 @@ download: $(STAMP)
 
 submit: $(STAMP)
 	$(PY) -m pipeline submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)
+
+.PHONY: report
+report: $(STAMP)
+	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out reports $(ARGS)

@@ -136,6 +136,13 @@ def cmd_submit(a) -> None:
     print(f"{a.file}: {check['rows']} rows validated and uploaded; see your submissions page on Kaggle for the score")
 
 
+def cmd_report(a) -> None:
+    from .report import make_report
+
+    members = a.members.split(",") if a.members else None
+    make_report(a.runs, a.data, a.out, recipe_path=a.recipe, names=members, n_worst=a.worst, n_jobs=a.jobs)
+
+
 def add_user_stages(sub) -> None:
     s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")
@@ -149,6 +156,16 @@ def add_user_stages(sub) -> None:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="static HTML report: curves, metrics, Dice histogram, worst images")
+    s.add_argument("--runs", default="runs")
+    s.add_argument("--data", default="data")
+    s.add_argument("--recipe", default="submissions/recipe.json", help="adds the blend (skipped if absent)")
+    s.add_argument("--members", help="comma list of run names (default: every completed run)")
+    s.add_argument("--out", default="reports", help="folder for index.html and its pictures")
+    s.add_argument("--worst", type=int, default=6, help="how many of the worst images to show")
+    s.add_argument("--jobs", type=int, default=1)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("download", help="fetch and unpack the competition data with the Kaggle CLI")
     s.add_argument("--data", default="data", help="data root to fill (train/, train_masks/, test/, CSVs)")
