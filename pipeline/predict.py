@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .data import DataError, read_image
+from .data import DataError, image_size, read_image
 from .engine import Engine, Member, blend, pick_device
 from .io_utils import atomic_path
 from .models import load_checkpoint_model
@@ -29,6 +30,8 @@ from .submission import load_members
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
+# Quality 95 without chroma subsampling: colour edges along the car's outline stay crisp.
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 CHECKPOINT_THRESHOLD = 128  # probability 0.5 on the engine's uint8 scale, as out-of-fold scoring uses
 
 
@@ -175,45 +178,46 @@ def predict_images(
     skipped: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=quiet or len(todo) < 2)
     batch = max(1, predictor.engine.batch_size)
-    for start in range(0, len(todo), batch):
-        # Decode each image once at full size here: that is the readability check, and the
-        # cut-out needs these pixels anyway. The engine re-reads at model size (a cheap scaled decode).
-        images: dict[str, np.ndarray] = {}
-        paths: list[Path] = []
-        for p in todo[start : start + batch]:
-            try:
-                images[p.name] = read_image(p)
-                paths.append(p)
-            except DataError as e:
-                skipped[str(p)] = str(e)
-                tqdm.write(f"skipped {e}")
+    with tempfile.TemporaryDirectory(prefix="predict-upright-") as upright:
+        for start in range(0, len(todo), batch):
+            images: dict[str, np.ndarray] = {}  # by the name the engine reports
+            source: dict[str, Path] = {}
+            engine_paths: list[Path] = []
+            for p in todo[start : start + batch]:
+                # Decode each image once at full size here: that is the readability check, and the
+                # cut-out needs these pixels anyway. The engine re-reads at model size (a scaled decode).
+                try:
+                    image = read_image(p)
+                    stored = image_size(p)
+                except DataError as e:
+                    skipped[str(p)] = str(e)
+                    tqdm.write(f"skipped {e}")
+                    bar.update(1)
+                    continue
+                path = p
+                if (image.shape[1], image.shape[0]) != stored:
+                    # EXIF-rotated (phone photos): OpenCV decodes upright, the header has the stored
+                    # size; the engine gets an upright lossless copy so that both agree.
+                    path = Path(upright) / f"{len(engine_paths)}_{p.stem}.png"
+                    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                engine_paths.append(path)
+                images[path.name], source[path.name] = image, p
+            for name, q in predictor.engine.predict(engine_paths):
+                image, p = images.pop(name), source[name]
+                car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
+                if predictor.postprocess:  # as `evaluate` scores the recipe
+                    car = postprocess(car.astype(np.uint8), predictor.postprocess)
+                mask = car.astype(np.uint8) * 255
+                alpha = feather_alpha(mask, feather)
+                targets = output_paths(out_dir, p, bg is not None)
+                _write(targets["mask"], mask, ".png")
+                _write(targets["cutout"], cutout(image, alpha), ".png")
+                if bg is not None:
+                    if mask.shape not in fitted:
+                        fitted[mask.shape] = fit_background(bg, *mask.shape)
+                    _write(targets["composite"], composite(image, alpha, fitted[mask.shape]), ".jpg", JPEG_PARAMS)
+                written.append(str(p))
                 bar.update(1)
-        if not paths:
-            continue
-        by_name = {p.name: p for p in paths}
-        for name, q in predictor.engine.predict(paths):
-            image = images.pop(name)
-            car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
-            if predictor.postprocess:  # as `evaluate` scores the recipe
-                car = postprocess(car.astype(np.uint8), predictor.postprocess)
-            mask = car.astype(np.uint8) * 255
-            alpha = feather_alpha(mask, feather)
-            targets = output_paths(out_dir, by_name[name], bg is not None)
-            _write(targets["mask"], mask, ".png")
-            _write(targets["cutout"], cutout(image, alpha), ".png")
-            if bg is not None:
-                if mask.shape not in fitted:
-                    fitted[mask.shape] = fit_background(bg, *mask.shape)
-                # Quality 95 without chroma subsampling: colour edges along the car's outline stay crisp.
-                params = [
-                    cv2.IMWRITE_JPEG_QUALITY,
-                    95,
-                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-                ]
-                _write(targets["composite"], composite(image, alpha, fitted[mask.shape]), ".jpg", params)
-            written.append(str(by_name[name]))
-            bar.update(1)
     bar.close()
     return {"written": written, "skipped": skipped, "already_done": len(inputs) - len(todo)}
 

@@ -179,3 +179,22 @@ def test_recipe_post_processing_is_applied(tiny_data, tiny_runs, tmp_path):
         assert np.array_equal(got, expected), raw.name
         changed += int((got != _gray(raw)).any())
     assert changed > 0  # the steps did something on these weak tiny models
+
+
+def test_exif_rotated_photo_is_cut_out_upright(tiny_data, tiny_runs, tmp_path):
+    runs, _ = tiny_runs
+    src = tmp_path / "in"
+    src.mkdir()
+    with Image.open(sorted((tiny_data / "test").iterdir())[0]) as im:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: stored 96x64, shown rotated 90 degrees (64x96), as phones do
+        im.save(src / "phone.jpg", exif=exif, quality=95)
+    upright = _rgb(src / "phone.jpg")  # OpenCV applies the EXIF orientation
+    assert upright.shape == (W, H, 3)
+    cv2.imwrite(str(src / "upright.png"), cv2.cvtColor(upright, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--out", str(out), "--checkpoint", str(runs / "a/fold0/best.pt")]) == 0
+    mask = _gray(out / "phone_mask.png")
+    assert mask.shape == (W, H)
+    assert np.array_equal(mask, _gray(out / "upright_mask.png"))
+    assert np.array_equal(_rgba(out / "phone_cutout.png")[..., 3], mask)
