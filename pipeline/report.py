@@ -85,10 +85,14 @@ def plot_curves(name: str, histories: dict[int, pd.DataFrame], path: Path) -> No
         axes[1].plot(val.epoch, val.val_dice, color=colour, marker=".", label=f"fold {fold}")
         if "val_iou" in val:
             axes[2].plot(val.epoch, val.val_iou, color=colour, marker=".", label=f"fold {fold}")
-    titles = ("loss", "validation Dice", "validation IoU")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].set_yscale("log")  # the first epochs' losses would flatten the rest of the curve
+    titles = ("loss (log scale)", "validation Dice", "validation IoU")
     for ax, title in zip(axes, titles):
         ax.set_title(f"{name}: {title}", fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
@@ -252,7 +256,7 @@ def make_report(
     sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
 
     sections.append("<h2>Training curves</h2>")
-    for name, histories in load_histories(runs_dir, list(tables.keys() - {BLEND})).items():
+    for name, histories in load_histories(runs_dir, [n for n in tables if n != BLEND]).items():
         file = f"curves_{name}.png"
         plot_curves(name, histories, out_dir / file)
         sections.append(f'<h3>{html.escape(name)}</h3><img src="{file}" alt="training curves of {html.escape(name)}">')
