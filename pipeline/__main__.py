@@ -164,7 +164,7 @@ def add_user_stages(sub) -> None:
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--out", default="reports", help="folder for index.html and its pictures")
     s.add_argument("--worst", type=int, default=6, help="how many of the worst images to show")
-    s.add_argument("--jobs", type=int, default=1)
+    s.add_argument("--jobs", type=int, default=-1, help="processes for scoring (-1: all cores)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("download", help="fetch and unpack the competition data with the Kaggle CLI")

@@ -5,6 +5,7 @@ import gzip
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline import rle
@@ -198,3 +199,16 @@ def test_exif_rotated_photo_is_cut_out_upright(tiny_data, tiny_runs, tmp_path):
     assert mask.shape == (W, H)
     assert np.array_equal(mask, _gray(out / "upright_mask.png"))
     assert np.array_equal(_rgba(out / "phone_cutout.png")[..., 3], mask)
+
+
+def test_missing_recipe_says_what_to_run(tiny_data, tmp_path, capsys):
+    args = ["predict", str(tiny_data / "test"), "--out", str(tmp_path / "out"), "--recipe", str(tmp_path / "r.json")]
+    assert main(args) == 2
+    assert "recipe not found; run `make ensemble` first, or pass --checkpoint PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["predict", "report", "download", "submit"])
+def test_user_stage_help_exits_cleanly(stage):
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0

@@ -18,7 +18,19 @@ def _srcs(index):
 def test_report_writes_index_with_its_images(tiny_data, tiny_runs, tmp_path):
     runs, recipe = tiny_runs
     out = tmp_path / "report"
-    args = ["report", "--runs", str(runs), "--data", str(tiny_data), "--recipe", str(recipe), "--out", str(out)]
+    args = [
+        "report",
+        "--runs",
+        str(runs),
+        "--data",
+        str(tiny_data),
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
     assert main(args + ["--worst", "3"]) == 0
     index = out / "index.html"
     page = index.read_text()
@@ -48,7 +60,7 @@ def test_report_without_recipe_shows_members(tiny_data, tiny_runs, tmp_path, cap
     runs, _ = tiny_runs
     out = tmp_path / "report"
     args = ["report", "--runs", str(runs), "--data", str(tiny_data), "--recipe", str(tmp_path / "none.json")]
-    assert main(args + ["--out", str(out), "--members", "a", "--worst", "2"]) == 0
+    assert main(args + ["--out", str(out), "--members", "a", "--worst", "2", "--jobs", "1"]) == 0
     assert "no recipe there" in capsys.readouterr().out
     page = (out / "index.html").read_text()
     assert "<td>a</td>" in page and "<td>blend</td>" not in page and "<td>b</td>" not in page
