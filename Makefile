@@ -93,18 +93,17 @@ bench: $(STAMP)
 # -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
 IN ?= data/test
 OUT ?= predictions
+MESSAGE ?=
 
-.PHONY: predict
+.PHONY: predict report download submit
 predict: $(STAMP)
 	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)
 
-.PHONY: download submit
+report: $(STAMP)
+	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out reports $(ARGS)
+
 download: $(STAMP)
 	$(PY) -m pipeline download --data $(DATA) $(ARGS)
 
 submit: $(STAMP)
 	$(PY) -m pipeline submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)
-
-.PHONY: report
-report: $(STAMP)
-	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out reports $(ARGS)
