@@ -42,6 +42,7 @@ class Predictor:
     threshold: int  # on the uint8 scale: car where blend >= threshold
     source: str
     postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
+    batch_size: int = 4  # images decoded and handed to the engine at a time
 
 
 def load_predictor(
@@ -66,7 +67,7 @@ def load_predictor(
         threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=0)
-    return Predictor(engine, weights, threshold, source, steps)
+    return Predictor(engine, weights, threshold, source, steps, batch_size)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -177,7 +178,7 @@ def predict_images(
     written: list[str] = []
     skipped: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=quiet or len(todo) < 2)
-    batch = max(1, predictor.engine.batch_size)
+    batch = max(1, predictor.batch_size)
     with tempfile.TemporaryDirectory(prefix="predict-upright-") as upright:
         for start in range(0, len(todo), batch):
             images: dict[str, np.ndarray] = {}  # by the name the engine reports
