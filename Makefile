@@ -123,3 +123,21 @@ train-folds: $(STAMP)
 		else echo "fold $${p#*:}: FAILED, see $(RUNS)/logs/$(MODEL)-fold$${p#*:}.log:"; \
 			tail -n 5 $(RUNS)/logs/$(MODEL)-fold$${p#*:}.log; fail=1; fi; \
 	done; exit $$fail
+
+# -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
+IN ?= data/test
+OUT ?= predictions
+MESSAGE ?=
+
+.PHONY: predict report download submit
+predict: $(STAMP)
+	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)
+
+report: $(STAMP)
+	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out reports $(ARGS)
+
+download: $(STAMP)
+	$(PY) -m pipeline download --data $(DATA) $(ARGS)
+
+submit: $(STAMP)
+	$(PY) -m pipeline submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)

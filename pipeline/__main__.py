@@ -186,6 +186,81 @@ def cmd_validate(a) -> None:
     print(validate_submission(a.file, names, width, height))
 
 
+# -- what users see: predict (cut-outs), report, Kaggle download/submit (issue 8) -------------------
+def cmd_predict(a) -> None:
+    from .predict import run_predict
+
+    run_predict(
+        a.input,
+        a.out,
+        recipe=a.recipe,
+        checkpoint=a.checkpoint,
+        background=a.background,
+        feather=a.feather,
+        device=a.device,
+        amp=not a.no_amp,
+        batch_size=a.batch_size,
+        resume=a.resume,
+    )
+
+
+def cmd_download(a) -> None:
+    from .kaggle import download
+
+    status = download(a.data, keep_zips=a.keep_zips)
+    print(f"{a.data}: " + ", ".join(f"{target} {state}" for target, state in status.items()))
+
+
+def cmd_submit(a) -> None:
+    from .kaggle import submit
+
+    check = submit(a.file, a.message, a.data)
+    print(f"{a.file}: {check['rows']} rows validated and uploaded; see your submissions page on Kaggle for the score")
+
+
+def cmd_report(a) -> None:
+    from .report import make_report
+
+    members = a.members.split(",") if a.members else None
+    make_report(a.runs, a.data, a.out, recipe_path=a.recipe, names=members, n_worst=a.worst, n_jobs=a.jobs)
+
+
+def add_user_stages(sub) -> None:
+    s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
+    s.add_argument("input", help="an image file or a folder of images")
+    s.add_argument("--out", default="predictions", help="output folder")
+    s.add_argument("--recipe", default="submissions/recipe.json", help="ensemble recipe (default)")
+    s.add_argument("--checkpoint", help="one checkpoint instead of the recipe (threshold 0.5)")
+    s.add_argument("--background", help="composite onto an image file or a colour #rrggbb")
+    s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-amp", action="store_true", help="fp32 inference on CUDA")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="static HTML report: curves, metrics, Dice histogram, worst images")
+    s.add_argument("--runs", default="runs")
+    s.add_argument("--data", default="data")
+    s.add_argument("--recipe", default="submissions/recipe.json", help="adds the blend (skipped if absent)")
+    s.add_argument("--members", help="comma list of run names (default: every completed run)")
+    s.add_argument("--out", default="reports", help="folder for index.html and its pictures")
+    s.add_argument("--worst", type=int, default=6, help="how many of the worst images to show")
+    s.add_argument("--jobs", type=int, default=-1, help="processes for scoring (-1: all cores)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("download", help="fetch and unpack the competition data with the Kaggle CLI")
+    s.add_argument("--data", default="data", help="data root to fill (train/, train_masks/, test/, CSVs)")
+    s.add_argument("--keep-zips", action="store_true", help="keep the downloaded zips in DATA/downloads/")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("submit", help="validate a submission, then upload it with the Kaggle CLI")
+    s.add_argument("file", nargs="?", default="submissions/submission.csv.gz")
+    s.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
+    s.add_argument("--data", default="data", help="data root with sample_submission.csv")
+    s.set_defaults(func=cmd_submit)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="Carvana image masking pipeline")
     sub = p.add_subparsers(dest="stage", required=True)
@@ -274,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("file")
     s.add_argument("--data", default="data")
     s.set_defaults(func=cmd_validate)
+
+    add_user_stages(sub)
 
     # Errors: one line naming the file or option (errors.PipelineError); --debug (anywhere on the
     # command line) or PIPELINE_DEBUG=1 shows the full traceback instead.

@@ -76,6 +76,7 @@ class TrainConfig:
     num_workers: int = 4
     cache_images: bool = False  # keep resized images in RAM: small datasets with num_workers=0 only
     val_every: int = 1
+    tensorboard: bool = False  # also log history.csv's curves to <run_dir>/tb/ (tensorboard --logdir runs)
 
 
 @dataclass

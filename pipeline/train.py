@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import distributed
 from .augment import train_transform
 from .checks import check_fold, check_train_config
-from .config import Config
+from .config import Config, ConfigError
 from .data import Layout, read_mask
 from .datasets import SegmentationDataset
 from .engine import Engine, Member, autocast, pick_device
@@ -370,8 +370,8 @@ class Trainer:
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean loss and mean Dice (threshold 0.5) on the held-out cars, at training resolution."""
+    def validate(self) -> tuple[float, float, float]:
+        """Mean loss, Dice and IoU (threshold 0.5, per image) on the held-out cars, at training resolution."""
         self.model.eval()
         t = self.cfg.train
         val_ds = (
@@ -387,13 +387,15 @@ class Trainer:
             dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
         n = len(self.val_ds)
         _check_finite(float(np.sum(losses)), "the validation loss", self.run_dir, self.epoch - 1)
+        d = torch.cat(dices) if dices else torch.zeros(0, dtype=torch.float64)
+        # Per image IoU = Dice / (2 - Dice) exactly (both are 1 when prediction and truth are empty).
+        iou = d / (2 - d)
         if self.dist.world > 1:  # DDP: each rank validated every world-th image; sum over ranks
-            d = torch.cat(dices) if dices else torch.zeros(0)
-            loss_sum, dice_sum, n = distributed.all_reduce_sum(
-                [float(np.sum(losses)), float(d.sum()), len(d)], self.device
+            loss_sum, dice_sum, iou_sum, n = distributed.all_reduce_sum(
+                [float(np.sum(losses)), float(d.sum()), float(iou.sum()), len(d)], self.device
             )
-            return loss_sum / n, dice_sum / n
-        return float(np.sum(losses) / n), float(torch.cat(dices).mean())
+            return loss_sum / n, dice_sum / n, iou_sum / n
+        return float(np.sum(losses) / n), float(d.mean()), float(iou.mean())
 
     def fit(self) -> None:
         t = self.cfg.train
@@ -410,9 +412,10 @@ class Trainer:
                 "train_loss": train_loss,
                 "val_loss": float("nan"),
                 "val_dice": float("nan"),
+                "val_iou": float("nan"),
             }
             if self.epoch % t.val_every == 0 or self.epoch == t.epochs:
-                row["val_loss"], row["val_dice"] = self.validate()
+                row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
                 if row["val_dice"] > self.best:
                     self.best, self.bad_epochs = row["val_dice"], 0
                     _save(
@@ -434,12 +437,30 @@ class Trainer:
                 self.finished = True
             _save(self.run_dir / "last.pt", self._state())
             self._write_history()
+            self._tensorboard(row)
             self._log(
                 f"epoch {self.epoch}: train_loss {train_loss:.4f} val_loss {row['val_loss']:.4f} "
                 f"val_dice {row['val_dice']:.5f} ({row['seconds']:.0f}s)"
             )
             if self.finished and self.epoch < t.epochs:
                 self._log(f"early stop: no improvement for {self.bad_epochs} epochs")
+
+    def _tensorboard(self, row: dict) -> None:
+        """Mirror the epoch's history row to TensorBoard (``train.tensorboard``) in ``<run_dir>/tb/``."""
+        if not self.cfg.train.tensorboard:
+            return
+        if getattr(self, "_tb", None) is None:
+            try:  # lazy: tensorboard is only needed when asked for
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError(f"train.tensorboard: true needs the tensorboard package ({e})") from None
+            # purge_step drops what a killed run logged after its last checkpoint: resumed curves stay clean.
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=row["epoch"])
+        tags = {"train_loss": "train/loss", "val_loss": "val/loss", "val_dice": "val/dice", "val_iou": "val/iou"}
+        for key, tag in {"lr": "lr", **tags}.items():
+            if not math.isnan(row[key]):
+                self._tb.add_scalar(tag, row[key], row["epoch"])
+        self._tb.flush()
 
     def _write_history(self) -> None:
         if not self.dist.is_main:

@@ -52,3 +52,18 @@ def tiny_config(data: Path, runs: Path, **over):
         "predict.batch_size=4",
     ]
     return load_config(None, base + [f"{k}={v}" for k, v in over.items()])
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny members trained on fold 0 only, and their ensemble recipe: (runs dir, recipe path)."""
+    from pipeline.ensemble import tune
+    from pipeline.train import run
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    runs = root / "runs"
+    for name, over in {"a": {}, "b": {"model.decoder_channels": "[8,8,8,8,8]", "predict.tta": "[]"}}.items():
+        run(tiny_config(tiny_data, runs, name=name, fold=0, **over), quiet=True)
+    recipe = root / "recipe.json"
+    tune(runs, tiny_data, recipe, steps=2, n_jobs=1, quiet=True)
+    return runs, recipe

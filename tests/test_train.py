@@ -57,7 +57,7 @@ def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
     # Validation Dice 0.5 then 0.4: with patience 1 training stops after epoch 2 of 5, best is epoch 1.
     cfg = tiny_config(tiny_data, tmp_path / "runs", **{"train.epochs": 5, "train.early_stopping": 1})
     t = Trainer(cfg, quiet=True)
-    scores = iter([(1.0, 0.5), (1.0, 0.4), (1.0, 0.3)])
+    scores = iter([(1.0, 0.5, 1 / 3), (1.0, 0.4, 0.25), (1.0, 0.3, 0.3 / 1.7)])
     t.validate = lambda: next(scores)
     t.fit()
     assert t.finished and t.epoch == 2

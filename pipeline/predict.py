@@ -1,0 +1,254 @@
+"""Cut cars out of any photos: mask, transparent cut-out and a composite on a new background.
+
+``python -m pipeline predict IMAGE_OR_DIR --out DIR`` runs the ensemble recipe (the same members,
+engine, blend and threshold as the submission) or one checkpoint (threshold 0.5) on each image,
+whatever its size: the engine resizes to the model size and the probabilities back to the image.
+
+Per image ``<name>``: ``<name>_mask.png`` (0/255), ``<name>_cutout.png`` (RGBA, alpha = the mask,
+optionally feathered), and with a background ``<name>_composite.jpg``. Unreadable files are named
+and skipped; the command then ends with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .data import DataError, image_size, read_image
+from .engine import Engine, Member, blend, pick_device
+from .io_utils import atomic_path
+from .models import load_checkpoint_model
+from .postprocess import apply as postprocess
+from .submission import load_members
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+_COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
+# Quality 95 without chroma subsampling: colour edges along the car's outline stay crisp.
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+CHECKPOINT_THRESHOLD = 128  # probability 0.5 on the engine's uint8 scale, as out-of-fold scoring uses
+
+
+@dataclass
+class Predictor:
+    engine: Engine
+    weights: list[int]
+    threshold: int  # on the uint8 scale: car where blend >= threshold
+    source: str
+    postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
+    batch_size: int = 4  # images decoded and handed to the engine at a time
+
+
+def load_predictor(
+    recipe: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    amp: bool = True,
+    batch_size: int = 4,
+) -> Predictor:
+    """The recipe's ensemble, or one checkpoint when given (it takes precedence)."""
+    dev = pick_device(device)
+    if checkpoint is not None:
+        model, cfg = load_checkpoint_model(checkpoint, dev)
+        members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta))]
+        weights, threshold, source, steps = [1], CHECKPOINT_THRESHOLD, str(checkpoint), []
+    else:
+        recipe = Path(recipe or "submissions/recipe.json")
+        if not recipe.is_file():
+            raise DataError(f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH")
+        spec = json.loads(recipe.read_text())
+        members, weights = load_members(spec, dev)
+        threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
+    # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
+    engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=0)
+    return Predictor(engine, weights, threshold, source, steps, batch_size)
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """An image file, or the image files of a folder (not recursive), sorted by name."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: not found")
+    return [path]
+
+
+def parse_background(spec: str) -> tuple[int, int, int] | np.ndarray:
+    """``#rrggbb`` -> an RGB tuple; otherwise an image file -> RGB array (DataError if unreadable)."""
+    m = _COLOUR_RE.match(spec)
+    if m and not Path(spec).exists():
+        h = m.group(1)
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+    if not Path(spec).is_file():
+        raise DataError(f"{spec}: background is neither a colour (#rrggbb) nor an image file")
+    return read_image(spec)
+
+
+def fit_background(background: tuple[int, int, int] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """The background at (height, width) RGB: a flat colour, or the image scaled to cover and centre-cropped."""
+    if isinstance(background, tuple):
+        return np.broadcast_to(np.array(background, dtype=np.uint8), (height, width, 3)).copy()
+    bh, bw = background.shape[:2]
+    scale = max(height / bh, width / bw)
+    sh, sw = max(height, round(bh * scale)), max(width, round(bw * scale))
+    resized = cv2.resize(background, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = (sh - height) // 2, (sw - width) // 2
+    return resized[top : top + height, left : left + width]
+
+
+def feather_alpha(mask: np.ndarray, px: int) -> np.ndarray:
+    """Alpha (uint8 0..255) from a 0/255 mask, its edge softened over about ``px`` pixels each side.
+
+    A Gaussian with a (2px+1) kernel only changes pixels within ``px`` of the mask edge, so the
+    car's interior and the far background stay exactly 255 and 0.
+    """
+    if px <= 0:
+        return mask
+    return cv2.GaussianBlur(mask, (2 * px + 1, 2 * px + 1), sigmaX=px / 2, borderType=cv2.BORDER_REPLICATE)
+
+
+def cutout(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA: the image where the car is, transparent (and black) elsewhere."""
+    rgba = np.dstack([image, alpha])
+    rgba[alpha == 0, :3] = 0  # nothing of the old background is kept under full transparency
+    return rgba
+
+
+def composite(image: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Alpha-blend the car onto ``background`` (same size), rounded to uint8; exact where alpha is 0 or 255."""
+    a = alpha.astype(np.uint32)[..., None]
+    out = (image.astype(np.uint32) * a + background.astype(np.uint32) * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def _write(path: Path, rgb_or_gray: np.ndarray, ext: str, params: list[int] | None = None) -> None:
+    img = rgb_or_gray
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(ext, img, params or [])
+    if not ok:
+        raise DataError(f"{path}: could not encode {ext}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def output_paths(out_dir: Path, image: Path, with_composite: bool) -> dict[str, Path]:
+    stem = image.stem
+    paths = {"mask": out_dir / f"{stem}_mask.png", "cutout": out_dir / f"{stem}_cutout.png"}
+    if with_composite:
+        paths["composite"] = out_dir / f"{stem}_composite.jpg"
+    return paths
+
+
+def predict_images(
+    predictor: Predictor,
+    inputs: list[Path],
+    out_dir: str | Path,
+    background: tuple[int, int, int] | np.ndarray | None = None,
+    feather: int = 0,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Write the outputs of every readable input; return {"written": [...], "skipped": {path: reason}}.
+
+    ``background``: what ``parse_background`` returns, or None for no composite.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bg = background
+    fitted: dict[tuple[int, int], np.ndarray] = {}  # the background per image size (folders are usually one size)
+    stems: dict[str, Path] = {}
+    for p in inputs:
+        if p.stem in stems:
+            raise DataError(f"{p}: same name as {stems[p.stem]}; their outputs would overwrite each other")
+        stems[p.stem] = p
+    todo = [
+        p for p in inputs if not (resume and all(q.exists() for q in output_paths(out_dir, p, bg is not None).values()))
+    ]
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=quiet or len(todo) < 2)
+    batch = max(1, predictor.batch_size)
+    with tempfile.TemporaryDirectory(prefix="predict-upright-") as upright:
+        for start in range(0, len(todo), batch):
+            images: dict[str, np.ndarray] = {}  # by the name the engine reports
+            source: dict[str, Path] = {}
+            engine_paths: list[Path] = []
+            for p in todo[start : start + batch]:
+                # Decode each image once at full size here: that is the readability check, and the
+                # cut-out needs these pixels anyway. The engine re-reads at model size (a scaled decode).
+                try:
+                    image = read_image(p)
+                    stored = image_size(p)
+                except DataError as e:
+                    skipped[str(p)] = str(e)
+                    tqdm.write(f"skipped {e}")
+                    bar.update(1)
+                    continue
+                path = p
+                if (image.shape[1], image.shape[0]) != stored:
+                    # EXIF-rotated (phone photos): OpenCV decodes upright, the header has the stored
+                    # size; the engine gets an upright lossless copy so that both agree.
+                    path = Path(upright) / f"{len(engine_paths)}_{p.stem}.png"
+                    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                engine_paths.append(path)
+                images[path.name], source[path.name] = image, p
+            for name, q in predictor.engine.predict(engine_paths):
+                image, p = images.pop(name), source[name]
+                car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
+                if predictor.postprocess:  # as `evaluate` scores the recipe
+                    car = postprocess(car.astype(np.uint8), predictor.postprocess)
+                mask = car.astype(np.uint8) * 255
+                alpha = feather_alpha(mask, feather)
+                targets = output_paths(out_dir, p, bg is not None)
+                _write(targets["mask"], mask, ".png")
+                _write(targets["cutout"], cutout(image, alpha), ".png")
+                if bg is not None:
+                    if mask.shape not in fitted:
+                        fitted[mask.shape] = fit_background(bg, *mask.shape)
+                    _write(targets["composite"], composite(image, alpha, fitted[mask.shape]), ".jpg", JPEG_PARAMS)
+                written.append(str(p))
+                bar.update(1)
+    bar.close()
+    return {"written": written, "skipped": skipped, "already_done": len(inputs) - len(todo)}
+
+
+def run_predict(
+    input_path: str | Path,
+    out_dir: str | Path,
+    recipe: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    background: str | None = None,
+    feather: int = 0,
+    device: str = "auto",
+    amp: bool = True,
+    batch_size: int = 4,
+    resume: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """The CLI stage; raises DataError at the end (non-zero exit) if any input was unreadable."""
+    if feather < 0:
+        raise DataError(f"--feather {feather}: must be 0 or more pixels")
+    inputs = list_inputs(input_path)
+    bg = parse_background(background) if background else None  # a bad background fails before any model loads
+    predictor = load_predictor(recipe, checkpoint, device=device, amp=amp, batch_size=batch_size)
+    result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
+    if not quiet:
+        print(
+            f"{out_dir}: {len(result['written'])} image(s) cut out with {predictor.source}"
+            + (f", {result['already_done']} already done" if result["already_done"] else "")
+        )
+    if result["skipped"]:
+        names = ", ".join(result["skipped"])
+        raise DataError(f"{len(result['skipped'])} unreadable image(s) skipped: {names}")
+    return result

@@ -1,0 +1,299 @@
+"""A static HTML report of the trained runs and the ensemble (``python -m pipeline report``).
+
+One folder that opens from disk: ``index.html`` plus its PNGs. It shows the training curves of
+every fold (loss, validation Dice and IoU per epoch from ``history.csv``), the ``evaluate``
+metrics of each member and of the recipe's blend on out-of-fold images at full resolution, a
+histogram of per-image Dice, and the worst out-of-fold images as overlays (true positives green,
+false positives red, false negatives blue) with zoomed crops of their largest error regions.
+Plots use matplotlib's Agg renderer through ``Figure`` objects: no display and no pyplot state.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import evaluate
+from .data import DataError, Layout, read_image, read_mask
+from .engine import blend
+from .ensemble import discover, load_maps, member_images
+from .io_utils import read_json, write_text
+from .metrics import summarize
+from .postprocess import apply as postprocess
+
+TABLE_COLUMNS = (
+    "n_images",
+    "mean_dice",
+    "mean_iou",
+    "pixel_accuracy",
+    "precision",
+    "recall",
+    "dice_p5",
+    "dice_p50",
+    "dice_p95",
+)
+# Overlay colours (RGB) and how strongly they tint the photo.
+TP, FP, FN = (0, 200, 0), (255, 0, 0), (0, 90, 255)
+TP_ALPHA, ERR_ALPHA = 0.35, 0.85
+BLEND = "blend"
+
+
+# -- data ------------------------------------------------------------------------------------------
+def load_histories(runs_dir: Path, names: list[str]) -> dict[str, dict[int, pd.DataFrame]]:
+    """{member: {fold: history.csv}} for the members' fold folders that have one."""
+    out: dict[str, dict[int, pd.DataFrame]] = {}
+    for name in names:
+        for path in sorted((runs_dir / name).glob("fold*/history.csv")):
+            fold = int(path.parent.name[len("fold") :])
+            out.setdefault(name, {})[fold] = pd.read_csv(path)
+    return out
+
+
+def predicted_mask(source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None) -> np.ndarray:
+    """The binary out-of-fold prediction that ``evaluate`` scored for ``source`` (a member or the blend)."""
+    if source == BLEND:
+        found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]])
+        maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
+        car = blend(maps, [int(m["weight"]) for m in recipe["members"]]) >= int(recipe["threshold"])
+        return postprocess(car.astype(np.uint8), recipe.get("postprocess", [])).astype(bool)
+    folds = discover(runs_dir, [source])[source]
+    (q,), _ = load_maps(layout, img, [member_images(folds)])
+    return q >= int(folds[0].get("threshold", 128))
+
+
+# -- pictures --------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # lazy: only the report needs matplotlib
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def plot_curves(name: str, histories: dict[int, pd.DataFrame], path: Path) -> None:
+    """Loss (train solid, validation dashed), validation Dice and IoU per epoch; one colour per fold."""
+    fig = _figure(13, 3.4)
+    axes = fig.subplots(1, 3)
+    for fold, h in sorted(histories.items()):
+        colour = f"C{fold % 10}"
+        val = h.dropna(subset=["val_dice"]) if "val_dice" in h else h.iloc[0:0]
+        axes[0].plot(h.epoch, h.train_loss, color=colour, label=f"fold {fold} train")
+        axes[0].plot(val.epoch, val.val_loss, color=colour, linestyle="--", label=f"fold {fold} val")
+        axes[1].plot(val.epoch, val.val_dice, color=colour, marker=".", label=f"fold {fold}")
+        if "val_iou" in val:
+            axes[2].plot(val.epoch, val.val_iou, color=colour, marker=".", label=f"fold {fold}")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].set_yscale("log")  # the first epochs' losses would flatten the rest of the curve
+    titles = ("loss (log scale)", "validation Dice", "validation IoU")
+    for ax, title in zip(axes, titles):
+        ax.set_title(f"{name}: {title}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path)
+
+
+def plot_dice_histogram(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    fig = _figure(9, 3.6)
+    ax = fig.subplots()
+    lo = min(float(t.dice.min()) for t in tables.values())
+    bins = np.linspace(max(0.0, lo - 1e-3), 1.0, 41)
+    for i, (name, t) in enumerate(tables.items()):
+        ax.hist(t.dice, bins=bins, histtype="step", linewidth=2 if name == BLEND else 1.2, color=f"C{i}", label=name)
+    ax.set_xlabel("per-image Dice (out-of-fold, full resolution)")
+    ax.set_ylabel("images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """RGB: the photo with true positives tinted green, false positives red and false negatives blue."""
+    out = image.astype(np.float32)
+    for where, colour, alpha in (
+        (pred & truth, TP, TP_ALPHA),
+        (pred & ~truth, FP, ERR_ALPHA),
+        (~pred & truth, FN, ERR_ALPHA),
+    ):
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(colour, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def error_regions(pred: np.ndarray, truth: np.ndarray, k: int = 3) -> list[tuple[int, int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1, error pixels) around the ``k`` largest 8-connected error (FP or FN)
+    components, largest first.
+
+    Each box is padded and grown to at least 1/8 of the image's short side (160 px at 1918x1280)
+    so that a thin sliver along the outline (wheels, shadows, antennas) is shown with its surroundings.
+    """
+    errors = (pred != truth).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(errors, connectivity=8)
+    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:k] + 1
+    h, w = errors.shape
+    min_side = max(16, min(h, w) // 8)
+    pad = min_side // 4
+    boxes = []
+    for i in order:
+        x, y, bw, bh = stats[i, :4]
+        cx, cy = x + bw / 2, y + bh / 2
+        side_w, side_h = max(bw + 2 * pad, min_side), max(bh + 2 * pad, min_side)
+        x0, y0 = int(max(0, min(cx - side_w / 2, w - side_w))), int(max(0, min(cy - side_h / 2, h - side_h)))
+        boxes.append((x0, y0, int(min(w, x0 + side_w)), int(min(h, y0 + side_h)), int(stats[i, cv2.CC_STAT_AREA])))
+    return boxes
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise DataError(f"{path}: could not write")
+
+
+def render_worst(
+    img: str, pred: np.ndarray, truth: np.ndarray, image: np.ndarray, out_dir: Path, prefix: str, crop_px: int = 240
+) -> dict:
+    """Write the overlay (boxes numbered as the crops) and zoomed crops of the error regions; return their files."""
+    over = overlay(image, pred, truth)
+    boxes = error_regions(pred, truth)
+    crops = []
+    for j, (x0, y0, x1, y1, area) in enumerate(boxes, 1):
+        crop = over[y0:y1, x0:x1]
+        scale = crop_px / max(crop.shape[:2])
+        # Nearest-neighbour zoom keeps single-pixel errors visible as crisp squares.
+        zoomed = cv2.resize(
+            crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST if scale >= 1 else cv2.INTER_AREA
+        )
+        crops.append({"file": f"{prefix}_crop{j}.png", "area": area, "box": (x0, y0, x1, y1)})
+        _save_png(out_dir / crops[-1]["file"], zoomed)
+    # Shown 640..960 px wide (small images are enlarged); boxes are drawn at that size so they read the same.
+    scale = min(960, max(640, over.shape[1])) / over.shape[1]
+    size = (round(over.shape[1] * scale), round(over.shape[0] * scale))
+    marked = cv2.resize(over, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+    for j, c in enumerate(crops, 1):
+        x0, y0, x1, y1 = (round(v * scale) for v in c["box"])
+        cv2.rectangle(marked, (x0, y0), (x1 - 1, y1 - 1), (255, 220, 0), 2)
+        cv2.putText(marked, str(j), (x0 + 4, y0 + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 220, 0), 2)
+    _save_png(out_dir / f"{prefix}_overlay.png", marked)
+    return {"img": img, "overlay": f"{prefix}_overlay.png", "crops": crops}
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+h1 { margin-bottom: 4px; } .meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.blend { font-weight: bold; background: #f3f8ff; }
+img { max-width: 100%; } .worst { margin: 18px 0; padding-top: 8px; border-top: 1px solid #ddd; }
+.crops figure { display: inline-block; margin: 8px 8px 0 0; } .crops figcaption { color: #555; font-size: 13px; }
+.crops img { border: 1px solid #999; image-rendering: pixelated; }
+.legend span { display: inline-block; padding: 1px 8px; margin-right: 6px; color: #fff; border-radius: 3px; }
+"""
+
+
+def _table_html(summaries: dict[str, dict]) -> str:
+    head = "".join(f"<th>{c}</th>" for c in ("source", *TABLE_COLUMNS))
+    rows = []
+    for name, s in summaries.items():
+        cells = "".join(f"<td>{s[c]}</td>" if c == "n_images" else f"<td>{s[c]:.5f}</td>" for c in TABLE_COLUMNS)
+        cls = ' class="blend"' if name == BLEND else ""
+        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _page(title: str, meta: str, sections: list[str]) -> str:
+    body = "\n".join(sections)
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1><p class=meta>{meta}</p>\n{body}\n"
+        "</body></html>\n"
+    )
+
+
+def make_report(
+    runs_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    recipe_path: str | Path | None = None,
+    names: list[str] | None = None,
+    n_worst: int = 6,
+    n_jobs: int = 1,
+    quiet: bool = False,
+) -> Path:
+    """Write ``out_dir/index.html`` and its pictures; return the index path."""
+    start = time.time()
+    runs_dir, out_dir, layout = Path(runs_dir), Path(out_dir), Layout(data_dir)
+    recipe = None
+    if recipe_path is not None and Path(recipe_path).is_file():
+        recipe = read_json(recipe_path)
+    elif recipe_path is not None and not quiet:
+        print(f"{recipe_path}: no recipe there; the report shows the members only (run `make ensemble` for the blend)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):  # pictures of an earlier report (it may have had more images)
+        if old.name.startswith(("curves_", "worst_", "dice_hist")):
+            old.unlink()
+
+    tables = evaluate.score_runs(runs_dir, data_dir, names, n_jobs=n_jobs, quiet=quiet)
+    if recipe is not None:
+        tables[BLEND] = evaluate.score_recipe(recipe_path, data_dir, n_jobs=n_jobs, quiet=quiet)
+    summaries = {name: summarize(t) for name, t in tables.items()}
+
+    sections = ["<h2>Out-of-fold metrics at full resolution</h2>", _table_html(summaries)]
+    sections.append(
+        "<p>Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
+        + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
+        + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
+        + ".</p>"
+    )
+    plot_dice_histogram(tables, out_dir / "dice_hist.png")
+    sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
+
+    sections.append("<h2>Training curves</h2>")
+    for name, histories in load_histories(runs_dir, [n for n in tables if n != BLEND]).items():
+        file = f"curves_{name}.png"
+        plot_curves(name, histories, out_dir / file)
+        sections.append(f'<h3>{html.escape(name)}</h3><img src="{file}" alt="training curves of {html.escape(name)}">')
+
+    # The worst images of what gets submitted: the blend, or else the best member.
+    source = BLEND if BLEND in tables else max(summaries, key=lambda n: summaries[n]["mean_dice"])
+    worst = tables[source].sort_values(["dice", "img"]).head(n_worst)
+    sections.append(f"<h2>Worst out-of-fold images ({html.escape(source)})</h2>")
+    sections.append(
+        '<p class="legend"><span style="background:rgb(0,160,0)">true positive</span>'
+        '<span style="background:rgb(255,0,0)">false positive</span>'
+        '<span style="background:rgb(0,90,255)">false negative</span> '
+        "Yellow boxes: the largest error regions, zoomed below each image.</p>"
+    )
+    for k, row in enumerate(worst.itertuples(), 1):
+        pred = predicted_mask(source, row.img, layout, runs_dir, recipe)
+        truth = read_mask(layout.mask(row.img)).astype(bool)
+        shown = render_worst(row.img, pred, truth, read_image(layout.train_image(row.img)), out_dir, f"worst_{k}")
+        crops = "".join(
+            f'<figure><img src="{c["file"]}" alt="error region {j} of {html.escape(row.img)}">'
+            f"<figcaption>{j}: {c['area']} error pixels</figcaption></figure>"
+            for j, c in enumerate(shown["crops"], 1)
+        )
+        sections.append(
+            f'<div class="worst"><h3>{k}. {html.escape(row.img)}: Dice {row.dice:.5f}, IoU {row.iou:.5f} '
+            f"({row.fp} false positive, {row.fn} false negative pixels)</h3>"
+            f'<img src="{shown["overlay"]}" alt="overlay of {html.escape(row.img)}">'
+            f'<div class="crops">{crops}</div></div>'
+        )
+
+    meta = (
+        f"runs {html.escape(str(runs_dir))} · data {html.escape(str(data_dir))}"
+        + (f" · recipe {html.escape(str(recipe_path))}" if recipe else "")
+        + f" · written {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - start:.0f} s"
+    )
+    index = out_dir / "index.html"
+    write_text(index, _page("Carvana pipeline report", meta, sections))
+    if not quiet:
+        print(f"{index}: {len(tables)} source(s), {len(worst)} worst images; open it in a browser")
+    return index
