@@ -101,8 +101,8 @@ def cmd_submission(a) -> None:
     from datetime import timedelta
 
     from . import distributed
-    from .submission import make_submission, merge_shards, parse_shard
     from .checks import check_device, check_recipe
+    from .submission import make_submission, merge_shards, parse_shard
     from .validate import SubmissionError
 
     check_device(a.device, "--device")

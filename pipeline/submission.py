@@ -40,8 +40,8 @@ from . import rle
 from .data import DataError, Layout
 from .engine import Engine, Member, pick_device
 from .io_utils import read_json, write_json
-from .postprocess import apply as postprocess
 from .models import load_checkpoint_model
+from .postprocess import apply as postprocess
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
@@ -154,9 +154,7 @@ class RowWriter:
     ``on_chunk(rows, offset)`` is called after each chunk is on disk.
     """
 
-    def __init__(
-        self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32, steps=()
-    ):
+    def __init__(self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32, steps=()):
         self.f, self.pool, self.chunk_rows, self.compress, self.on_chunk = f, pool, chunk_rows, compress, on_chunk
         self.steps = list(steps)
         self.max_rows, self.max_chunks = max_rows, 2
