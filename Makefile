@@ -40,6 +40,11 @@ help:
 	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
 	@echo "make train-folds GPUS=0,1,2,3,4 one fold per GPU in parallel (fold k on the k-th GPU listed)"
 	@echo "make bench                      speed/memory figures with targets -> bench.json"
+	@echo "make predict IN=img_or_dir      masks, cut-outs (RGBA), composites (ARGS=--background '#ffffff')"
+	@echo "make report                     static HTML: curves, metrics, worst images -> reports/index.html"
+	@echo "make download | submit MESSAGE= the Kaggle round trip (official kaggle CLI)"
+	@echo "make folds INDEX=index.csv      folds from a train-set index instead of the images"
+	@echo "make train MODEL=cpu FOLD=0     no GPU: MobileNetV2 U-Net at 320x480 (configs/cpu.yaml)"
 	@echo "make lint | format              ruff"
 
 $(STAMP): requirements.txt

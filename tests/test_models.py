@@ -55,3 +55,20 @@ def test_shared_imagenet_mobilenet_v2_loads_strictly():
     state = torch.load(SHARED_MNV2, map_location="cpu", weights_only=True)
     got = model.net.encoder.state_dict()
     assert all(torch.equal(state[k], got[k]) for k in state)
+
+
+def test_refine_block_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(encoder="resnet18", encoder_weights="none", decoder_channels=[16, 8, 8, 8, 8]))
+    refined = build_model(
+        ModelConfig(encoder="resnet18", encoder_weights="none", decoder_channels=[16, 8, 8, 8, 8], refine=8)
+    )
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("refine.") for k in missing)
+    plain.eval(), refined.eval()
+    x = torch.randint(0, 256, (2, 3, 40, 72), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(refined(x), plain(x))  # zero-initialised last conv: a new block changes nothing
+    refined.train()
+    refined(x).mean().backward()
+    assert refined.refine.body[-1].weight.grad.abs().sum() > 0  # and it receives gradient
