@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--postprocess",
         default="auto",
-        help="auto (try each candidate, keep the best only if out-of-fold Dice rises), none, or steps a,b",
+        help="auto (try each candidate, keep the best only if it raises out-of-fold Dice by 1e-5), none, or steps a,b",
     )
     s.add_argument(
         "--allow-incomplete", action="store_true", help="tune even if a member lacks folds (on the images all cover)"
