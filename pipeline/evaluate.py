@@ -45,10 +45,12 @@ def _parallel(fn, items: list, n_jobs: int, desc: str, quiet: bool) -> list:
 def score_runs(
     runs_dir: str | Path, data_dir: str | Path, names: list[str] | None = None, n_jobs: int = -1, quiet: bool = True
 ) -> dict[str, pd.DataFrame]:
-    """{member name: per-image table over its out-of-fold images} at each run's threshold."""
+    """{member name: per-image table over its out-of-fold images} at each run's threshold.
+
+    A member still missing folds is scored on the folds it has (``n_images`` says how many)."""
     layout = Layout(data_dir)
     out = {}
-    for name, folds in discover(runs_dir, names).items():
+    for name, folds in discover(runs_dir, names, allow_incomplete=True).items():
         by_image = member_images(folds)
         images = sorted(by_image)
         threshold = int(folds[0].get("threshold", 128))
@@ -66,7 +68,7 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
     recipe_path = Path(recipe_path)
     recipe = read_json(recipe_path)
     layout = Layout(data_dir)
-    found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]])
+    found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
     maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]
     images = sorted(set.intersection(*(set(b) for b in maps_of)))
     weights = [int(m["weight"]) for m in recipe["members"]]

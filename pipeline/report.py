@@ -57,11 +57,11 @@ def load_histories(runs_dir: Path, names: list[str]) -> dict[str, dict[int, pd.D
 def predicted_mask(source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None) -> np.ndarray:
     """The binary out-of-fold prediction that ``evaluate`` scored for ``source`` (a member or the blend)."""
     if source == BLEND:
-        found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]])
+        found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
         maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
         car = blend(maps, [int(m["weight"]) for m in recipe["members"]]) >= int(recipe["threshold"])
         return postprocess(car.astype(np.uint8), recipe.get("postprocess", [])).astype(bool)
-    folds = discover(runs_dir, [source])[source]
+    folds = discover(runs_dir, [source], allow_incomplete=True)[source]
     (q,), _ = load_maps(layout, img, [member_images(folds)])
     return q >= int(folds[0].get("threshold", 128))
 
