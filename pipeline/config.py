@@ -68,7 +68,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     scheduler: str = "cosine"  # cosine | constant (both after a linear warmup)
     warmup_epochs: float = 1.0
-    loss: str = "bce_dice"  # terms of pipeline.losses joined by "+", e.g. "dice+mse+gradient"
+    loss: str = "bce_ratio"  # terms of pipeline.losses joined by "+", e.g. "dice+mse+gradient"
     amp: bool = True  # CUDA only; ignored on CPU
     amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 uses a GradScaler)
     channels_last: bool = True  # CUDA only

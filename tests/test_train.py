@@ -13,7 +13,7 @@ def test_training_steps_lower_the_loss(tiny_data, tmp_path):
     opt = torch.optim.Adam(t.model.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
-        loss = t.loss_fn(t.model(batch["image"]), batch["mask"])
+        loss = t.loss_fn(t.model(batch["image"]), batch["mask"], batch["image"])
         opt.zero_grad()
         loss.backward()
         opt.step()
