@@ -173,8 +173,7 @@ def score_pred_dir(pred_dir: str | Path, masks_dir: str | Path, n_jobs: int = -1
 
 
 def format_table(summaries: dict[str, dict]) -> str:
-    cols = ["n_images", "mean_dice", "mean_iou", "pixel_accuracy", "precision", "recall", "dice_p5", "dice_p50"]
-    cols += ["dice_p95"]
+    cols = [k for k in SUMMARY_KEYS if k != "worst"]
     df = pd.DataFrame({name: {c: s[c] for c in cols} for name, s in summaries.items()}).T
     df["n_images"] = df["n_images"].astype(int)
     return df.to_string(float_format=lambda v: f"{v:.5f}")

@@ -23,20 +23,10 @@ from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
 from .ensemble import discover, load_maps, member_images
 from .io_utils import read_json, write_text
-from .metrics import summarize
+from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess
 
-TABLE_COLUMNS = (
-    "n_images",
-    "mean_dice",
-    "mean_iou",
-    "pixel_accuracy",
-    "precision",
-    "recall",
-    "dice_p5",
-    "dice_p50",
-    "dice_p95",
-)
+TABLE_COLUMNS = tuple(k for k in SUMMARY_KEYS if k != "worst")  # the summary's numbers, in its order
 # Overlay colours (RGB) and how strongly they tint the photo.
 TP, FP, FN = (0, 200, 0), (255, 0, 0), (0, 90, 255)
 TP_ALPHA, ERR_ALPHA = 0.35, 0.85
