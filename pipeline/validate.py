@@ -21,7 +21,7 @@ def read_sample_names(sample_csv: str | Path) -> list[str]:
     if not sample_csv.is_file():
         raise SubmissionError(f"{sample_csv}: not found")
     try:
-        with _open(sample_csv) as f:
+        with open_csv(sample_csv) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != ["img", "rle_mask"]:
@@ -36,7 +36,7 @@ def read_sample_names(sample_csv: str | Path) -> list[str]:
     return names
 
 
-def _open(path: Path):
+def open_csv(path: Path):
     # By name for .csv / .csv.gz (a disagreeing content is refused); by content otherwise (".part").
     gzipped = check_csv_name(path, SubmissionError) == "gzip"
     return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
@@ -55,7 +55,7 @@ def validate_submission(path: str | Path, names: list[str], width: int, height: 
     empty = 0
     pixels = 0
     try:
-        with _open(path) as f:
+        with open_csv(path) as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != ["img", "rle_mask"]:
