@@ -199,7 +199,12 @@ def smooth_contours(mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray
 
 
 def smooth_contour(mask: np.ndarray) -> np.ndarray:
-    """Adaptive contour smoothing (Heitzinger & Kampel), rasterised back into a 0/1 mask."""
+    """Adaptive contour smoothing (Heitzinger & Kampel), rasterised back into a 0/1 mask.
+
+    No point moves by 0.5 px or more, so no pixel centre can cross the outline: at the mask's own
+    resolution the result differs from the input only by the rounding of lines between contour points,
+    a few boundary pixels (at most 14 on each of the 960 real 1918x1280 GT masks).
+    """
     mask = _as_mask(mask)
     _, smoothed, depth = smooth_contours(mask)
     return rasterize_contours(smoothed, depth, mask.shape)
