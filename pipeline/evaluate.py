@@ -11,8 +11,6 @@ A mask folder holds ``<image stem>_mask.gif`` (the Kaggle ``train_masks/``) or `
 
 from __future__ import annotations
 
-import csv
-import sys
 from pathlib import Path
 
 import cv2
@@ -28,7 +26,7 @@ from .ensemble import discover, load_maps, member_images
 from .io_utils import read_json
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
 from .postprocess import apply as postprocess
-from .validate import SubmissionError, open_csv
+from .validate import SubmissionError, submission_rows
 
 
 def _table(images: list[str], rows: list[dict]) -> pd.DataFrame:
@@ -110,13 +108,8 @@ def _check_pairs(listed: list[str], masks_dir: Path, what: str, where: Path) -> 
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:
-    csv.field_size_limit(sys.maxsize)
     try:
-        with open_csv(path) as f:  # as validate reads it: gzip or plain text by name and content
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != ["img", "rle_mask"]:
-                raise DataError(f"{path}: header {header}, expected ['img', 'rle_mask']")
+        with submission_rows(path) as reader:  # as validate reads it: gzip or plain by name and content
             return [(r[0], r[1] if len(r) > 1 else "") for r in reader if r]
     except SubmissionError as e:
         raise DataError(str(e)) from None

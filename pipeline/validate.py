@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PipelineError
@@ -21,11 +22,7 @@ def read_sample_names(sample_csv: str | Path) -> list[str]:
     if not sample_csv.is_file():
         raise SubmissionError(f"{sample_csv}: not found")
     try:
-        with open_csv(sample_csv) as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != ["img", "rle_mask"]:
-                raise SubmissionError(f"{sample_csv}: header {header}, expected ['img', 'rle_mask']")
+        with submission_rows(sample_csv) as reader:
             names = [row[0] for row in reader if row]
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
         raise SubmissionError(f"{sample_csv}: unreadable as a CSV ({str(e)[:120]})") from None
@@ -42,6 +39,18 @@ def open_csv(path: Path):
     return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
 
 
+@contextmanager
+def submission_rows(path: Path):
+    """A csv.reader over an ``img,rle_mask`` file (see open_csv), past its checked header."""
+    csv.field_size_limit(sys.maxsize)  # one RLE can be longer than csv's default field limit
+    with open_csv(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["img", "rle_mask"]:
+            raise SubmissionError(f"{path}: header {header}, expected ['img', 'rle_mask']")
+        yield reader
+
+
 def validate_submission(path: str | Path, names: list[str], width: int, height: int) -> dict:
     """Check header, names and order (== sample), row count, and every RLE (well-formed, in bounds).
 
@@ -50,16 +59,11 @@ def validate_submission(path: str | Path, names: list[str], width: int, height: 
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: not found")
-    csv.field_size_limit(sys.maxsize)
     n_pixels = width * height
     empty = 0
     pixels = 0
     try:
-        with open_csv(path) as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != ["img", "rle_mask"]:
-                raise SubmissionError(f"{path}: header {header}, expected ['img', 'rle_mask']")
+        with submission_rows(path) as reader:
             i = -1
             for i, row in enumerate(reader):
                 where = f"{path}: row {i + 2}"
