@@ -201,10 +201,16 @@ def _per_image(
 ) -> list[float]:
     """Dice of the blend, of the blend after each post-processing candidate, and of each member alone."""
     maps, mask = load_maps(layout, img, maps_of)
-    binary = (blend(maps, weights) >= threshold).astype(np.uint8)
+    # Candidates share prefixes (remove_small, then + fill_holes, ...): each prefix is computed once.
+    done: dict[tuple[str, ...], np.ndarray] = {(): (blend(maps, weights) >= threshold).astype(np.uint8)}
+    for steps in candidates:
+        for i in range(len(steps)):
+            key = tuple(steps[: i + 1])
+            if key not in done:
+                done[key] = postprocess(done[key[:-1]], [steps[i]])
     return (
-        [dice(binary, mask)]
-        + [dice(postprocess(binary, steps), mask) for steps in candidates]
+        [dice(done[()], mask)]
+        + [dice(done[tuple(steps)], mask) for steps in candidates]
         + [dice(q >= threshold, mask) for q in maps]
     )
 
