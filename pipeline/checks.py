@@ -65,8 +65,67 @@ def check_fold(cfg: Config, folds: list[int]) -> None:
         raise ConfigError(f"fold {cfg.fold}: not in {cfg.folds_csv}, which has folds {folds}")
 
 
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _recipe_problem(recipe) -> str | None:
+    """The first thing that makes ``recipe`` unusable, checked before any checkpoint is read."""
+    from .postprocess import POSTPROCESS
+    from .tta import TTAS
+
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("members"), list) or not recipe["members"]:
+        return "no 'members' list"
+    t = recipe.get("threshold")
+    if not _int(t) or not 1 <= t <= 255:
+        return f"'threshold' {t!r} is not an integer in 1..255 (probability t/255 in (0, 1])"
+    p = recipe.get("threshold_probability", t / 255)
+    if not isinstance(p, (int, float)) or not 0 <= p <= 1 or abs(p - t / 255) > 1e-6:
+        return f"'threshold_probability' {p!r} is not in [0, 1] or disagrees with 'threshold' {t}/255"
+    steps = recipe.get("postprocess", [])
+    if not isinstance(steps, list) or any(not isinstance(x, str) or x not in POSTPROCESS for x in steps):
+        return f"'postprocess' {steps!r}: unknown step(s); known: {', '.join(POSTPROCESS)}"
+    need = {"name": str, "weight": int, "checkpoints": list, "tta": list, "height": int, "width": int}
+    names = set()
+    for i, m in enumerate(recipe["members"]):
+        bad = [k for k, typ in need.items() if not isinstance(m, dict) or not isinstance(m.get(k), typ)]
+        if bad or isinstance(m.get("weight"), bool):
+            return f"member {i} lacks or has a wrong type for {bad or ['weight']}"
+        name = m["name"]
+        if not name or name in names:
+            return f"member {i} has an empty or repeated name {name!r}"
+        names.add(name)
+        if m["weight"] < 0:
+            return f"member {name!r} has a negative weight {m['weight']}"
+        if m["height"] < 1 or m["width"] < 1:
+            return f"member {name!r} has input size {m['height']}x{m['width']}; both must be at least 1"
+        unknown = [v for v in m["tta"] if not isinstance(v, str) or (v not in TTAS and v != "none")]
+        if unknown:
+            return f"member {name!r}: unknown TTA {unknown}; available: {sorted(TTAS)}"
+        ckpts = m["checkpoints"]
+        if not ckpts or any(not isinstance(c, str) or not c for c in ckpts):
+            return f"member {name!r}: 'checkpoints' must be a non-empty list of paths"
+        shas = m.get("checkpoint_sha256")
+        if not isinstance(shas, list) or len(shas) != len(ckpts) or any(not isinstance(h, str) for h in shas):
+            return (
+                f"member {name!r}: no content hash for each checkpoint ('checkpoint_sha256'): written by an "
+                "older version or by hand, so nothing binds it to the checkpoints it was tuned for"
+            )
+        folds = m.get("folds", list(range(len(ckpts))))
+        if not isinstance(folds, list) or len(folds) != len(ckpts) or not all(_int(f) for f in folds):
+            return f"member {name!r}: 'folds' must list one fold number per checkpoint"
+    if sum(m["weight"] for m in recipe["members"]) <= 0:
+        return "no member has a positive weight"
+    return None
+
+
 def check_recipe(path: str | Path) -> dict:
-    """A recipe.json that the submission can follow; DataError naming the file and the problem."""
+    """A recipe.json that the submission can follow, checked completely before any model loads.
+
+    DataError naming the file and the first problem. (That its checkpoints are still the ones it
+    was tuned for is pipeline/provenance.py's check, and that their configs match the recorded
+    input sizes is checked as they load.)
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: recipe not found; run `make ensemble` first")
@@ -74,24 +133,7 @@ def check_recipe(path: str | Path) -> dict:
         recipe = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e}); re-run `make ensemble` to rewrite it") from None
-    problem = None
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("members"), list) or not recipe["members"]:
-        problem = "no 'members' list"
-    elif not isinstance(recipe.get("threshold"), int) or not 1 <= recipe["threshold"] <= 255:
-        problem = f"'threshold' {recipe.get('threshold')!r} is not an integer in 1..255"
-    else:
-        need = {"name": str, "weight": int, "checkpoints": list, "tta": list, "height": int, "width": int}
-        for i, m in enumerate(recipe["members"]):
-            bad = [k for k, typ in need.items() if not isinstance(m, dict) or not isinstance(m.get(k), typ)]
-            if bad:
-                problem = f"member {i} lacks or has a wrong type for {bad}"
-                break
-            if m["weight"] < 0:
-                problem = f"member {m['name']!r} has a negative weight"
-                break
-        else:
-            if sum(m["weight"] for m in recipe["members"]) <= 0:
-                problem = "no member has a positive weight"
+    problem = _recipe_problem(recipe)
     if problem:
         raise DataError(f"{path}: malformed recipe: {problem}; re-run `make ensemble` to rewrite it")
     return recipe

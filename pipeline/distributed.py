@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import RandomSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,22 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
     if dist.is_available() and dist.is_initialized():
         for b in module.buffers():
             dist.broadcast(b, 0)
+
+
+class RankSampler(Sampler):
+    """DDP: rank r's share (every world-th index) of one seeded random draw made identically on every rank.
+
+    Like DistributedSampler with a per-epoch seed (``set_epoch``), but the draw is the
+    single-process sampler's, so an epoch covers the same images whatever the number of ranks.
+    """
+
+    def __init__(self, n: int, per_rank: int, seed: int, rank: int, world: int):
+        self.n, self.per_rank, self.seed, self.rank, self.world = n, per_rank, seed, rank, world
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        order = list(RandomSampler(range(self.n), num_samples=self.per_rank * self.world, generator=g))
+        return iter(order[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return self.per_rank

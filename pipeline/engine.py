@@ -46,6 +46,13 @@ def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
     return torch.autocast("cuda", dtype=getattr(torch, dtype))
 
 
+def precision_name(device: torch.device, enabled: bool, dtype: str = "bfloat16") -> str:
+    """The precision ``autocast`` gives on ``device``: what the predictions' lineage records."""
+    if device.type != "cuda" or not enabled:
+        return "fp32"
+    return {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+
+
 def blend(quantized, weights: list[int]):
     """Weighted average of uint8 maps (M, ...) with integer weights, rounded half up.
 

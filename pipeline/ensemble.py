@@ -17,94 +17,21 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from .data import DataError, Layout, read_mask
+from .data import DataError, Layout
 from .engine import blend
-from .io_utils import atomic_path, check_csv_name, file_sha256, read_json, write_json
+from .io_utils import atomic_path, check_writable, write_json
 from .metrics import dice, dice_from_counts
 from .postprocess import apply as postprocess
 from .postprocess import parse_steps
+from .provenance import code_version, recipe_fold
+from .runs import discover, load_maps, member_images
 
 MAX_COMBOS = 2000
-
-
-_OOF_KEYS = {"fold": int, "tta": list, "height": int, "width": int, "checkpoint": str}
-
-
-def _read_oof_summary(path: Path) -> dict:
-    """One fold's oof.json, checked: it must exist as written by training, for the best.pt beside it."""
-    info = read_json(path)  # DataError naming the file if it is not JSON
-    bad = [k for k, t in _OOF_KEYS.items() if not isinstance(info, dict) or not isinstance(info.get(k), t)]
-    if bad:
-        raise DataError(f"{path}: malformed oof.json (missing or wrong {bad}); re-run that fold's training")
-    sha = info.get("checkpoint_sha256")
-    ckpt = path.parent / info["checkpoint"]
-    if sha is not None and (not ckpt.is_file() or file_sha256(ckpt) != sha):
-        raise DataError(
-            f"{path}: written for another {info['checkpoint']} than the one beside it (retrained or copied); "
-            "re-run that fold's training command to re-predict its out-of-fold maps"
-        )
-    return info
-
-
-def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomplete: bool) -> None:
-    """Every member must have every fold: of its folds CSV (recorded ``k``) and of the other members."""
-    union = {f["fold"] for folds in found.values() for f in folds}
-    problems = []
-    for name, folds in found.items():
-        have = {f["fold"] for f in folds}
-        ks = {f["folds"]["k"] for f in folds if isinstance(f.get("folds"), dict) and "k" in f["folds"]}
-        expected = union | set(range(max(ks))) if ks else union
-        if expected - have:
-            missing = sorted(expected - have)
-            where = ", ".join(str(runs_dir / name / f"fold{k}" / "oof.json") for k in missing[:3])
-            problems.append(f"{name} lacks fold(s) {missing} ({where} not found)")
-        splits = {f["folds"]["folds_sha"] for f in folds if isinstance(f.get("folds"), dict)}
-        if len(splits) > 1:  # one member's folds must partition one split, or images repeat or go missing
-            problems.append(f"{name}: its folds were trained on {len(splits)} different folds CSVs")
-    if not problems:
-        return
-    if not allow_incomplete:
-        raise DataError(
-            f"{runs_dir}: incomplete member(s): {'; '.join(problems)}. Train the missing folds, or pass "
-            "--allow-incomplete to tune on the images all members cover"
-        )
-    for p in problems:
-        tqdm.write(f"warning: {p} (--allow-incomplete)")
-
-
-def discover(
-    runs_dir: str | Path, names: list[str] | None = None, allow_incomplete: bool = False
-) -> dict[str, list[dict]]:
-    """{member name: [oof.json of each completed fold, with its run dir]} sorted by name and fold."""
-    runs_dir = Path(runs_dir)
-    found: dict[str, list[dict]] = {}
-    for summary in sorted(runs_dir.glob("*/fold*/oof.json")):
-        info = _read_oof_summary(summary)
-        info["run_dir"] = str(summary.parent)
-        found.setdefault(summary.parent.parent.name, []).append(info)
-    if names:
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise DataError(f"{runs_dir}: no completed fold for member(s) {missing}; found {sorted(found)}")
-        found = {n: found[n] for n in names}
-    if not found:
-        raise DataError(f"{runs_dir}: no completed training run (*/fold*/oof.json); run `make train` first")
-    for name, folds in found.items():
-        folds.sort(key=lambda f: f["fold"])
-        ttas = {tuple(f["tta"]) for f in folds}
-        sizes = {(f["height"], f["width"]) for f in folds}
-        if len(ttas) > 1 or len(sizes) > 1:
-            raise DataError(
-                f"{runs_dir / name}: folds disagree on TTA {ttas} or input size {sizes}; retrain them with one config"
-            )
-    _check_complete(runs_dir, found, allow_incomplete)
-    return found
 
 
 def weight_grid(n_members: int, steps: int) -> np.ndarray:
@@ -113,17 +40,6 @@ def weight_grid(n_members: int, steps: int) -> np.ndarray:
     if len(combos) > MAX_COMBOS:
         raise ValueError(f"{len(combos)} weight vectors for {n_members} members at {steps} steps; use fewer steps")
     return np.array(combos, dtype=np.int64)
-
-
-def _oof_path(run_dir: str, img: str) -> Path:
-    return Path(run_dir) / "oof" / f"{Path(img).stem}.png"
-
-
-def _read_q(path: Path) -> np.ndarray:
-    q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if q is None:
-        raise DataError(f"{path}: out-of-fold map missing or unreadable; re-run that fold's training")
-    return q
 
 
 def image_histograms(maps: np.ndarray, mask: np.ndarray, combos: np.ndarray) -> np.ndarray:
@@ -151,27 +67,6 @@ def dice_by_threshold(hist: np.ndarray) -> np.ndarray:
     tp, fp = suffix[..., 1], suffix[..., 0]
     fn = hist[..., 1].sum(-1, keepdims=True) - tp
     return dice_from_counts(tp, fp, fn)
-
-
-def member_images(folds: list[dict]) -> dict[str, str]:
-    """{image: run dir of the fold that holds its out-of-fold map} over a member's completed folds."""
-    by_image: dict[str, str] = {}
-    for f in folds:
-        scores_csv = Path(f["run_dir"]) / "oof_dice.csv"
-        if not scores_csv.is_file():
-            raise DataError(f"{scores_csv}: not found; re-run that fold's training")
-        check_csv_name(scores_csv)
-        by_image.update({img: f["run_dir"] for img in pd.read_csv(scores_csv).img})
-    return by_image
-
-
-def load_maps(layout: Layout, img: str, maps_of: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """(the members' uint8 maps (M, H, W), the GIF mask) of one image; ``maps_of`` from member_images."""
-    mask = read_mask(layout.mask(img))
-    maps = np.stack([_read_q(_oof_path(by_image[img], img)) for by_image in maps_of])
-    if maps.shape[1:] != mask.shape:
-        raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
-    return maps, mask
 
 
 def _chunk_scores(layout: Layout, images: list[str], maps_of: list[dict], combos: np.ndarray) -> np.ndarray:
@@ -238,10 +133,13 @@ def tune(
         given = [step for step in parse_steps(postprocess_steps) if step != "none"]
         candidates = [given] if given else []
     layout = Layout(data_dir)
+    out = Path(out)
+    check_writable(out.parent, "recipe")
     found = discover(runs_dir, names, allow_incomplete=allow_incomplete)
     members = []
     for name, folds in found.items():
-        members.append({"name": name, "folds": folds, "by_image": member_images(folds)})
+        lineage = [recipe_fold(Path(f["run_dir"]), f) for f in folds]
+        members.append({"name": name, "folds": folds, "by_image": member_images(folds), "lineage": lineage})
     maps_of = [m["by_image"] for m in members]
     common = sorted(set.intersection(*(set(m["by_image"]) for m in members)))
     if not common:
@@ -286,7 +184,7 @@ def tune(
     steps_total = int(combos[0].sum())
     vertex = {m["name"]: int(np.flatnonzero(combos[:, j] == steps_total)[0]) for j, m in enumerate(members)}
     recipe = {
-        "format": 1,
+        "format": 2,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "runs_dir": str(runs_dir),
         "threshold": int(threshold),
@@ -300,8 +198,11 @@ def tune(
                 "name": m["name"],
                 "weight": int(w),
                 "folds": [f["fold"] for f in m["folds"]],
-                "checkpoints": [str(Path(f["run_dir"]) / f["checkpoint"]) for f in m["folds"]],
-                "checkpoint_sha256": [f.get("checkpoint_sha256") for f in m["folds"]],
+                # Lineage (pipeline/provenance.py): each fold's checkpoint and out-of-fold summary by
+                # content; submission and predict refuse checkpoints that changed since.
+                "checkpoints": [rf["checkpoint"] for rf in m["lineage"]],
+                "checkpoint_sha256": [rf["checkpoint_sha256"] for rf in m["lineage"]],
+                "oof_sha256": [rf["oof_sha256"] for rf in m["lineage"]],
                 "tta": m["folds"][0]["tta"],
                 "height": m["folds"][0]["height"],
                 "width": m["folds"][0]["width"],
@@ -318,9 +219,9 @@ def tune(
             "dice_percentiles": {f"p{p}": float(np.percentile(scores.blend, p)) for p in (1, 5, 25, 50)},
             "weight_step": 1 / steps,
         },
+        "code": code_version(),
         "seconds": round(time.time() - start, 1),
     }
-    out = Path(out)
     write_json(out, recipe)
     with atomic_path(out.with_name(out.stem + "_oof_scores.csv")) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.6f")

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from . import rle
 from .data import DataError, Layout, read_mask
 from .engine import blend
-from .ensemble import discover, load_maps, member_images
-from .io_utils import read_json
+from .runs import discover, load_maps, member_images
+from .checks import check_recipe
+from .provenance import verify_recipe_oof
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
 from .postprocess import apply as postprocess
 from .validate import SubmissionError, submission_rows
@@ -64,7 +65,8 @@ def score_runs(
 def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
     """Per-image table of the recipe's blend (weights, threshold, post-processing) on out-of-fold maps."""
     recipe_path = Path(recipe_path)
-    recipe = read_json(recipe_path)
+    recipe = check_recipe(recipe_path)
+    verify_recipe_oof(recipe, recipe_path)  # the maps it was tuned on, not a retrained fold's
     layout = Layout(data_dir)
     found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
     maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]

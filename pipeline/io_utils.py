@@ -1,21 +1,49 @@
-"""Atomic file writes: a crash (even kill -9) leaves either the old file or the new one."""
+"""File-system care: atomic writes, output locks, writable folders, and names taken from files.
+
+- ``atomic_path``: a crash (even kill -9) leaves either the old file or the new one; a write that
+  fails (read-only folder, full disk) is a DataError naming the path, and the old file stays.
+- ``OutputLock``: one writer per output (a second run stops and names the holder).
+- ``check_writable``: an output folder that cannot be written is found before the work starts.
+- ``plain_name``: a name read from a file (an image name in a CSV, a checkpoint name in a JSON) is
+  joined onto a folder only if it is a plain file name, never ``../x`` or ``/x``.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import DataError
+
+
+def os_error_message(path: str | os.PathLike, e: OSError) -> str:
+    """``<path>: cannot write (No space left on device)`` and what to do about the usual causes."""
+    reason = e.strerror or str(e)
+    hint = {
+        errno.ENOSPC: "free some space or point the output elsewhere",
+        errno.EDQUOT: "free some space or point the output elsewhere",
+        errno.EACCES: "make it writable or point the output elsewhere",
+        errno.EPERM: "make it writable or point the output elsewhere",
+        errno.EROFS: "the file system is read-only; point the output elsewhere",
+    }.get(e.errno)
+    return f"{path}: cannot write ({reason})" + (f"; {hint}" if hint else "")
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DataError(os_error_message(path, e)) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -25,6 +53,11 @@ def atomic_path(path: str | os.PathLike):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, FileNotFoundError) and e.filename not in (None, tmp, str(tmp)):
+            raise  # an input the writer was reading went missing: not this output's fault
+        raise DataError(os_error_message(path, e)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,8 +74,6 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     """json.load; a DataError naming the file when it is not JSON (truncated, edited, binary)."""
-    from .errors import DataError
-
     try:
         with open(path) as f:
             return json.load(f)
@@ -50,13 +81,73 @@ def read_json(path: str | os.PathLike):
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def file_sha256(path: str | os.PathLike, n_hex: int = 16) -> str:
-    """Content hash of a file (a checkpoint's identity: ~1 GB/s, so well under a second)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n_hex]
+def check_writable(folder: str | os.PathLike, what: str = "output") -> Path:
+    """Create ``folder`` if needed and prove a file can be made there, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(os_error_message(folder, e).replace("cannot write", f"cannot write the {what} here")) from None
+    return folder
+
+
+def plain_name(name, where: str) -> str:
+    """``name`` if it is a plain file name (no folder part, not ``.``/``..``, no NUL); else a DataError."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name != name.strip()
+    ):
+        raise DataError(f"{where}: {name!r} is not a plain file name (no folders, '..' or absolute paths)")
+    return name
+
+
+class OutputLock:
+    """Exclusive ``flock`` on ``<target>.lock`` for as long as a run writes ``target``.
+
+    flock (not a pid file) because the kernel drops it when the holder dies, even by kill -9:
+    a stale lock file never blocks the next run. The file holds the holder's pid and host, for
+    the error message of a second run. (flock is local to a host on some network filesystems.)
+    """
+
+    def __init__(self, target: str | Path, doing: str = "writing it"):
+        self.target = Path(target)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self.doing = doing
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise DataError(os_error_message(self.path, e)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise DataError(
+                f"{self.target}: another run is {self.doing} ({holder}; lock {self.path}). "
+                "Wait for it or stop it; a killed run releases the lock by itself."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"PK": "zip", b"BZ": "bzip2", b"\xfd7": "xz"}
@@ -70,7 +161,7 @@ def check_csv_name(path: str | os.PathLike, error=None) -> str | None:
     after upload: refuse it here, naming the file. Other names (e.g. ``.part``) go by content.
     """
     if error is None:
-        from .errors import DataError as error
+        error = DataError
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import pickle
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -203,14 +204,35 @@ def _looks_like_path(weights: str) -> bool:
     return any(weights.endswith(ext) for ext in (".pth", ".pt", ".bin", ".ckpt", ".safetensors")) or "/" in weights
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """torch.load a pipeline checkpoint; CheckpointError naming the path if it is not one."""
+def _numpy_globals() -> list:
+    """The numpy types that checkpoints written before numpy RNG states were stored as tensors hold."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict:
+    """Load a pipeline checkpoint safely; CheckpointError naming the path if it is not one.
+
+    ``weights_only=True``: only tensors, containers and plain values are unpickled (plus the numpy
+    array types older checkpoints hold, allowed by name), so a crafted ``.pt`` cannot run code.
+    ``mmap=True`` maps the tensors instead of reading them (to look at the config only).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a broken file
+        with torch.serialization.safe_globals(_numpy_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path}: unreadable {what}, truncated or not a torch file ({e})") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects that a checkpoint of this pipeline never has, and "
+            "loading them could run code. Use checkpoints written by `make train`, from sources you trust"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... for a broken file
         detail = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: unreadable {what}, truncated or not a torch file ({detail})") from None
     if not isinstance(ckpt, dict) or not {"config", "model"} <= set(ckpt):

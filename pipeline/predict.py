@@ -7,11 +7,20 @@ whatever its size: the engine resizes to the model size and the probabilities ba
 Per image ``<name>``: ``<name>_mask.png`` (0/255), ``<name>_cutout.png`` (RGBA, alpha = the mask,
 optionally feathered), and with a background ``<name>_composite.jpg``. Unreadable files are named
 and skipped; the command then ends with a non-zero exit.
+
+Lineage: ``<out>/lineage.jsonl`` records every file predict writes there, with the key of what it
+was made from (the recipe and its checkpoints' hashes, or the checkpoint's; precision; the
+background; feather; the input file). ``--resume`` keeps only outputs of the same key, and
+predict overwrites only files it wrote itself: a file of the user's in the way, an output that
+would land on an input, or ``--out`` being the input folder (whose outputs the next run would read
+as photos) stop the run before any work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +31,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DataError, image_size, read_image
-from .engine import Engine, Member, blend, pick_device
-from .io_utils import atomic_path
+from .engine import Engine, Member, blend, pick_device, precision_name
+from .io_utils import atomic_path, check_writable, os_error_message
 from .models import load_checkpoint_model
 from .postprocess import apply as postprocess
+from .provenance import file_sha256, load_recipe, rows_source, text_sha
 from .submission import load_members
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -43,6 +53,7 @@ class Predictor:
     source: str
     postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
     batch_size: int = 4  # images decoded and handed to the engine at a time
+    lineage: dict = field(default_factory=dict)  # what every mask depends on (provenance.rows_source or checkpoint)
 
 
 def load_predictor(
@@ -54,20 +65,23 @@ def load_predictor(
 ) -> Predictor:
     """The recipe's ensemble, or one checkpoint when given (it takes precedence)."""
     dev = pick_device(device)
+    precision = precision_name(dev, amp)
     if checkpoint is not None:
         model, cfg = load_checkpoint_model(checkpoint, dev)
         members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta))]
         weights, threshold, source, steps = [1], CHECKPOINT_THRESHOLD, str(checkpoint), []
+        lineage = {"checkpoint": file_sha256(checkpoint), "tta": list(cfg.predict.tta), "precision": precision}
     else:
         recipe = Path(recipe or "submissions/recipe.json")
         if not recipe.is_file():
             raise DataError(f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH")
-        spec = json.loads(recipe.read_text())
+        spec, shas = load_recipe(recipe)  # checked exactly as the submission checks it
         members, weights = load_members(spec, dev)
         threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
+        lineage = rows_source(spec, shas, precision)
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=0)
-    return Predictor(engine, weights, threshold, source, steps, batch_size)
+    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -142,6 +156,94 @@ def _write(path: Path, rgb_or_gray: np.ndarray, ext: str, params: list[int] | No
         tmp.write_bytes(buf.tobytes())
 
 
+LOG = "lineage.jsonl"
+
+
+class OutputLog:
+    """``<out>/lineage.jsonl``: every file predict wrote in the folder and the key of what made it.
+
+    Append-only (a line per file and state), so it stays cheap for 100,000 images and survives a
+    kill: a file is logged as ``claimed`` before it is written and ``done`` after, so a file left
+    half-way is still known to be predict's own (overwritable) but never taken as finished.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LOG
+        self.files: dict[str, tuple[str, str]] = {}  # file name -> (key, state)
+        lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
+        for n, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+                self.files[str(rec["file"])] = (str(rec["key"]), str(rec["state"]))
+            except (ValueError, KeyError, TypeError):
+                if n < len(lines):  # only the last line may be torn (a kill while appending)
+                    raise DataError(f"{self.path}: line {n} is not a record of predict; remove the file") from None
+
+    def ours(self, path: Path) -> bool:
+        return path.name in self.files
+
+    def done(self, path: Path, key: str) -> bool:
+        return self.files.get(path.name) == (key, "done") and path.is_file()
+
+    def mark(self, paths: list[Path], key: str, state: str) -> None:
+        lines = "".join(json.dumps({"file": p.name, "key": key, "state": state}) + "\n" for p in paths)
+        try:
+            with open(self.path, "a") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise DataError(os_error_message(self.path, e)) from None
+        self.files.update({p.name: (key, state) for p in paths})
+
+
+def _background_id(background) -> str | None:
+    """A colour as #rrggbb; an image by its pixels' content hash."""
+    if background is None:
+        return None
+    if isinstance(background, tuple):
+        return "#{:02x}{:02x}{:02x}".format(*background)
+    return f"{background.shape}:{hashlib.sha256(background.tobytes()).hexdigest()[:16]}"
+
+
+def output_key(predictor: Predictor, image: Path, background_id: str | None, feather: int) -> str:
+    """What an image's outputs depend on: the model(s) and settings, and the input file itself."""
+    st = image.stat()
+    return text_sha(
+        json.dumps(
+            {
+                "source": predictor.lineage,
+                "threshold": predictor.threshold,
+                "postprocess": predictor.postprocess,
+                "background": background_id,
+                "feather": feather,
+                "input": [image.name, st.st_size, st.st_mtime_ns],
+            },
+            sort_keys=True,
+        )
+    )
+
+
+def check_outputs(inputs: list[Path], out_dir: Path, with_composite: bool, log: OutputLog) -> None:
+    """Before any work: no output may land on an input or on a file predict did not write."""
+    folders = {p.parent.resolve() for p in inputs}
+    if len(inputs) > 1 and out_dir.resolve() in folders:
+        raise DataError(
+            f"{out_dir}: --out is the input folder; the outputs would be read as photos by the next run. "
+            "Use another folder, e.g. --out predictions"
+        )
+    resolved_inputs = {p.resolve() for p in inputs}
+    for p in inputs:
+        for target in output_paths(out_dir, p, with_composite).values():
+            if target.resolve() in resolved_inputs:
+                raise DataError(f"{target}: is an input; writing {p.name}'s output there would overwrite it")
+            if target.exists() and not log.ours(target):
+                raise DataError(
+                    f"{target}: exists and was not written by predict ({out_dir / LOG} does not list it); "
+                    "refusing to overwrite it. Move it, or use another --out"
+                )
+
+
 def output_paths(out_dir: Path, image: Path, with_composite: bool) -> dict[str, Path]:
     stem = image.stem
     paths = {"mask": out_dir / f"{stem}_mask.png", "cutout": out_dir / f"{stem}_cutout.png"}
@@ -163,8 +265,7 @@ def predict_images(
 
     ``background``: what ``parse_background`` returns, or None for no composite.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable(out_dir, "predictions")
     bg = background
     fitted: dict[tuple[int, int], np.ndarray] = {}  # the background per image size (folders are usually one size)
     stems: dict[str, Path] = {}
@@ -172,8 +273,14 @@ def predict_images(
         if p.stem in stems:
             raise DataError(f"{p}: same name as {stems[p.stem]}; their outputs would overwrite each other")
         stems[p.stem] = p
+    log = OutputLog(out_dir)
+    check_outputs(inputs, out_dir, bg is not None, log)
+    bg_id = _background_id(bg)
+    keys = {p: output_key(predictor, p, bg_id, feather) for p in inputs}
     todo = [
-        p for p in inputs if not (resume and all(q.exists() for q in output_paths(out_dir, p, bg is not None).values()))
+        p
+        for p in inputs
+        if not (resume and all(log.done(q, keys[p]) for q in output_paths(out_dir, p, bg is not None).values()))
     ]
     written: list[str] = []
     skipped: dict[str, str] = {}
@@ -203,6 +310,8 @@ def predict_images(
                     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 engine_paths.append(path)
                 images[path.name], source[path.name] = image, p
+            for p in source.values():
+                log.mark(list(output_paths(out_dir, p, bg is not None).values()), keys[p], "claimed")
             for name, q in predictor.engine.predict(engine_paths):
                 image, p = images.pop(name), source[name]
                 car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
@@ -217,6 +326,7 @@ def predict_images(
                     if mask.shape not in fitted:
                         fitted[mask.shape] = fit_background(bg, *mask.shape)
                     _write(targets["composite"], composite(image, alpha, fitted[mask.shape]), ".jpg", JPEG_PARAMS)
+                log.mark(list(targets.values()), keys[p], "done")
                 written.append(str(p))
                 bar.update(1)
     bar.close()

@@ -21,7 +21,7 @@ import pandas as pd
 from . import evaluate
 from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
-from .ensemble import discover, load_maps, member_images
+from .runs import discover, load_maps, member_images
 from .io_utils import read_json, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess

@@ -16,17 +16,20 @@ merge a plain concatenation.
 
 Every output is guarded by an exclusive ``flock`` on ``<out>.lock``: a second run writing the same
 file stops with the holder's pid and host, and a killed run's lock is released by the kernel.
+
+Lineage (pipeline/provenance.py): the recipe is read through ``provenance.load_recipe``, which
+refuses checkpoints that changed since ``make ensemble``. The resume key of a submission or
+shard is what its rows are computed from (the recipe, the checkpoints' content hashes, the
+inference precision) and which rows (sample order, test files, shard, limit), so a resumed run
+never mixes rows of two models, and a merge never mixes shards of two.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gzip
-import hashlib
-import json
 import os
 import re
-import socket
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,26 +41,15 @@ from tqdm import tqdm
 
 from . import rle
 from .data import DataError, Layout
-from .engine import Engine, Member, pick_device
-from .io_utils import read_json, write_json
-from .models import load_checkpoint_model
+from .engine import Engine, Member, pick_device, precision_name
+from .io_utils import OutputLock, check_writable, os_error_message, plain_name, read_json, write_json
+from .models import load_checkpoint_model, read_checkpoint
 from .postprocess import apply as postprocess
+from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
 SUFFIXES = (".csv.gz", ".csv")
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- file names -----------------------------------------------------------------------------------
@@ -74,7 +66,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"1/4"`` -> (1, 4)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not m or not int(m[2]) >= 1 or not int(m[1]) < int(m[2]):
-        raise SubmissionError(f"--shard {text!r}: expected i/N with 0 <= i < N, e.g. 0/4")
+        raise SubmissionError(f"--shard {text!r}: expected i/N with 0 <= i < N (whole numbers), e.g. 0/4")
     return int(m[1]), int(m[2])
 
 
@@ -100,44 +92,6 @@ def _compressor(suffix: str):
     return lambda text: text.encode()
 
 
-# -- locking ----------------------------------------------------------------------------------------
-class OutputLock:
-    """Exclusive ``flock`` on ``<target>.lock`` for as long as a run writes ``target``.
-
-    flock (not a pid file) because the kernel drops it when the holder dies, even by kill -9:
-    a stale lock file never blocks the next run. The file holds the holder's pid and host, for
-    the error message of a second run. (flock is local to a host on some network filesystems.)
-    """
-
-    def __init__(self, target: str | Path):
-        self.target = Path(target)
-        self.path = self.target.with_name(self.target.name + ".lock")
-        self.fd: int | None = None
-
-    def __enter__(self) -> OutputLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise SubmissionError(
-                f"{self.target}: another run is writing it ({holder}; lock {self.path}). "
-                "Wait for it or stop it; a killed run releases the lock by itself."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 # -- ordered, pooled row writer ---------------------------------------------------------------------
 def _row(name: str, mask: np.ndarray, steps: list[str]) -> str:
     """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE."""
@@ -161,6 +115,7 @@ class RowWriter:
         self.rows: deque[Future] = deque()
         self.chunks: deque[tuple[Future, int]] = deque()
         self.lines: list[str] = []
+        self.broken = False  # a row failed: nothing after it may be written
 
     def add(self, name: str, mask: np.ndarray) -> None:
         self.rows.append(self.pool.submit(_row, name, mask, self.steps))
@@ -169,7 +124,12 @@ class RowWriter:
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
 
     def _take_row(self) -> None:
-        self.lines.append(self.rows.popleft().result())
+        try:
+            line = self.rows.popleft().result()
+        except BaseException:
+            self.broken = True
+            raise
+        self.lines.append(line)
         if len(self.lines) == self.chunk_rows:
             self._submit_chunk()
 
@@ -181,10 +141,13 @@ class RowWriter:
     def _write_chunks(self, block: bool) -> None:
         while self.chunks and (block or self.chunks[0][0].done()):
             future, n = self.chunks.popleft()
-            self.f.write(future.result())
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.on_chunk(n, self.f.tell())
+            self._write(future.result(), n)
+
+    def _write(self, data: bytes, n: int) -> None:
+        self.f.write(data)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.on_chunk(n, self.f.tell())
 
     def finish(self) -> None:
         while self.rows:
@@ -194,58 +157,69 @@ class RowWriter:
         self._write_chunks(block=True)
 
     def salvage(self) -> None:
-        """After an error: keep the chunks whose rows all succeeded, drop the rest."""
+        """After an error: write every row computed before the first failed one, in order; nothing after.
+
+        The contract a resume relies on: what is on disk (and in the progress file) after a failure
+        depends only on which row failed (or which image the engine could not produce), never on
+        the thread pool's timing. Rows still in flight are waited for (milliseconds each).
+        """
+        while self.chunks:  # already-submitted chunks hold rows that all succeeded
+            future, n = self.chunks.popleft()
+            self._write(future.result(), n)
+        if not self.broken:
+            while self.rows:
+                try:
+                    self.lines.append(self.rows.popleft().result())
+                except BaseException:
+                    break
         for future in self.rows:
             future.cancel()
-        while self.chunks:
-            future, n = self.chunks.popleft()
-            try:
-                data = future.result()
-            except BaseException:
-                return
-            self.f.write(data)
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.on_chunk(n, self.f.tell())
+        self.rows.clear()
+        if self.lines:
+            self._write(self.compress("".join(self.lines)), len(self.lines))
+            self.lines = []
 
 
 # -- submission -------------------------------------------------------------------------------------
 def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list[int]]:
+    """The recipe's positive-weight members as models on ``device``, and their weights.
+
+    Every checkpoint's config is checked against the input size the recipe recorded for its
+    member before any model is built (a memory-mapped read: the weights are not loaded twice).
+    """
+    active = [m for m in recipe["members"] if m["weight"] > 0]  # a zero weight would cost GPU time for nothing
+    if not active:
+        raise SubmissionError("recipe has no member with a positive weight")
+    for m in active:
+        for c in m["checkpoints"]:
+            image = read_checkpoint(c, mmap=True)["config"].get("image", {})
+            if (image.get("height"), image.get("width")) != (m["height"], m["width"]):
+                raise LineageError(
+                    f"{c}: trained at {image.get('height')}x{image.get('width')}, but the recipe runs member "
+                    f"{m['name']!r} at {m['height']}x{m['width']}; re-run `make ensemble`"
+                )
     members, weights = [], []
-    for m in recipe["members"]:
-        if m["weight"] == 0:
-            continue  # a zero-weight member would cost GPU time for nothing
+    for m in active:
         models = [load_checkpoint_model(c, device)[0] for c in m["checkpoints"]]
         members.append(Member(m["name"], models, m["height"], m["width"], m["tta"]))
         weights.append(int(m["weight"]))
-    if not members:
-        raise SubmissionError("recipe has no member with a positive weight")
     return members, weights
 
 
-def recipe_hash(recipe: dict) -> str:
-    # What the rows depend on; the recipe's timestamps are left out so a re-tuned identical recipe matches.
-    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds")}
-    return _sha(json.dumps(stable, sort_keys=True).encode())
+# Measured on the 960 real masks (RLE of every 8th, one CSV row each): 8.7 kB plain, 3.5 kB gzipped
+# per row. With a margin for jagged predicted outlines, what the free-space check asks for per row:
+ROW_BYTES = {".csv.gz": 4_500, ".csv": 11_000}
 
 
-def _files_fingerprint(paths: list[Path]) -> str:
-    """Names, sizes and mtimes of the test files: resume keys on the data, not on how its path is spelled."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _key(recipe_sha: str, names: list[str], paths: list[Path], shard: str | None, limit: int | None) -> dict:
-    return {
-        "recipe": recipe_sha,
-        "sample": _sha("\n".join(names).encode()),
-        "test_files": _files_fingerprint(paths),
-        "shard": shard,
-        "limit": limit,
-    }
+def _check_space(folder: Path, rows: int, suffix: str) -> None:
+    """Found before the work, not after hours of it: the folder must hold about ``rows`` more rows."""
+    need = rows * ROW_BYTES[suffix]
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DataError(
+            f"{folder}: {free / 1e6:.0f} MB free, but {rows} rows need about {need / 1e6:.0f} MB "
+            f"({ROW_BYTES[suffix] / 1e3:.1f} kB per row); free some space or point --out elsewhere"
+        )
 
 
 def _complete(out: Path, summary_path: Path, key: dict) -> dict | None:
@@ -256,9 +230,17 @@ def _complete(out: Path, summary_path: Path, key: dict) -> dict | None:
         done = read_json(summary_path)
     except (OSError, ValueError):
         return None
-    if done.get("key") == key and done.get("sha256") == file_sha256(out):
+    if done.get("key") == key and done.get("sha256") == file_sha256(out, 64):
         return done
     return None
+
+
+def test_names(layout: Layout) -> list[str]:
+    """The sample's image names, each a plain file name (never joined onto test/ as ``../x``)."""
+    names = read_sample_names(layout.sample_submission)
+    for n in names:
+        plain_name(n, str(layout.sample_submission))
+    return names
 
 
 def make_submission(
@@ -288,14 +270,18 @@ def make_submission(
     _, suffix = split_suffix(out)
     if limit is not None and limit < 1:
         raise SubmissionError(f"--limit {limit}: must be at least 1")
-    if not recipe_path.is_file():
-        raise DataError(f"{recipe_path}: recipe not found; run `make ensemble` first")
-    recipe = json.loads(recipe_path.read_text())
+    recipe, checkpoint_shas = load_recipe(recipe_path)  # refuses checkpoints changed since `make ensemble`
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
-    names = read_sample_names(layout.sample_submission)
+    names = test_names(layout)
     if shard is not None:
-        names = names[shard_slice(len(names), *shard)]
+        n = len(names)
+        names = names[shard_slice(n, *shard)]
+        if not names:
+            raise SubmissionError(
+                f"--shard {shard[0]}/{shard[1]}: empty, since {layout.sample_submission} has only {n} rows; "
+                f"use at most {n} shards"
+            )
         out = shard_path(out, *shard)
     if limit:  # a trial: written beside the submission under a name that says so, never over it
         names = names[:limit]
@@ -306,16 +292,22 @@ def make_submission(
         raise DataError(
             f"{missing[0]}: test image listed in sample_submission.csv not found ({len(missing)} missing in all)"
         )
-    key = _key(recipe_hash(recipe), names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
+    dev = pick_device(device)
+    source = rows_source(recipe, checkpoint_shas, precision_name(dev, amp))
+    key = submission_key(source, names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     summary_path = out.with_name(out.name + ".json")
     part = out.with_name(out.name + ".part")
     progress_path = out.with_name(out.name + ".progress.json")
+    check_writable(out.parent, "submission")
     with OutputLock(out):
         done = None if force else _complete(out, summary_path, key)
         if done is not None:
             progress_path.unlink(missing_ok=True)
             if not quiet:
-                print(f"{out} is already complete for this recipe and data ({done['rows']} rows); --force to redo")
+                print(
+                    f"{out} is already complete for this recipe, its checkpoints and data ({done['rows']} rows); "
+                    "--force to redo"
+                )
             return done
 
         rows_done, size = 0, None
@@ -328,17 +320,19 @@ def make_submission(
                 if not quiet:
                     print(f"resuming {part}: {rows_done}/{len(names)} rows already written")
             elif not quiet:
-                print(f"{part}: left by a different recipe or data; starting over")
+                print(f"{part}: left by another recipe, checkpoints, precision or data; starting over")
         compress = _compressor(suffix)
+        _check_space(out.parent, len(names) - rows_done, suffix)
         if rows_done == 0:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(part, "wb") as f:
-                f.write(compress(HEADER))
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(part, "wb") as f:
+                    f.write(compress(HEADER))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise DataError(os_error_message(part, e)) from None
             write_json(progress_path, {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None})
 
-        dev = pick_device(device)
         todo = paths[rows_done:]
         if todo:
             members, weights = load(recipe, dev)
@@ -368,8 +362,16 @@ def make_submission(
                                 )
                             writer.add(name, mask)
                     writer.finish()
-                except BaseException:
-                    writer.salvage()  # what is complete stays on disk for the next run
+                except BaseException as e:
+                    try:
+                        writer.salvage()  # what is complete stays on disk for the next run
+                    except OSError:
+                        pass  # the disk that failed the write fails this one too; the progress file is exact
+                    if isinstance(e, OSError):
+                        raise DataError(
+                            f"{os_error_message(part, e)}; the {state['rows']} rows written so far are kept: "
+                            "re-run the same command to resume"
+                        ) from None
                     raise
             bar.close()
             size = state["size"]
@@ -379,7 +381,7 @@ def make_submission(
         summary = {
             "file": str(out),
             "key": key,
-            "sha256": file_sha256(part),
+            "sha256": file_sha256(part, 64),
             "recipe": str(recipe_path),
             "rows": check["rows"],
             "empty_masks": check["empty_masks"],
@@ -420,17 +422,24 @@ def _find_shards(out: Path) -> dict[int, dict[int, Path]]:
     return found
 
 
+_SOURCE_KEYS = ("recipe", "checkpoints", "precision")
+
+
 def merge_shards(
     data_dir: str | Path,
     out: str | Path,
     recipe_path: str | Path | None = None,
     quiet: bool = False,
     shards_of: str | Path | None = None,
+    force: bool = False,
 ) -> dict:
     """Concatenate the shards (all N, each complete) into ``out`` in sample order; validate it.
 
     The shards are those of ``out`` (``<stem>.shard<i>-of-<N>.csv.gz`` beside it) or, when there are
-    none, those of ``shards_of`` (the ``--out`` they were computed with).
+    none, those of ``shards_of`` (the ``--out`` they were computed with). Every shard must have been
+    computed from one source (recipe, checkpoints, precision); that source must still be the
+    recipe's: ``recipe_path`` or, without it, the recipe the shards recorded, if it still exists.
+    A complete ``out`` made from another source is never replaced (``force`` to replace it).
     """
     start = time.time()
     out = Path(out)
@@ -460,55 +469,79 @@ def merge_shards(
         )
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
-    names = read_sample_names(layout.sample_submission)
-    wanted_recipe = None
-    if recipe_path is not None:
-        recipe_path = Path(recipe_path)
-        if not recipe_path.is_file():
-            raise DataError(f"{recipe_path}: recipe not found")
-        wanted_recipe = recipe_hash(json.loads(recipe_path.read_text()))
+    names = test_names(layout)
     summaries = []
     for i in range(count):
         path = shards[i]
         part_names = names[shard_slice(len(names), i, count)]
-        key = _key(wanted_recipe or "?", part_names, [layout.test_dir / n for n in part_names], f"{i}/{count}", None)
         summary_path = path.with_name(path.name + ".json")
         info = read_json(summary_path) if summary_path.is_file() else {}
-        if wanted_recipe is None:
-            key["recipe"] = info.get("key", {}).get("recipe")
-        if _complete(path, summary_path, key) is None:
+        recorded = info.get("key") if isinstance(info.get("key"), dict) else {}
+        rows = submission_key(
+            {k: recorded.get(k) for k in _SOURCE_KEYS},
+            part_names,
+            [layout.test_dir / n for n in part_names],
+            f"{i}/{count}",
+        )
+        if _complete(path, summary_path, rows) is None:
             raise SubmissionError(
-                f"{path}: not a complete shard {i}/{count} for this sample, test data"
-                f"{' and recipe' if wanted_recipe else ''}; re-run `make submission SHARD={i}/{count}`"
+                f"{path}: not a complete shard {i}/{count} for this sample and test data "
+                f"(or written by an older version); re-run `make submission SHARD={i}/{count}`"
             )
         summaries.append(info)
-    recipes = {s["key"]["recipe"] for s in summaries}
+    sources = {tuple(str(s["key"][k]) for k in _SOURCE_KEYS) for s in summaries}
     sizes = {(s["width"], s["height"]) for s in summaries}
-    if len(recipes) > 1 or len(sizes) > 1:
-        raise SubmissionError(f"{out.parent}: the shards of {out.name} were made with different recipes or image sizes")
-    (width, height), (recipe_sha,) = sizes.pop(), recipes
-    key = _key(recipe_sha, names, [layout.test_dir / n for n in names], None, None)
+    if len(sources) > 1 or len(sizes) > 1:
+        raise SubmissionError(
+            f"{out.parent}: the shards of {out.name} were computed from different recipes, checkpoints, precisions "
+            "or image sizes; re-run the stale ones with the current recipe"
+        )
+    shard_source = {k: summaries[0]["key"][k] for k in _SOURCE_KEYS}
+    want = Path(recipe_path) if recipe_path is not None else Path(summaries[0].get("recipe", ""))
+    if recipe_path is not None or want.is_file():
+        recipe, shas = load_recipe(want)
+        current = rows_source(recipe, shas, shard_source["precision"])
+        if current != shard_source:
+            raise SubmissionError(
+                f"{source.parent}: the shards of {source.name} were computed from an earlier version of {want} "
+                "(or other checkpoints); re-run `make submission SHARD=i/N` for every shard with the current recipe"
+            )
+    (width, height) = sizes.pop()
+    key = submission_key(shard_source, names, [layout.test_dir / n for n in names])
     summary_path = out.with_name(out.name + ".json")
     part = out.with_name(out.name + ".part")
     compress = _compressor(suffix)
+    check_writable(out.parent, "submission")
     with OutputLock(out):
-        with open(part, "wb") as f:
-            f.write(compress(HEADER))
-            for i in range(count):
-                opener = gzip.open if source_suffix == ".csv.gz" else open
-                with opener(shards[i], "rt", newline="") as src:
-                    header = src.readline()
-                    if header != HEADER:
-                        raise SubmissionError(f"{shards[i]}: header {header!r}, expected {HEADER!r}")
-                    while block := src.read(1 << 22):
-                        f.write(compress(block))
-            f.flush()
-            os.fsync(f.fileno())
+        if out.exists() and not force and _complete(out, summary_path, key) is None:
+            previous = read_json(summary_path) if summary_path.is_file() else {}
+            if previous.get("key", {}).get("sample") is not None:  # a finished submission of another source
+                raise SubmissionError(
+                    f"{out}: a complete submission made from another recipe or checkpoints is there; refusing to "
+                    "replace it with these shards. Merge into another --out, or --force to replace it"
+                )
+        _check_space(out.parent, len(names), suffix)
+        try:
+            with open(part, "wb") as f:
+                f.write(compress(HEADER))
+                for i in range(count):
+                    opener = gzip.open if source_suffix == ".csv.gz" else open
+                    with opener(shards[i], "rt", newline="") as src:
+                        header = src.readline()
+                        if header != HEADER:
+                            raise SubmissionError(f"{shards[i]}: header {header!r}, expected {HEADER!r}")
+                        while block := src.read(1 << 22):
+                            f.write(compress(block))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            part.unlink(missing_ok=True)
+            raise DataError(os_error_message(part, e)) from None
         check = validate_submission(part, names, width, height)
         summary = {
             "file": str(out),
             "key": key,
-            "sha256": file_sha256(part),
+            "sha256": file_sha256(part, 64),
             "recipe": summaries[0].get("recipe"),
             "rows": check["rows"],
             "empty_masks": check["empty_masks"],

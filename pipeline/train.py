@@ -1,94 +1,53 @@
-"""Train one fold of one model, then write its out-of-fold predictions.
+"""Train one fold of one model: the training loop, its checkpoints and resume.
 
 Outputs in ``<runs_dir>/<name>/fold<k>/``: ``config.yaml`` (resolved), ``history.csv`` (one row
 per epoch), ``last.pt`` (full state: model, optimizer, scheduler, scaler, epoch, RNG, history)
-and ``best.pt`` (best validation Dice), ``oof/<image>.png`` (uint8 probabilities at full
-resolution, the engine's output), ``oof_dice.csv`` and ``oof.json`` (written last: it marks the
-fold as complete). Re-running the same command resumes from ``last.pt``.
+and ``best.pt`` (best validation Dice); then ``run`` writes the out-of-fold maps (pipeline/oof.py).
+Re-running the same command resumes from ``last.pt``; a second training of the same fold at the
+same time stops and names the holder (``train.lock``).
 
-Every checkpoint records the folds it was trained on (``folds_fingerprint``): resuming, or
-writing out-of-fold maps, against a changed folds CSV is refused, since the held-out cars would
-leak into training. The out-of-fold maps are tied to the exact ``best.pt`` (content hash), TTA
-and folds that made them (``oof/source.json``); any change deletes and re-predicts them, and
-``oof.json`` is removed as soon as training goes on, so a fold is only ever marked complete by
-the model it claims.
+Every checkpoint records the split it was trained on and the code (pipeline/provenance.py):
+resuming against a changed folds CSV is refused, since the held-out cars would leak into
+training, and ``oof.json`` is removed as soon as training goes on, so a fold is only ever marked
+complete by the model it claims.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
 import math
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler, Sampler, Subset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from . import distributed
 from .augment import train_transform
 from .checks import check_fold, check_train_config
 from .config import Config, ConfigError
-from .data import Layout, read_mask
+from .data import Layout
 from .datasets import SegmentationDataset
-from .engine import Engine, Member, autocast, pick_device
-from .errors import CheckpointError, PipelineError, TrainingError
+from .distributed import RankSampler
+from .engine import autocast, pick_device
+from .errors import CheckpointError, TrainingError
 from .folds import load_folds
-from .io_utils import atomic_path, file_sha256, read_json, write_json, write_text
+from .io_utils import OutputLock, atomic_path, check_writable, write_text
 from .losses import get_loss
-from .metrics import dice, dice_batch
-from .models import build_model, load_checkpoint_model, read_checkpoint
+from .metrics import dice_batch
+from .models import build_model, read_checkpoint
+from .oof import predict_oof
+from .provenance import ResumeError, check_same_folds, checkpoint_lineage, folds_fingerprint
+from .runs import clear_fold_outputs
 
 # Config sections that must not change when resuming a run.
 _FIXED_ON_RESUME = ("model", "image", "fold", "name")
-
-
-class ResumeError(PipelineError, RuntimeError):
-    pass
-
-
-# -- what a run was trained on, and what its outputs belong to -------------------------------------
-def folds_fingerprint(folds: pd.DataFrame, fold: int) -> dict:
-    """Identity of the split: all (img, fold) pairs, and this fold's held-out set and cars."""
-
-    def sha(lines) -> str:
-        return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
-
-    held = folds.fold == fold
-    return {
-        "folds_sha": sha(f"{i},{f}" for i, f in zip(folds.img, folds.fold)),
-        "fold_sha": sha(f"{i},{int(h)}" for i, h in zip(folds.img, held)),
-        "k": int(folds.fold.nunique()),
-        "held_out_cars": sorted(set(folds.car_id[held])),
-        "n_train_images": int((~held).sum()),
-    }
-
-
-def check_same_folds(recorded: dict | None, current: dict, path: Path, folds_csv: str, doing: str) -> None:
-    """Refuse to ``doing`` when ``path`` was trained on another split of the data."""
-    if recorded is None or recorded.get("fold_sha") == current["fold_sha"]:
-        return  # checkpoints written before fingerprints existed are trusted as before
-    old, new = set(recorded.get("held_out_cars", [])), set(current["held_out_cars"])
-    raise ResumeError(
-        f"{path}: trained on a different split than {folds_csv} (held-out cars: {len(old - new)} left, "
-        f"{len(new - old)} new); refusing to {doing}, the held-out cars would leak. "
-        "Restore the folds CSV it was trained on, use another run name, or --fresh to start this fold over."
-    )
-
-
-def clear_fold_outputs(run_dir: Path) -> None:
-    """``--fresh``: remove everything a previous run of this fold wrote (the maps included)."""
-    for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv"):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "oof", ignore_errors=True)
 
 
 def _check_finite(value: float, what: str, run_dir: Path, epoch: int) -> None:
@@ -108,6 +67,20 @@ def _read_last(path: Path) -> dict:
             f"{e}. Ways out: --fresh starts this fold over (deleting its outputs); best.pt beside it keeps the best "
             "model so far (copy it aside first if you want it; training cannot resume from it)"
         ) from None
+
+
+def _numpy_rng_state() -> dict:
+    """NumPy's RNG state as tensors and numbers: checkpoints load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "gauss": [has_gauss, gauss]}
+
+
+def _set_numpy_rng_state(state) -> None:
+    if isinstance(state, dict):
+        keys = state["keys"].numpy().astype(np.uint32)
+        np.random.set_state((state["kind"], keys, state["pos"], *state["gauss"]))
+    else:  # checkpoints written before: numpy's own tuple
+        np.random.set_state(state)
 
 
 def seed_everything(seed: int) -> None:
@@ -161,25 +134,6 @@ def _save(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-class RankSampler(Sampler):
-    """DDP: rank r's share (every world-th index) of one seeded random draw made identically on every rank.
-
-    Like DistributedSampler with a per-epoch seed (``set_epoch``), but the draw is the
-    single-process sampler's, so an epoch covers the same images whatever the number of ranks.
-    """
-
-    def __init__(self, n: int, per_rank: int, seed: int, rank: int, world: int):
-        self.n, self.per_rank, self.seed, self.rank, self.world = n, per_rank, seed, rank, world
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed)
-        order = list(RandomSampler(range(self.n), num_samples=self.per_rank * self.world, generator=g))
-        return iter(order[self.rank :: self.world])
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-
 class Trainer:
     def __init__(self, cfg: Config, fresh: bool = False, quiet: bool = False):
         cfg = check_train_config(cfg)  # every name, before anything in the run dir is touched
@@ -193,7 +147,7 @@ class Trainer:
         self.folds_id = folds_fingerprint(folds, cfg.fold)
         self.train_df = folds[folds.fold != cfg.fold].reset_index(drop=True)
         self.val_df = folds[folds.fold == cfg.fold].reset_index(drop=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.run_dir, "run folder")
         distributed.barrier()  # DDP: every rank sees what rank 0 finished writing before deciding to resume
         resume = (self.run_dir / "last.pt").exists() and not fresh
         if resume:
@@ -282,9 +236,10 @@ class Trainer:
             "finished": self.finished,
             "history": self.history,
             "folds": self.folds_id,
+            "lineage": checkpoint_lineage(self.cfg.folds_csv),
             "rng": {
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
@@ -300,7 +255,7 @@ class Trainer:
         self.finished, self.history = ckpt["finished"], ckpt["history"]
         rng = ckpt["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -426,6 +381,7 @@ class Trainer:
                             "epoch": self.epoch,
                             "val_dice": self.best,
                             "folds": self.folds_id,
+                            "lineage": checkpoint_lineage(self.cfg.folds_csv),
                         },
                     )
                 else:
@@ -469,103 +425,19 @@ class Trainer:
             pd.DataFrame(self.history).to_csv(tmp, index=False)
 
 
-def predict_oof(cfg: Config, quiet: bool = False) -> dict:
-    """Predict the fold's held-out cars with ``best.pt`` through the shared engine; store uint8 PNGs."""
-    run_dir = cfg.run_dir
-    device = pick_device(cfg.device)
-    folds = load_folds(cfg.folds_csv)
-    check_fold(cfg, sorted(set(folds.fold)))
-    folds_id = folds_fingerprint(folds, cfg.fold)
-    best = read_checkpoint(run_dir / "best.pt", "best.pt")
-    check_same_folds(best.get("folds"), folds_id, run_dir / "best.pt", cfg.folds_csv, "write out-of-fold maps")
-    source = _oof_source(run_dir, cfg, folds_id)
-    model, mcfg = load_checkpoint_model(run_dir / "best.pt", device)
-    val = folds[folds.fold == cfg.fold].reset_index(drop=True)
-    layout = Layout(cfg.data_dir)
-    oof_dir = run_dir / "oof"
-    todo = [img for img in val.img if not (oof_dir / f"{Path(img).stem}.png").exists()]
-    engine = Engine(
-        [Member(cfg.name, [model], mcfg.image.height, mcfg.image.width, cfg.predict.tta)],
-        device,
-        amp=cfg.train.amp,
-        amp_dtype=cfg.train.amp_dtype,
-        channels_last=cfg.train.channels_last,
-        batch_size=cfg.predict.batch_size,
-        num_workers=cfg.predict.num_workers,
-    )
-    for name, q in tqdm(
-        engine.predict([layout.train_image(i) for i in todo]),
-        total=len(todo),
-        desc="out-of-fold",
-        unit="img",
-        disable=quiet,
-    ):
-        target = oof_dir / f"{Path(name).stem}.png"
-        tmp = oof_dir / f".tmp.{target.name}"
-        cv2.imwrite(str(tmp), q[0].cpu().numpy())
-        os.replace(tmp, target)
-    rows = []
-    for img in tqdm(val.img, desc="out-of-fold dice", unit="img", disable=quiet):
-        q = cv2.imread(str(oof_dir / f"{Path(img).stem}.png"), cv2.IMREAD_UNCHANGED)
-        rows.append((img, dice(q >= 128, read_mask(layout.mask(img)))))
-    scores = pd.DataFrame(rows, columns=["img", "dice"])
-    with atomic_path(run_dir / "oof_dice.csv") as tmp:
-        scores.to_csv(tmp, index=False, float_format="%.6f")
-    summary = {
-        "name": cfg.name,
-        "fold": cfg.fold,
-        "n_images": len(scores),
-        "mean_dice": float(scores.dice.mean()),
-        "threshold": 128,
-        "tta": list(cfg.predict.tta),
-        "height": mcfg.image.height,
-        "width": mcfg.image.width,
-        "encoder": mcfg.model.encoder,
-        "checkpoint": "best.pt",
-        "checkpoint_sha256": source["checkpoint_sha256"],
-        "checkpoint_epoch": best.get("epoch"),
-        "checkpoint_val_dice": best.get("val_dice"),
-        "folds_csv": str(cfg.folds_csv),
-        "folds": {k: folds_id[k] for k in ("folds_sha", "fold_sha", "k")},
-    }
-    write_json(run_dir / "oof.json", summary)
-    return summary
-
-
-def _oof_source(run_dir: Path, cfg: Config, folds_id: dict) -> dict:
-    """Make ``oof/`` hold maps of this best.pt, TTA and split only; returns their source record.
-
-    A map left by another checkpoint (``--fresh``, more epochs, a copied folder) or another TTA
-    would otherwise be kept, since only missing maps are predicted.
-    """
-    oof_dir = run_dir / "oof"
-    source = {
-        "checkpoint_sha256": file_sha256(run_dir / "best.pt"),
-        "tta": list(cfg.predict.tta),
-        "fold_sha": folds_id["fold_sha"],
-    }
-    marker = oof_dir / "source.json"
-    try:
-        same = marker.is_file() and read_json(marker) == source
-    except PipelineError:
-        same = False
-    if not same:
-        (run_dir / "oof.json").unlink(missing_ok=True)
-        (run_dir / "oof_dice.csv").unlink(missing_ok=True)
-        shutil.rmtree(oof_dir, ignore_errors=True)
-        oof_dir.mkdir(parents=True)
-        write_json(marker, source)
-    return source
-
-
 def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
-    trainer = Trainer(cfg, fresh=fresh, quiet=quiet)
-    trainer.fit()
-    if not distributed.is_main():  # DDP: rank 0 predicts out-of-fold and reports
-        return {}
-    if not (cfg.run_dir / "best.pt").exists():
-        raise TrainingError(f"{cfg.run_dir}: training ended without a validated checkpoint")
-    summary = predict_oof(cfg, quiet=quiet)
+    """Train (or resume) one fold, then predict its out-of-fold maps; one process per fold folder at a time."""
+    cfg = check_train_config(cfg)  # a typo fails before the run folder or its lock is made
+    # DDP: rank 0 holds the lock for all ranks (only it writes the run's files).
+    lock = OutputLock(cfg.run_dir / "train", "training this fold") if distributed.is_main() else None
+    with lock or contextlib.nullcontext():
+        trainer = Trainer(cfg, fresh=fresh, quiet=quiet)
+        trainer.fit()
+        if not distributed.is_main():  # DDP: rank 0 predicts out-of-fold and reports
+            return {}
+        if not (cfg.run_dir / "best.pt").exists():
+            raise TrainingError(f"{cfg.run_dir}: training ended without a validated checkpoint")
+        summary = predict_oof(cfg, quiet=quiet)
     if not quiet:
         tqdm.write(
             f"[{cfg.name}/fold{cfg.fold}] out-of-fold Dice {summary['mean_dice']:.5f} on "

@@ -67,3 +67,74 @@ def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     recipe = root / "recipe.json"
     tune(runs, tiny_data, recipe, steps=2, n_jobs=1, quiet=True, allow_incomplete=True)  # fold 0 only
     return runs, recipe
+
+
+# -- lineage-complete stand-ins for trained runs and recipes (pipeline/provenance.py) ---------------
+def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32, width=48, k=None, folds_sha=None):
+    """``runs/<name>/fold<k>/`` as training leaves it: a best.pt, the uint8 maps, oof_dice.csv, oof.json.
+
+    The best.pt is a stand-in (bytes, not a model): what binds the maps to it is its content hash.
+    """
+    import cv2
+    import pandas as pd
+
+    from pipeline.io_utils import write_json
+    from pipeline.provenance import file_sha256
+
+    run = runs / name / f"fold{fold}"
+    (run / "oof").mkdir(parents=True)
+    (run / "best.pt").write_bytes(f"stand-in checkpoint of {name} fold {fold}".encode())
+    for img, q in zip(images, maps):
+        cv2.imwrite(str(run / "oof" / f"{Path(img).stem}.png"), q)
+    pd.DataFrame({"img": list(images), "dice": 0.0}).to_csv(run / "oof_dice.csv", index=False)
+    info = {
+        "name": name,
+        "fold": fold,
+        "threshold": 128,
+        "tta": list(tta),
+        "height": height,
+        "width": width,
+        "checkpoint": "best.pt",
+        "checkpoint_sha256": file_sha256(run / "best.pt"),
+    }
+    if k:
+        info["folds"] = {"folds_sha": folds_sha or "s", "fold_sha": str(fold), "k": k}
+    write_json(run / "oof.json", info)
+    return run
+
+
+def fake_recipe(path: Path, runs: Path, weights: dict[str, int], threshold: int = 128, **over) -> Path:
+    """A complete recipe over the completed folds of the fake runs, with the given weights."""
+    from pipeline.io_utils import write_json
+    from pipeline.provenance import recipe_fold
+    from pipeline.runs import discover
+
+    found = discover(runs, list(weights), allow_incomplete=True, quiet=True)
+    members = []
+    for name, w in weights.items():
+        lineage = [recipe_fold(Path(f["run_dir"]), f) for f in found[name]]
+        members.append(
+            {
+                "name": name,
+                "weight": w,
+                "folds": [f["fold"] for f in found[name]],
+                "checkpoints": [rf["checkpoint"] for rf in lineage],
+                "checkpoint_sha256": [rf["checkpoint_sha256"] for rf in lineage],
+                "oof_sha256": [rf["oof_sha256"] for rf in lineage],
+                "tta": found[name][0]["tta"],
+                "height": found[name][0]["height"],
+                "width": found[name][0]["width"],
+            }
+        )
+    write_json(path, {"format": 2, "runs_dir": str(runs), "threshold": threshold, "members": members, **over})
+    return path
+
+
+def write_recipe(path: Path, members: list[dict], threshold: int = 128, **over) -> Path:
+    """A recipe over real checkpoint files given per member, with their content hashes filled in."""
+    from pipeline.io_utils import write_json
+    from pipeline.provenance import file_sha256
+
+    full = [{**m, "checkpoint_sha256": [file_sha256(c) for c in m["checkpoints"]]} for m in members]
+    write_json(path, {"format": 2, "threshold": threshold, "members": full, **over})
+    return path

@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import RandomSampler
 
-from pipeline.train import RankSampler, Trainer
+from pipeline.distributed import RankSampler
+from pipeline.train import Trainer
 from tests.conftest import tiny_config
 
 

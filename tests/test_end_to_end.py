@@ -94,24 +94,28 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
     make_submission(recipe, tiny_data, clean, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
 
     crashed = root / "crashed.csv.gz"
-    real_encode, calls = rle.encode, {"n": 0}
+    names = read_sample_names(tiny_data / "sample_submission.csv")
+    real_row = submission_mod._row
 
-    def dying_encode(mask):
-        calls["n"] += 1
-        if calls["n"] == 8:  # mid-way through the third chunk
+    def dying_row(name, mask, steps):
+        if name == names[7]:  # the 8th row, mid-way through the third chunk of 3
             raise KeyboardInterrupt
-        return real_encode(mask)
+        return real_row(name, mask, steps)
 
-    monkeypatch.setattr(submission_mod.rle, "encode", dying_encode)
+    monkeypatch.setattr(submission_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
         make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert not crashed.exists()
     progress = read_json(crashed.with_name(crashed.name + ".progress.json"))
-    assert progress["rows"] == 6
+    # The writer's contract: every row before the failed one is on disk (2 chunks of 3 + 1), none after,
+    # whatever the RLE thread pool's timing.
+    assert progress["rows"] == 7
+    with gzip.open(crashed.with_name(crashed.name + ".part"), "rt") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == names[:7]
     # Garbage past the recorded offset (a chunk half-written at the crash) must be dropped.
     with open(crashed.with_name(crashed.name + ".part"), "ab") as f:
         f.write(b"\x1f\x8b half a chunk")
-    monkeypatch.setattr(submission_mod.rle, "encode", real_encode)
+    monkeypatch.setattr(submission_mod, "_row", real_row)
     make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert _read_rows(crashed) == _read_rows(clean)
 

@@ -7,9 +7,9 @@ import torch
 from pipeline.data import Layout, read_mask
 from pipeline.engine import blend
 from pipeline.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, tune, weight_grid
-from pipeline.io_utils import write_json
 from pipeline.metrics import dice
 from pipeline.postprocess import apply as postprocess
+from tests.conftest import fake_fold
 
 
 def test_blend_numpy_and_torch_agree_and_round_half_up():
@@ -29,15 +29,7 @@ def test_weight_grid_is_the_simplex():
 
 
 def _fake_member(runs, name, images, maps, fold=0):
-    run = runs / name / f"fold{fold}"
-    (run / "oof").mkdir(parents=True)
-    for img, q in zip(images, maps):
-        cv2.imwrite(str(run / "oof" / f"{img[:-4]}.png"), q)
-    pd.DataFrame({"img": images, "dice": 0.0}).to_csv(run / "oof_dice.csv", index=False)
-    write_json(
-        run / "oof.json",
-        {"name": name, "fold": fold, "tta": ["hflip"], "height": 32, "width": 48, "checkpoint": "best.pt"},
-    )
+    fake_fold(runs, name, fold, images, maps, tta=["hflip"])
 
 
 def test_search_finds_the_brute_force_optimum(tiny_data, tmp_path):

@@ -14,36 +14,15 @@ from pipeline.__main__ import main
 from pipeline.data import DataError, read_mask
 from pipeline.evaluate import evaluate, score_pred_dir, score_recipe, score_runs, score_submission
 from pipeline.folds import load_folds
-from pipeline.io_utils import write_json
 from pipeline.metrics import SUMMARY_KEYS, score_image
+from tests.conftest import fake_fold, fake_recipe
 
 
 def _fake_run(runs, data, name, fold_images, make_map):
     """runs/<name>/fold<k>/ with oof PNGs from make_map(mask) and the files a completed fold has."""
     for fold, images in fold_images.items():
-        d = runs / name / f"fold{fold}"
-        (d / "oof").mkdir(parents=True)
-        for img in images:
-            cv2.imwrite(
-                str(d / "oof" / img.replace(".jpg", ".png")),
-                make_map(read_mask(data / "train_masks" / img.replace(".jpg", "_mask.gif"))),
-            )
-        pd.DataFrame({"img": images, "dice": 0.0}).to_csv(d / "oof_dice.csv", index=False)
-        write_json(
-            d / "oof.json",
-            {
-                "name": name,
-                "fold": fold,
-                "n_images": len(images),
-                "mean_dice": 0.0,
-                "threshold": 128,
-                "tta": [],
-                "height": 32,
-                "width": 48,
-                "encoder": "x",
-                "checkpoint": "best.pt",
-            },
-        )
+        maps = [make_map(read_mask(data / "train_masks" / img.replace(".jpg", "_mask.gif"))) for img in images]
+        fake_fold(runs, name, fold, images, maps)
 
 
 def _shift(mask):
@@ -72,12 +51,11 @@ def test_runs_are_scored_per_image_at_full_resolution(runs, tiny_data):
 
 
 def test_recipe_blend_is_scored_with_its_weights_and_threshold(runs, tiny_data, tmp_path):
-    members = [{"name": n, "weight": w} for n, w in (("perfect", 3), ("shifted", 1))]
-    recipe = tmp_path / "recipe.json"
-    write_json(recipe, {"runs_dir": str(runs), "threshold": 128, "members": members})
+    weights = {"perfect": 3, "shifted": 1}
+    recipe = fake_recipe(tmp_path / "recipe.json", runs, weights, threshold=128)
     blend = score_recipe(recipe, tiny_data, n_jobs=1)
     assert (blend.dice == 1).all()  # (3*255 + 1*0) / 4 = 191 >= 128 exactly where the truth is
-    write_json(recipe, {"runs_dir": str(runs), "threshold": 200, "members": members})
+    fake_recipe(recipe, runs, weights, threshold=200)
     assert (score_recipe(recipe, tiny_data, n_jobs=1).dice < 1).all()  # 191 < 200: only the overlap survives
 
 

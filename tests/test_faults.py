@@ -22,11 +22,13 @@ from pipeline.data import DataError, Layout, read_image, read_mask
 from pipeline.ensemble import tune
 from pipeline.errors import TrainingError
 from pipeline.folds import load_folds, make_folds, scan_train
-from pipeline.io_utils import file_sha256, read_json, write_json
+from pipeline.io_utils import read_json
 from pipeline.models import build_model
-from pipeline.train import ResumeError, Trainer, predict_oof, run
+from pipeline.oof import predict_oof
+from pipeline.provenance import ResumeError, file_sha256
+from pipeline.train import Trainer, run
 from pipeline.validate import SubmissionError, read_sample_names, validate_submission
-from tests.conftest import tiny_config
+from tests.conftest import fake_fold, tiny_config, write_recipe
 
 
 def _copy(tiny_data, tmp_path):
@@ -64,10 +66,7 @@ def test_ensemble_refuses_oof_of_another_checkpoint(tiny_data, tmp_path):
     layout, runs = Layout(tiny_data), tmp_path / "runs"
     folds = load_folds(tiny_data.parent / "folds.csv")
     for f in range(3):
-        best = runs / "a" / f"fold{f}" / "best.pt"
-        best.parent.mkdir(parents=True)
-        best.write_bytes(b"the model the maps were predicted with")
-        _fake_fold(runs, "a", f, sorted(folds[folds.fold == f].img)[:2], layout, k=3, sha=file_sha256(best))
+        _fake_fold(runs, "a", f, sorted(folds[folds.fold == f].img)[:2], layout, k=3)
     assert tune(runs, tiny_data, tmp_path / "r.json", n_jobs=1, quiet=True)["oof"]["dice"] == 1.0
     (runs / "a" / "fold1" / "best.pt").write_bytes(b"retrained or copied over later")
     with pytest.raises(DataError, match=r"fold1/oof.json: written for another best.pt"):
@@ -136,18 +135,8 @@ def test_resume_and_oof_refuse_another_split(tiny_data, tmp_path):
     assert read_json(cfg.run_dir / "oof.json")["folds"]["k"] == 3
 
 
-def _fake_fold(runs, name, fold, images, layout, k=None, sha=None):
-    run_dir = runs / name / f"fold{fold}"
-    (run_dir / "oof").mkdir(parents=True)
-    for img in images:
-        cv2.imwrite(str(run_dir / "oof" / f"{img[:-4]}.png"), read_mask(layout.mask(img)) * 255)
-    pd.DataFrame({"img": images, "dice": 1.0}).to_csv(run_dir / "oof_dice.csv", index=False)
-    info = {"name": name, "fold": fold, "tta": [], "height": 32, "width": 48, "checkpoint": "best.pt"}
-    if k:
-        info["folds"] = {"folds_sha": "s", "fold_sha": str(fold), "k": k}
-    if sha:
-        info["checkpoint_sha256"] = sha
-    write_json(run_dir / "oof.json", info)
+def _fake_fold(runs, name, fold, images, layout, k=None):
+    fake_fold(runs, name, fold, images, [read_mask(layout.mask(i)) * 255 for i in images], k=k)
 
 
 def test_ensemble_member_missing_folds_is_an_error(tiny_data, tmp_path):
@@ -360,13 +349,8 @@ def test_bad_last_pt_names_the_ways_out(cli):
 
 
 def _recipe(tmp_path, checkpoint, **over):
-    recipe = {
-        "threshold": 128,
-        "members": [{"name": "a", "weight": 1, "checkpoints": [str(checkpoint)], "tta": [], "height": 32, "width": 48}],
-    }
-    recipe.update(over)
-    write_json(tmp_path / "recipe.json", recipe)
-    return tmp_path / "recipe.json"
+    member = {"name": "a", "weight": 1, "checkpoints": [str(checkpoint)], "tta": [], "height": 32, "width": 48}
+    return write_recipe(tmp_path / "recipe.json", [member], **over)
 
 
 def test_submission_input_errors(cli, tiny_data, tmp_path):

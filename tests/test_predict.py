@@ -119,7 +119,7 @@ def test_unreadable_file_is_named_skipped_and_fails_at_the_end(tiny_data, tiny_r
     assert code == 2
     assert "broken.jpg" in err and "1 unreadable image(s) skipped" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{p.stem}_{kind}.png" for p in good for kind in ("mask", "cutout")
+        [f"{p.stem}_{kind}.png" for p in good for kind in ("mask", "cutout")] + ["lineage.jsonl"]
     )
 
 

@@ -15,10 +15,11 @@ import torch
 from pipeline import rle
 from pipeline import submission as submission_mod
 from pipeline.__main__ import main
+from pipeline.data import DataError
 from pipeline.models import build_model
 from pipeline.submission import limit_path, make_submission, merge_shards, shard_path
 from pipeline.validate import SubmissionError, read_sample_names
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,8 @@ def recipe(tiny_data, tmp_path_factory):
     for name, over, tta, weight, (h, w) in spec:
         checkpoints = []
         for k in range(2):
-            cfg = tiny_config(tiny_data, root / "runs", name=name, fold=k, **over)
+            size = {"image.height": h, "image.width": w}
+            cfg = tiny_config(tiny_data, root / "runs", name=name, fold=k, **over, **size)
             torch.manual_seed(100 * weight + k)
             path = root / f"{name}{k}.pt"
             torch.save({"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()}, path)
@@ -40,9 +42,7 @@ def recipe(tiny_data, tmp_path_factory):
         members.append(
             {"name": name, "weight": weight, "checkpoints": checkpoints, "height": h, "width": w, "tta": tta}
         )
-    path = root / "recipe.json"
-    path.write_text(json.dumps({"members": members, "threshold": 128}))
-    return path
+    return write_recipe(root / "recipe.json", members)
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +205,9 @@ def test_second_writer_is_refused_and_a_stale_lock_is_not(recipe, tiny_data, sin
         held.write("pid 424242 on host elsewhere\n")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(SubmissionError, match=r"another run is writing it \(pid 424242 on host elsewhere"):
+        with pytest.raises(DataError, match=r"another run is writing it \(pid 424242 on host elsewhere"):
             _run(recipe, tiny_data, out)
-        with pytest.raises(SubmissionError, match="another run is writing it"):
+        with pytest.raises(DataError, match="another run is writing it"):
             merge_shards(tiny_data, out)
     assert not out.exists()
     # The holder was killed: the lock file stays, the kernel lock is gone; the next run proceeds.

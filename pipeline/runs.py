@@ -1,0 +1,178 @@
+"""Run folders: which folders are completed runs, and their out-of-fold maps.
+
+A run is ``<runs_dir>/<name>/fold<k>/`` as training wrote it: its ``oof.json`` (written last, the
+"fold complete" mark) names the same member and fold as the folder, and is bound to the
+``best.pt`` beside it by content hash. Only such folders count. A copy kept as a backup
+(``fold0_old``, ``fold0.bak``, ``vgg11_v1/fold0`` copied from ``vgg11``) is skipped with a warning
+naming it, so it is never taken for another fold or another member.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .data import DataError, Layout, read_mask
+from .io_utils import check_csv_name, plain_name, read_json
+from .provenance import file_sha256
+
+FOLD_DIR_RE = re.compile(r"fold(\d+)")
+_OOF_KEYS = {"fold": int, "tta": list, "height": int, "width": int, "checkpoint": str}
+
+
+def clear_fold_outputs(run_dir: Path) -> None:
+    """``--fresh``: remove everything a previous run of this fold wrote (the maps included)."""
+    for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "oof", ignore_errors=True)
+
+
+def read_oof_summary(path: Path) -> dict:
+    """One fold's oof.json, checked: it must exist as written by training, for the best.pt beside it."""
+    info = read_json(path)  # DataError naming the file if it is not JSON
+    bad = [k for k, t in _OOF_KEYS.items() if not isinstance(info, dict) or not isinstance(info.get(k), t)]
+    if bad:
+        raise DataError(f"{path}: malformed oof.json (missing or wrong {bad}); re-run that fold's training")
+    plain_name(info["checkpoint"], f"{path}: 'checkpoint'")
+    sha = info.get("checkpoint_sha256")
+    ckpt = path.parent / info["checkpoint"]
+    if sha is None:
+        raise DataError(
+            f"{path}: no checkpoint hash (written by an older version); re-run that fold's training command "
+            "to re-predict its out-of-fold maps"
+        )
+    if not ckpt.is_file() or file_sha256(ckpt) != sha:
+        raise DataError(
+            f"{path}: written for another {info['checkpoint']} than the one beside it (retrained or copied); "
+            "re-run that fold's training command to re-predict its out-of-fold maps"
+        )
+    return info
+
+
+def _is_run(summary: Path, info: dict) -> str | None:
+    """Why the folder of ``summary`` is not a run the pipeline wrote there, or None if it is."""
+    fold_dir, member_dir = summary.parent, summary.parent.parent
+    m = FOLD_DIR_RE.fullmatch(fold_dir.name)
+    if m is None or int(m[1]) != info["fold"]:
+        return f"its folder is not named fold{info['fold']} (a copy or backup?)"
+    if info.get("name", member_dir.name) != member_dir.name:
+        return f"it holds a run of {info['name']!r}, not of {member_dir.name!r} (a copy or backup?)"
+    return None
+
+
+def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomplete: bool) -> None:
+    """Every member must have every fold: of its folds CSV (recorded ``k``) and of the other members."""
+    union = {f["fold"] for folds in found.values() for f in folds}
+    problems = []
+    for name, folds in found.items():
+        have = {f["fold"] for f in folds}
+        ks = {f["folds"]["k"] for f in folds if isinstance(f.get("folds"), dict) and "k" in f["folds"]}
+        expected = union | set(range(max(ks))) if ks else union
+        if expected - have:
+            missing = sorted(expected - have)
+            where = ", ".join(str(runs_dir / name / f"fold{k}" / "oof.json") for k in missing[:3])
+            problems.append(f"{name} lacks fold(s) {missing} ({where} not found)")
+        splits = {f["folds"]["folds_sha"] for f in folds if isinstance(f.get("folds"), dict)}
+        if len(splits) > 1:  # one member's folds must partition one split, or images repeat or go missing
+            problems.append(f"{name}: its folds were trained on {len(splits)} different folds CSVs")
+    if not problems:
+        return
+    if not allow_incomplete:
+        raise DataError(
+            f"{runs_dir}: incomplete member(s): {'; '.join(problems)}. Train the missing folds, or pass "
+            "--allow-incomplete to tune on the images all members cover"
+        )
+    for p in problems:
+        tqdm.write(f"warning: {p} (--allow-incomplete)")
+
+
+def discover(
+    runs_dir: str | Path, names: list[str] | None = None, allow_incomplete: bool = False, quiet: bool = False
+) -> dict[str, list[dict]]:
+    """{member name: [oof.json of each completed fold, with its run dir]} sorted by name and fold."""
+    runs_dir = Path(runs_dir)
+    found: dict[str, list[dict]] = {}
+    for summary in sorted(runs_dir.glob("*/fold*/oof.json")):
+        if names and summary.parent.parent.name not in names:
+            continue
+        info = read_oof_summary(summary)
+        why_not = _is_run(summary, info)
+        if why_not:
+            if not quiet:
+                tqdm.write(f"warning: {summary.parent}: skipped, {why_not}; only run folders training wrote count")
+            continue
+        info["run_dir"] = str(summary.parent)
+        found.setdefault(summary.parent.parent.name, []).append(info)
+    if names:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise DataError(f"{runs_dir}: no completed fold for member(s) {missing}; found {sorted(found)}")
+        found = {n: found[n] for n in names}
+    if not found:
+        raise DataError(no_runs_message(runs_dir))
+    for name, folds in found.items():
+        folds.sort(key=lambda f: f["fold"])
+        ttas = {tuple(f["tta"]) for f in folds}
+        sizes = {(f["height"], f["width"]) for f in folds}
+        if len(ttas) > 1 or len(sizes) > 1:
+            raise DataError(
+                f"{runs_dir / name}: folds disagree on TTA {ttas} or input size {sizes}; retrain them with one config"
+            )
+    _check_complete(runs_dir, found, allow_incomplete)
+    return found
+
+
+def no_runs_message(runs_dir: Path) -> str:
+    msg = f"{runs_dir}: no completed training run (*/fold*/oof.json); run `make train` first"
+    demo = Path("demo/runs")
+    if Path(runs_dir) != demo and any(demo.glob("*/fold*/oof.json")):
+        msg += " (the demo's runs are in demo/runs: add RUNS=demo/runs DATA=demo/data)"
+    return msg
+
+
+def oof_path(run_dir: str | Path, img: str) -> Path:
+    return Path(run_dir) / "oof" / f"{Path(img).stem}.png"
+
+
+def _read_q(path: Path) -> np.ndarray:
+    q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if q is None:
+        raise DataError(f"{path}: out-of-fold map missing or unreadable; re-run that fold's training")
+    if q.dtype != np.uint8 or q.ndim != 2:
+        raise DataError(f"{path}: not an 8-bit single-channel out-of-fold map; re-run that fold's training")
+    return q
+
+
+def member_images(folds: list[dict]) -> dict[str, str]:
+    """{image: run dir of the fold that holds its out-of-fold map} over a member's completed folds."""
+    by_image: dict[str, str] = {}
+    for f in folds:
+        scores_csv = Path(f["run_dir"]) / "oof_dice.csv"
+        if not scores_csv.is_file():
+            raise DataError(f"{scores_csv}: not found; re-run that fold's training")
+        check_csv_name(scores_csv)
+        images = pd.read_csv(scores_csv).img
+        for img in images:
+            plain_name(img, str(scores_csv))
+            if img in by_image:
+                raise DataError(
+                    f"{scores_csv}: {img} is also an out-of-fold image of {by_image[img]}; "
+                    "the member's folds overlap (trained on different folds CSVs?)"
+                )
+            by_image[img] = f["run_dir"]
+    return by_image
+
+
+def load_maps(layout: Layout, img: str, maps_of: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(the members' uint8 maps (M, H, W), the GIF mask) of one image; ``maps_of`` from member_images."""
+    mask = read_mask(layout.mask(img))
+    maps = np.stack([_read_q(oof_path(by_image[img], img)) for by_image in maps_of])
+    if maps.shape[1:] != mask.shape:
+        raise DataError(f"{layout.mask(img)}: mask {mask.shape} vs out-of-fold map {maps.shape[1:]}")
+    return maps, mask
