@@ -20,13 +20,13 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from . import rle
+from .checks import check_recipe
 from .data import DataError, Layout, read_mask
 from .engine import blend
-from .runs import discover, load_maps, member_images
-from .checks import check_recipe
-from .provenance import verify_recipe_oof
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
 from .postprocess import apply as postprocess
+from .provenance import verify_recipe_oof
+from .runs import discover, load_maps, member_images
 from .validate import SubmissionError, submission_rows
 
 

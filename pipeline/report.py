@@ -21,10 +21,10 @@ import pandas as pd
 from . import evaluate
 from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
-from .runs import discover, load_maps, member_images
 from .io_utils import read_json, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess
+from .runs import discover, load_maps, member_images
 
 TABLE_COLUMNS = tuple(k for k in SUMMARY_KEYS if k != "worst")  # the summary's numbers, in its order
 # Overlay colours (RGB) and how strongly they tint the photo.
