@@ -71,7 +71,7 @@ SHARD ?=
 GPUS ?=
 submission: $(STAMP)
 	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m pipeline submission \
-		--recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(if $(SHARD),--shard $(SHARD)) $(ARGS)
+		--recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(if $(SHARD),--shard=$(SHARD)) $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --runs $(RUNS) --data $(DATA) $(if $(wildcard $(RECIPE)),--recipe $(RECIPE)) $(ARGS)

@@ -176,6 +176,22 @@ def cmd_evaluate(a) -> None:
         print(f"per-image metrics -> {a.per_image}")
 
 
+def cmd_lineage(a) -> int:
+    """Print the chain behind FILE and whether each link holds; exit 1 if one is broken."""
+    from .provenance import trace
+
+    links = trace(a.file)
+    for link in links:
+        print(link.line())
+    checked = [k for k in links if k.holds is not None]
+    broken = [k for k in checked if k.holds is False]
+    if broken:
+        print(f"{len(broken)} of {len(checked)} links broken: {a.file} is not what its inputs make now")
+        return 1
+    print(f"all {len(checked)} links hold")
+    return 0
+
+
 def cmd_validate(a) -> None:
     from .data import Layout, image_size
     from .validate import read_sample_names, validate_submission
@@ -345,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--shards-of", help="the --out the shards were computed with, when not --out itself")
     s.set_defaults(func=cmd_merge)
 
+    s = sub.add_parser("lineage", help="the chain behind a submission, recipe, checkpoint or folds CSV, checked")
+    s.add_argument("file", help="submission .csv.gz (or shard), recipe.json, best.pt/last.pt, oof.json or folds CSV")
+    s.set_defaults(func=cmd_lineage)
+
     s = sub.add_parser("validate", help="check a submission file against sample_submission.csv")
     s.add_argument("file")
     s.add_argument("--data", default="data")
@@ -357,13 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
-    a = p.parse_args([v for v in argv if v != "--debug"])
+    args: list[str] = []
+    for v in argv:  # `--shard -1/2` would read as an option: hand the value over as given
+        if args and args[-1] == "--shard" and v.startswith("-"):
+            args[-1] = f"--shard={v}"
+        elif v != "--debug":
+            args.append(v)
+    a = p.parse_args(args)
     from .errors import PipelineError, user_message
 
     start = time.time()
     try:
-        a.func(a)
-    except (PipelineError, FileNotFoundError) as e:
+        code = a.func(a)
+    except (PipelineError, OSError) as e:  # OSError: a file the user named, a full or read-only disk
         if debug:
             raise
         from tqdm import tqdm
@@ -375,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    if code:  # a stage that reports a finding rather than failing (lineage: a broken link)
+        return code
     print(f"[{a.stage}] done in {time.time() - start:.1f}s")
     return 0
 

@@ -24,6 +24,19 @@ class TrainingError(PipelineError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the checkpoints keep the last good state."""
 
 
+def _os_message(exc: OSError) -> str:
+    import errno
+
+    hint = {
+        errno.ENOSPC: "; free some space or point the output elsewhere",
+        errno.EDQUOT: "; free some space or point the output elsewhere",
+        errno.EROFS: "; the file system is read-only: point the output elsewhere",
+        errno.EACCES: "; check the permissions, or point the output elsewhere",
+    }.get(exc.errno, "")
+    where = exc.filename if exc.filename is not None else "file system"
+    return f"{where}: {exc.strerror or exc}{hint}"
+
+
 def user_message(exc: BaseException) -> str:
     """The message to show for ``exc``, without the traceback text DataLoader workers wrap it in.
 
@@ -31,6 +44,8 @@ def user_message(exc: BaseException) -> str:
     worker's whole traceback as its message; the user's message is what follows the last
     ``<type>: `` line.
     """
+    if isinstance(exc, OSError) and not isinstance(exc, PipelineError):
+        return _os_message(exc)
     msg = str(exc)
     if "DataLoader worker" in msg and "Original Traceback" in msg:
         name = type(exc).__name__

@@ -11,6 +11,7 @@ A mask folder holds ``<image stem>_mask.gif`` (the Kaggle ``train_masks/``) or `
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ from . import rle
 from .checks import check_recipe
 from .data import DataError, Layout, read_mask
 from .engine import blend
+from .io_utils import plain_name
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
 from .postprocess import apply as postprocess
 from .provenance import verify_recipe_oof
@@ -110,11 +112,26 @@ def _check_pairs(listed: list[str], masks_dir: Path, what: str, where: Path) -> 
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:
+    """(img, rle) rows, as strictly as validate reads a submission: two fields, a plain image name, once each."""
+    rows, seen = [], {}
     try:
         with submission_rows(path) as reader:  # as validate reads it: gzip or plain by name and content
-            return [(r[0], r[1] if len(r) > 1 else "") for r in reader if r]
+            for n, r in enumerate(reader, 2):
+                if not r:
+                    continue
+                where = f"{path}: row {n}"
+                if len(r) != 2:
+                    raise DataError(f"{where}: {len(r)} field(s), expected 2 (img,rle_mask); an empty mask is 'img,'")
+                plain_name(r[0], where)
+                if r[0] in seen:
+                    raise DataError(f"{where}: {r[0]} again (first in row {seen[r[0]]}); every image once")
+                seen[r[0]] = n
+                rows.append((r[0], r[1]))
     except SubmissionError as e:
         raise DataError(str(e)) from None
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: unreadable as a CSV ({str(e)[:120]})") from None
+    return rows
 
 
 def score_submission(path: str | Path, masks_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
@@ -147,6 +164,37 @@ def _pred_files(pred_dir: Path) -> dict[str, Path]:
     return out
 
 
+def read_prediction(path: Path) -> np.ndarray:
+    """A predicted mask image as what it shows: car where nonzero, at any bit depth.
+
+    8- or 16-bit, grey, grey+alpha, RGB or RGBA: a 16-bit 0/1 PNG is a 0/1 mask (not black). Colour
+    channels must agree (a grey picture); an alpha channel must be opaque, or be the mask itself
+    with black colour channels (a cut-out's alpha). Anything else is refused, naming the file.
+    """
+    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if im is None:
+        raise DataError(f"{path}: cannot decode predicted mask")
+    if im.dtype not in (np.uint8, np.uint16) or im.ndim not in (2, 3):
+        raise DataError(f"{path}: {im.dtype} image with shape {im.shape}; expected an 8- or 16-bit mask")
+    if im.ndim == 3:
+        channels = im.shape[2]
+        if channels not in (2, 3, 4):
+            raise DataError(f"{path}: {channels} channels; expected a greyscale mask")
+        colour = im[..., :1] if channels == 2 else im[..., :3]
+        alpha = im[..., channels - 1] if channels in (2, 4) else None
+        if colour.shape[2] == 3 and not (
+            np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 1], colour[..., 2])
+        ):
+            raise DataError(f"{path}: a colour picture, not a mask; save the mask as greyscale (car nonzero)")
+        grey = colour[..., 0]
+        if alpha is not None and alpha.min() < alpha.max():
+            if grey.any():
+                raise DataError(f"{path}: has transparency and pixels; save the mask without an alpha channel")
+            grey = alpha  # only the alpha carries the mask
+        im = grey
+    return im > 0
+
+
 def score_pred_dir(pred_dir: str | Path, masks_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
     pred_dir, masks_dir = Path(pred_dir), Path(masks_dir)
     preds = _pred_files(pred_dir)
@@ -155,14 +203,12 @@ def score_pred_dir(pred_dir: str | Path, masks_dir: str | Path, n_jobs: int = -1
 
     def one(stem: str) -> dict:
         mask = read_mask(mask_path(masks_dir, stem + ".jpg"))
-        pred = cv2.imread(str(preds[stem]), cv2.IMREAD_GRAYSCALE)
-        if pred is None:
-            raise DataError(f"{preds[stem]}: cannot decode predicted mask")
+        pred = read_prediction(preds[stem])
         if pred.shape != mask.shape:
             raise DataError(
                 f"{preds[stem]}: {pred.shape[1]}x{pred.shape[0]}, its mask is {mask.shape[1]}x{mask.shape[0]}"
             )
-        return score_image(pred > 0, mask)
+        return score_image(pred, mask)
 
     return _table([f"{s}.jpg" for s in stems], _parallel(one, stems, n_jobs, "evaluate predictions", quiet))
 

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from .data import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
-from .io_utils import atomic_path, check_csv_name
+from .io_utils import atomic_path, check_csv_name, plain_name
 
 COLUMNS = ["img", "car_id", "view", "fold", "mask_area", "width", "height"]
 N_VIEWS = 16  # Carvana photographs every car from 16 angles, views 01..16
@@ -114,7 +114,7 @@ def read_index(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: index file not found")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype=_TEXT_COLUMNS)
     missing = [c for c in INDEX_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing columns {missing}; an index has {INDEX_COLUMNS}")
@@ -144,9 +144,47 @@ def make_folds(
     table = read_index(index) if index else scan_train(Layout(data_dir), n_jobs=n_jobs)
     check_views(table, strict=strict)
     df = assign_folds(table, k=k, seed=seed)
+    check_split(df, out_csv)  # what every reader checks, so the writer never writes what they refuse
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6f")
     return df
+
+
+# Car ids are 12 hex digits: some (02159e548029) read as numbers unless pandas is told they are text.
+_TEXT_COLUMNS = {"img": str, "car_id": str}
+
+
+def check_split(df: pd.DataFrame, path: str | Path) -> None:
+    """Group k-fold integrity: DataError naming the file and the first problem.
+
+    Every image once, named as Carvana names it and with its own car id; every car in exactly one
+    fold; folds numbered 0..k-1 with none empty (k >= 2). Out-of-fold scores leak otherwise: a car
+    in two folds is trained on and scored on, a repeated row is scored twice.
+    """
+    dup = df[df.img.duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: image {dup.img.iloc[0]} is listed {int((df.img == dup.img.iloc[0]).sum())} times")
+    for img, car in zip(df.img, df.car_id):
+        try:
+            named = parse_name(plain_name(img, str(path)))[0]
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
+        if named != car:
+            raise DataError(f"{path}: row {img} says car {car!r}, the name says {named!r}")
+    split = df.groupby("car_id").fold.unique()
+    split = split[split.map(len) > 1]
+    if len(split):
+        raise DataError(
+            f"{path}: car {split.index[0]} is in folds {sorted(int(f) for f in split.iloc[0])}; all views of a car "
+            f"must be in one fold, or its held-out images leak into training ({len(split)} such car(s)). "
+            "Re-run `make folds`"
+        )
+    folds = sorted(int(f) for f in df.fold.unique())
+    k = len(folds)
+    if k < 2 or folds != list(range(k)):
+        raise DataError(
+            f"{path}: fold numbers {folds}; expected 0..k-1 with every fold present (k >= 2). Re-run `make folds`"
+        )
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:
@@ -155,7 +193,7 @@ def load_folds(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: folds file not found; run `make folds` first")
     check_csv_name(path)
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=_TEXT_COLUMNS)
     except (ValueError, UnicodeDecodeError, OSError, EOFError) as e:  # pandas' parser errors are ValueErrors
         raise DataError(f"{path}: unreadable as a CSV ({str(e).splitlines()[0][:120]}); re-run `make folds`") from None
     missing = set(COLUMNS) - set(df.columns)
@@ -163,6 +201,9 @@ def load_folds(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: missing columns {sorted(missing)}; re-run `make folds`")
     if df.empty or not pd.api.types.is_integer_dtype(df.fold) or (df.fold < 0).any():
         raise DataError(f"{path}: no rows, or a 'fold' that is not a whole number >= 0; re-run `make folds`")
+    if df[["img", "car_id"]].isna().any().any():
+        raise DataError(f"{path}: an empty 'img' or 'car_id'; re-run `make folds`")
+    check_split(df, path)
     return df
 
 

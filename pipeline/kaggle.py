@@ -83,8 +83,25 @@ def kaggle_cli(args: list[str]) -> None:
         )
 
 
-def _members(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-    return [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+def _members(zf: zipfile.ZipFile, zip_path: Path) -> list[zipfile.ZipInfo]:
+    """The files of a competition zip, each by its base name; two members of one name are refused.
+
+    Only base names are used (no path from the archive is trusted), so two members that share a
+    base name in different folders would land on one file, the later silently replacing the other.
+    """
+    members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+    seen: dict[str, str] = {}
+    for m in members:
+        name = Path(m.filename.replace("\\", "/")).name
+        if name in ("", ".", ".."):
+            raise KaggleError(f"{zip_path}: member {m.filename!r} has no usable file name")
+        if name in seen:
+            raise KaggleError(
+                f"{zip_path}: members {seen[name]!r} and {m.filename!r} would both unpack to {name}; "
+                "refusing to let one replace the other (is this the competition's zip?)"
+            )
+        seen[name] = m.filename
+    return members
 
 
 def unpack(zip_path: Path, root: Path, target: str, quiet: bool = False) -> Path:
@@ -96,7 +113,7 @@ def unpack(zip_path: Path, root: Path, target: str, quiet: bool = False) -> Path
     dest = root / target
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            members = _members(zf)
+            members = _members(zf, zip_path)
             if Path(target).suffix:  # a single file, e.g. metadata.csv
                 found = [m for m in members if Path(m.filename).name == target]
                 if not found:
@@ -108,7 +125,7 @@ def unpack(zip_path: Path, root: Path, target: str, quiet: bool = False) -> Path
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             for m in tqdm(members, desc=f"unpack {zip_path.name}", unit="file", disable=quiet):
-                with zf.open(m) as src, open(partial / Path(m.filename).name, "wb") as out:
+                with zf.open(m) as src, open(partial / Path(m.filename.replace("\\", "/")).name, "wb") as out:
                     shutil.copyfileobj(src, out)
     except zipfile.BadZipFile as e:
         raise KaggleError(f"{zip_path}: not a valid zip ({e}); delete it and run the download again") from None

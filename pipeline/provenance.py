@@ -139,14 +139,12 @@ def _rebuild_hint(ckpt: Path) -> str:
 def verify_recipe_checkpoints(recipe: dict, recipe_path: str | Path) -> list[str]:
     """The content hashes of the recipe's checkpoints, each checked against what the recipe recorded.
 
-    Every positive-weight member's checkpoints are hashed (once per process); a missing, replaced
-    or retrained checkpoint is a LineageError naming it, since the recipe's input size, weights and
-    threshold were tuned for the one it recorded.
+    Every member's checkpoints are hashed (once per process); a missing, replaced or retrained
+    checkpoint is a LineageError naming it, since the recipe's input sizes, weights and threshold
+    were tuned for the ones it recorded (a zero weight too was chosen against the old model).
     """
     shas = []
     for m in recipe["members"]:
-        if m["weight"] == 0:
-            continue
         for ckpt, want in zip(m["checkpoints"], m["checkpoint_sha256"]):
             ckpt = Path(ckpt)
             if not ckpt.is_file():
@@ -220,3 +218,208 @@ def load_recipe(path: str | Path) -> tuple[dict, list[str]]:
 
     recipe = check_recipe(path)
     return recipe, verify_recipe_checkpoints(recipe, path)
+
+
+# -- the chain shown to the user: `python -m pipeline lineage FILE` ----------------------------------
+class Link:
+    """One checked link of a chain: what it binds, whether it still holds, and how to rebuild it."""
+
+    def __init__(self, depth: int, holds: bool | None, text: str, fix: str = ""):
+        self.depth, self.holds, self.text, self.fix = depth, holds, text, fix
+
+    def line(self) -> str:
+        mark = {True: "ok     ", False: "BROKEN ", None: ""}[self.holds]
+        fix = f"  -> {self.fix}" if self.holds is False and self.fix else ""
+        return "  " * self.depth + mark + self.text + fix
+
+
+def _safe(fn, *args):
+    """(value, None) or (None, message) for a check that reads a file someone may have damaged."""
+    try:
+        return fn(*args), None
+    except (PipelineError, OSError, ValueError, KeyError, TypeError) as e:
+        return None, str(e).splitlines()[0][:200]
+
+
+def _trace_folds(path: Path, fold: int | None, recorded: dict | None, depth: int, seen: set) -> list[Link]:
+    from .folds import load_folds
+
+    folds, err = _safe(load_folds, path)
+    if err:
+        return [Link(depth, False, f"folds {path}: {err}", "restore it, or `make folds`")]
+    links = []
+    if str(path) not in seen:  # described once per chain, however many checkpoints it split
+        seen.add(str(path))
+        links.append(
+            Link(
+                depth,
+                None,
+                f"folds {path}: {len(folds)} images, {folds.car_id.nunique()} cars, k={folds.fold.nunique()}",
+            )
+        )
+        links.append(Link(depth + 1, True, "group integrity: every car in one fold, folds 0..k-1, no repeated image"))
+    if fold is not None and recorded is not None:
+        now = folds_fingerprint(folds, fold) if fold in set(folds.fold) else {"fold_sha": None}
+        links.append(
+            Link(
+                depth,
+                now["fold_sha"] == recorded.get("fold_sha"),
+                f"{path.name} fold {fold} holds out the cars the checkpoint was trained without",
+                "restore the folds CSV it was trained on, or retrain the fold (`make train ... ARGS=--fresh`)",
+            )
+        )
+    return links
+
+
+def _trace_checkpoint(path: Path, depth: int, seen: set, want_sha: str | None = None) -> list[Link]:
+    from .models import read_checkpoint
+
+    if want_sha is not None:
+        got = file_sha256(path) if path.is_file() else None
+        state = "not found" if got is None else f"sha256 {got}" + ("" if got == want_sha else f", recorded {want_sha}")
+        link = Link(depth, got == want_sha, f"checkpoint {path} ({state})", "re-run `make ensemble` (or restore it)")
+        if got != want_sha:
+            return [link]
+        links = [link]
+    else:
+        links = [Link(depth, None, f"checkpoint {path}")]
+    ckpt, err = _safe(read_checkpoint, path, "checkpoint", True)
+    if err:
+        return links + [Link(depth + 1, False, err, "retrain the fold")]
+    cfg = ckpt.get("config", {})
+    code = (ckpt.get("lineage") or {}).get("code") or {}
+    links.append(
+        Link(
+            depth + 1,
+            None,
+            f"{cfg.get('name')} fold {cfg.get('fold')}, epoch {ckpt.get('epoch')}, "
+            f"{cfg.get('model', {}).get('encoder')} at {cfg.get('image', {}).get('height')}x"
+            f"{cfg.get('image', {}).get('width')}, code {code.get('pipeline', '?')} {(code.get('commit') or '')[:10]}",
+        )
+    )
+    oof = path.parent / "oof.json"
+    if path.name == "best.pt" and oof.is_file():
+        info, err = _safe(lambda p: json.loads(p.read_text()), oof)
+        same = not err and info.get("checkpoint_sha256") == file_sha256(path)
+        links.append(
+            Link(
+                depth + 1,
+                same,
+                f"{oof}: its out-of-fold maps were predicted by this checkpoint",
+                "re-run the fold's `make train`",
+            )
+        )
+    folds_csv = (ckpt.get("lineage") or {}).get("folds_csv") or cfg.get("folds_csv")
+    if ckpt.get("folds") is None:
+        links.append(Link(depth + 1, None, "no split fingerprint (written by an older version)"))
+    elif folds_csv:
+        links += _trace_folds(Path(folds_csv), cfg.get("fold"), ckpt["folds"], depth + 1, seen)
+    return links
+
+
+def _trace_recipe(path: Path, depth: int, seen: set, want_hash: str | None = None) -> list[Link]:
+    from .checks import check_recipe
+
+    recipe, err = _safe(check_recipe, path)
+    if err:
+        return [Link(depth, False, err, "re-run `make ensemble`")]
+    if want_hash is not None:
+        now = recipe_hash(recipe)
+        links = [
+            Link(
+                depth,
+                now == want_hash,
+                f"recipe {path}: the one the rows were computed from (hash {want_hash}"
+                + ("" if now == want_hash else f", now {now}: re-tuned since")
+                + ")",
+                "re-run `make submission` with the current recipe",
+            )
+        ]
+    else:
+        links = [
+            Link(
+                depth,
+                None,
+                f"recipe {path}: threshold {recipe['threshold']}/255, postprocess {recipe.get('postprocess', [])}",
+            )
+        ]
+    for m in recipe["members"]:
+        links.append(
+            Link(
+                depth + 1, None, f"member {m['name']}: weight {m['weight']}, {m['height']}x{m['width']}, TTA {m['tta']}"
+            )
+        )
+        oofs = m.get("oof_sha256") or [None] * len(m["checkpoints"])
+        for ckpt, sha, oof_sha in zip(m["checkpoints"], m["checkpoint_sha256"], oofs):
+            links += _trace_checkpoint(Path(ckpt), depth + 2, seen, sha)
+            oof = Path(ckpt).parent / "oof.json"
+            if oof_sha is not None:
+                got = file_sha256(oof) if oof.is_file() else None
+                links.append(
+                    Link(
+                        depth + 3,
+                        got == oof_sha,
+                        f"{oof}: the out-of-fold summary the recipe was tuned on",
+                        "re-run `make ensemble`",
+                    )
+                )
+    return links
+
+
+def _trace_submission(path: Path, depth: int, seen: set) -> list[Link]:
+    summary_path = path.with_name(path.name + ".json")
+    if not summary_path.is_file():
+        return [
+            Link(
+                depth,
+                False,
+                f"submission {path}: no summary {summary_path.name}, so nothing binds it",
+                "re-run `make submission`",
+            )
+        ]
+    summary, err = _safe(lambda p: json.loads(p.read_text()), summary_path)
+    if err or not isinstance(summary, dict) or not isinstance(summary.get("key"), dict):
+        return [Link(depth, False, f"{summary_path}: unreadable ({err})", "re-run `make submission`")]
+    key = summary["key"]
+    got = file_sha256(path, 64) if path.is_file() else None
+    links = [
+        Link(depth, None, f"submission {path}: {summary.get('rows')} rows, precision {key.get('precision')}"),
+        Link(depth + 1, got == summary.get("sha256"), "its content is what was validated", "re-run `make submission`"),
+    ]
+    if "checkpoints" not in key:
+        return links + [
+            Link(depth + 1, False, "no checkpoint hashes in its key (an older version)", "re-run `make submission`")
+        ]
+    recipe_path = Path(summary.get("recipe") or "")
+    links += _trace_recipe(recipe_path, depth + 1, seen, key.get("recipe"))
+    recipe, err = _safe(lambda p: json.loads(p.read_text()), recipe_path)
+    if not err:
+        now, err = _safe(verify_recipe_checkpoints, recipe, recipe_path)
+        links.append(
+            Link(
+                depth + 1,
+                now == key["checkpoints"],
+                "the checkpoints its rows were computed with are the recipe's now",
+                "re-run `make submission`",
+            )
+        )
+    return links
+
+
+def trace(path: str | Path) -> list[Link]:
+    """The chain behind a submission (or shard), recipe, checkpoint, oof.json or folds CSV."""
+    path = Path(path)
+    if not path.exists():
+        raise LineageError(f"{path}: not found")
+    name, seen = path.name, set()
+    if name.endswith((".csv.gz", ".csv")) and path.with_name(name + ".json").is_file():
+        return _trace_submission(path, 0, seen)
+    if name.endswith(".csv"):
+        return _trace_folds(path, None, None, 0, seen)
+    if name.endswith((".pt", ".pth")):
+        return _trace_checkpoint(path, 0, seen)
+    if name == "oof.json":
+        return _trace_checkpoint(path.parent / "best.pt", 0, seen)
+    if name.endswith(".json"):
+        return _trace_recipe(path, 0, seen)
+    raise LineageError(f"{path}: not a submission, recipe, checkpoint, oof.json or folds CSV of this pipeline")

@@ -19,12 +19,15 @@ import numpy as np
 import pandas as pd
 
 from . import evaluate
+from .checks import check_recipe
 from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
-from .io_utils import read_json, write_text
+from .errors import PipelineError
+from .io_utils import check_writable, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess
-from .runs import discover, load_maps, member_images
+from .provenance import verify_recipe_oof
+from .runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
 
 TABLE_COLUMNS = tuple(k for k in SUMMARY_KEYS if k != "worst")  # the summary's numbers, in its order
 # Overlay colours (RGB) and how strongly they tint the photo.
@@ -34,13 +37,29 @@ BLEND = "blend"
 
 
 # -- data ------------------------------------------------------------------------------------------
-def load_histories(runs_dir: Path, names: list[str]) -> dict[str, dict[int, pd.DataFrame]]:
-    """{member: {fold: history.csv}} for the members' fold folders that have one."""
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice")
+
+
+def load_histories(runs_dir: Path, names: list[str] | None = None) -> dict[str, dict[int, pd.DataFrame]]:
+    """{member: {fold: history.csv}} for the run folders (``fold<k>`` only) that have epochs recorded.
+
+    Runs in any state count: still training (no oof.json yet) or stopped. A folder killed before
+    its first epoch (empty or header-only history.csv) and copies such as ``fold0.bak`` are skipped.
+    """
     out: dict[str, dict[int, pd.DataFrame]] = {}
-    for name in names:
+    members = names if names is not None else sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+    for name in members:
         for path in sorted((runs_dir / name).glob("fold*/history.csv")):
-            fold = int(path.parent.name[len("fold") :])
-            out.setdefault(name, {})[fold] = pd.read_csv(path)
+            m = FOLD_DIR_RE.fullmatch(path.parent.name)
+            if m is None:
+                continue
+            try:
+                h = pd.read_csv(path)
+            except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+                continue
+            if h.empty or any(c not in h for c in HISTORY_COLUMNS):
+                continue
+            out.setdefault(name, {})[int(m[1])] = h
     return out
 
 
@@ -184,6 +203,7 @@ tr.blend { font-weight: bold; background: #f3f8ff; }
 img { max-width: 100%; } .worst { margin: 18px 0; padding-top: 8px; border-top: 1px solid #ddd; }
 .crops figure { display: inline-block; margin: 8px 8px 0 0; } .crops figcaption { color: #555; font-size: 13px; }
 .crops img { border: 1px solid #999; image-rendering: pixelated; }
+.note { background: #fff6d6; padding: 6px 10px; border-left: 4px solid #e0b000; }
 .legend span { display: inline-block; padding: 1px 8px; margin-right: 6px; color: #fff; border-radius: 3px; }
 """
 
@@ -220,47 +240,74 @@ def make_report(
     """Write ``out_dir/index.html`` and its pictures; return the index path."""
     start = time.time()
     runs_dir, out_dir, layout = Path(runs_dir), Path(out_dir), Layout(data_dir)
+    if not runs_dir.is_dir():
+        raise DataError(no_runs_message(runs_dir))
+    notes = []
     recipe = None
     if recipe_path is not None and Path(recipe_path).is_file():
-        recipe = read_json(recipe_path)
-    elif recipe_path is not None and not quiet:
-        print(f"{recipe_path}: no recipe there; the report shows the members only (run `make ensemble` for the blend)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        try:  # a recipe whose runs were retrained since is reported, not blended with the new maps
+            recipe = check_recipe(recipe_path)
+            verify_recipe_oof(recipe, recipe_path)
+        except PipelineError as e:
+            recipe = None
+            notes.append(f"The blend is left out: {e}")
+    elif recipe_path is not None:
+        notes.append(
+            f"{recipe_path}: no recipe there; the report shows the members only (`make ensemble` for the blend)."
+        )
+    out_dir = check_writable(out_dir, "report")
     for old in out_dir.glob("*.png"):  # pictures of an earlier report (it may have had more images)
         if old.name.startswith(("curves_", "worst_", "dice_hist")):
             old.unlink()
 
-    tables = evaluate.score_runs(runs_dir, data_dir, names, n_jobs=n_jobs, quiet=quiet)
+    histories = load_histories(runs_dir, names)
+    try:
+        tables = evaluate.score_runs(runs_dir, data_dir, names, n_jobs=n_jobs, quiet=quiet)
+    except DataError as e:
+        if not histories or "no completed training run" not in str(e):
+            raise
+        tables = {}  # runs still training or stopped early: their curves are what there is to show
+        notes.append(f"No completed run yet (none has out-of-fold maps): {e}")
     if recipe is not None:
         tables[BLEND] = evaluate.score_recipe(recipe_path, data_dir, n_jobs=n_jobs, quiet=quiet)
     summaries = {name: summarize(t) for name, t in tables.items()}
+    for note in notes:
+        if not quiet:
+            print(note)
 
-    sections = ["<h2>Out-of-fold metrics at full resolution</h2>", _table_html(summaries)]
-    sections.append(
-        "<p>Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
-        + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
-        + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
-        + ".</p>"
-    )
-    plot_dice_histogram(tables, out_dir / "dice_hist.png")
-    sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
+    sections = [f"<p class=note>{html.escape(n)}</p>" for n in notes]
+    worst = pd.DataFrame()
+    if tables:
+        sections += ["<h2>Out-of-fold metrics at full resolution</h2>", _table_html(summaries)]
+        sections.append(
+            "<p>Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
+            + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
+            + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
+            + ".</p>"
+        )
+        plot_dice_histogram(tables, out_dir / "dice_hist.png")
+        sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
 
     sections.append("<h2>Training curves</h2>")
-    for name, histories in load_histories(runs_dir, [n for n in tables if n != BLEND]).items():
+    for name, member_histories in histories.items():
         file = f"curves_{name}.png"
-        plot_curves(name, histories, out_dir / file)
-        sections.append(f'<h3>{html.escape(name)}</h3><img src="{file}" alt="training curves of {html.escape(name)}">')
+        plot_curves(name, member_histories, out_dir / file)
+        state = "" if name in tables else " (no completed fold yet: still training, or stopped)"
+        sections.append(
+            f'<h3>{html.escape(name)}{state}</h3><img src="{file}" alt="training curves of {html.escape(name)}">'
+        )
 
-    # The worst images of what gets submitted: the blend, or else the best member.
-    source = BLEND if BLEND in tables else max(summaries, key=lambda n: summaries[n]["mean_dice"])
-    worst = tables[source].sort_values(["dice", "img"]).head(n_worst)
-    sections.append(f"<h2>Worst out-of-fold images ({html.escape(source)})</h2>")
-    sections.append(
-        '<p class="legend"><span style="background:rgb(0,160,0)">true positive</span>'
-        '<span style="background:rgb(255,0,0)">false positive</span>'
-        '<span style="background:rgb(0,90,255)">false negative</span> '
-        "Yellow boxes: the largest error regions, zoomed below each image.</p>"
-    )
+    if tables:
+        # The worst images of what gets submitted: the blend, or else the best member.
+        source = BLEND if BLEND in tables else max(summaries, key=lambda n: summaries[n]["mean_dice"])
+        worst = tables[source].sort_values(["dice", "img"]).head(n_worst)
+        sections.append(f"<h2>Worst out-of-fold images ({html.escape(source)})</h2>")
+        sections.append(
+            '<p class="legend"><span style="background:rgb(0,160,0)">true positive</span>'
+            '<span style="background:rgb(255,0,0)">false positive</span>'
+            '<span style="background:rgb(0,90,255)">false negative</span> '
+            "Yellow boxes: the largest error regions, zoomed below each image.</p>"
+        )
     for k, row in enumerate(worst.itertuples(), 1):
         pred = predicted_mask(source, row.img, layout, runs_dir, recipe)
         truth = read_mask(layout.mask(row.img)).astype(bool)

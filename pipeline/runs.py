@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -89,7 +90,7 @@ def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomple
             "--allow-incomplete to tune on the images all members cover"
         )
     for p in problems:
-        tqdm.write(f"warning: {p} (--allow-incomplete)")
+        tqdm.write(f"warning: {p} (--allow-incomplete)", file=sys.stderr)
 
 
 def discover(
@@ -105,7 +106,10 @@ def discover(
         why_not = _is_run(summary, info)
         if why_not:
             if not quiet:
-                tqdm.write(f"warning: {summary.parent}: skipped, {why_not}; only run folders training wrote count")
+                tqdm.write(
+                    f"warning: {summary.parent}: skipped, {why_not}; only run folders training wrote count",
+                    file=sys.stderr,
+                )
             continue
         info["run_dir"] = str(summary.parent)
         found.setdefault(summary.parent.parent.name, []).append(info)

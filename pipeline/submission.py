@@ -26,6 +26,7 @@ never mixes rows of two models, and a merge never mixes shards of two.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
@@ -92,6 +93,20 @@ def _compressor(suffix: str):
     return lambda text: text.encode()
 
 
+def _write_all(f, data: bytes) -> None:
+    """All of ``data`` to an unbuffered file, or an OSError: a short write (disk full) is never a chunk.
+
+    Unbuffered, so a failed write surfaces here and not again when the file is closed; what a
+    failed chunk left past the last recorded offset is truncated by the next run.
+    """
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), getattr(f, "name", None))
+        view = view[n:]
+
+
 # -- ordered, pooled row writer ---------------------------------------------------------------------
 def _row(name: str, mask: np.ndarray, steps: list[str]) -> str:
     """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE."""
@@ -144,8 +159,7 @@ class RowWriter:
             self._write(future.result(), n)
 
     def _write(self, data: bytes, n: int) -> None:
-        self.f.write(data)
-        self.f.flush()
+        _write_all(self.f, data)
         os.fsync(self.f.fileno())
         self.on_chunk(n, self.f.tell())
 
@@ -345,7 +359,7 @@ def make_submission(
                 write_json(progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]})
                 bar.update(n)
 
-            with open(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
+            with open(part, "ab", buffering=0) as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
                 writer = RowWriter(
                     f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
                 )

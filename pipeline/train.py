@@ -427,7 +427,8 @@ class Trainer:
 
 def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
     """Train (or resume) one fold, then predict its out-of-fold maps; one process per fold folder at a time."""
-    cfg = check_train_config(cfg)  # a typo fails before the run folder or its lock is made
+    cfg = check_train_config(cfg)  # a typo or a leaking folds CSV fails before the run folder or its lock is made
+    check_fold(cfg, sorted(set(load_folds(cfg.folds_csv).fold)))
     # DDP: rank 0 holds the lock for all ranks (only it writes the run's files).
     lock = OutputLock(cfg.run_dir / "train", "training this fold") if distributed.is_main() else None
     with lock or contextlib.nullcontext():
