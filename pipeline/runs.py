@@ -56,13 +56,23 @@ def read_oof_summary(path: Path) -> dict:
     return info
 
 
-def _is_run(summary: Path, info: dict) -> str | None:
-    """Why the folder of ``summary`` is not a run the pipeline wrote there, or None if it is."""
+def _not_a_run(summary: Path) -> str | None:
+    """Why the folder of ``summary`` is not a run the pipeline wrote there (a copy, a backup), or None.
+
+    Decided from the folder names and what oof.json says of itself, before anything else is checked,
+    so a stale backup never blocks the runs beside it.
+    """
     fold_dir, member_dir = summary.parent, summary.parent.parent
     m = FOLD_DIR_RE.fullmatch(fold_dir.name)
-    if m is None or int(m[1]) != info["fold"]:
-        return f"its folder is not named fold{info['fold']} (a copy or backup?)"
-    if info.get("name", member_dir.name) != member_dir.name:
+    if m is None:
+        return "its folder is not named fold<k> (a copy or backup?)"
+    try:
+        info = read_json(summary)
+    except DataError:
+        return None  # a damaged oof.json in a real run folder: read_oof_summary names it
+    if isinstance(info, dict) and info.get("fold") not in (None, int(m[1])):
+        return f"it holds fold {info.get('fold')}, not fold {m[1]} (a copy or backup?)"
+    if isinstance(info, dict) and info.get("name", member_dir.name) != member_dir.name:
         return f"it holds a run of {info['name']!r}, not of {member_dir.name!r} (a copy or backup?)"
     return None
 
@@ -102,8 +112,7 @@ def discover(
     for summary in sorted(runs_dir.glob("*/fold*/oof.json")):
         if names and summary.parent.parent.name not in names:
             continue
-        info = read_oof_summary(summary)
-        why_not = _is_run(summary, info)
+        why_not = _not_a_run(summary)
         if why_not:
             if not quiet:
                 tqdm.write(
@@ -111,6 +120,7 @@ def discover(
                     file=sys.stderr,
                 )
             continue
+        info = read_oof_summary(summary)
         info["run_dir"] = str(summary.parent)
         found.setdefault(summary.parent.parent.name, []).append(info)
     if names:

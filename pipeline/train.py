@@ -4,7 +4,7 @@ Outputs in ``<runs_dir>/<name>/fold<k>/``: ``config.yaml`` (resolved), ``history
 per epoch), ``last.pt`` (full state: model, optimizer, scheduler, scaler, epoch, RNG, history)
 and ``best.pt`` (best validation Dice); then ``run`` writes the out-of-fold maps (pipeline/oof.py).
 Re-running the same command resumes from ``last.pt``; a second training of the same fold at the
-same time stops and names the holder (``train.lock``).
+same time stops and names the holder (``fold<k>.lock`` beside the folder).
 
 Every checkpoint records the split it was trained on and the code (pipeline/provenance.py):
 resuming against a changed folds CSV is refused, since the held-out cars would leak into
@@ -430,7 +430,7 @@ def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
     cfg = check_train_config(cfg)  # a typo or a leaking folds CSV fails before the run folder or its lock is made
     check_fold(cfg, sorted(set(load_folds(cfg.folds_csv).fold)))
     # DDP: rank 0 holds the lock for all ranks (only it writes the run's files).
-    lock = OutputLock(cfg.run_dir / "train", "training this fold") if distributed.is_main() else None
+    lock = OutputLock(cfg.run_dir, "training this fold") if distributed.is_main() else None
     with lock or contextlib.nullcontext():
         trainer = Trainer(cfg, fresh=fresh, quiet=quiet)
         trainer.fit()

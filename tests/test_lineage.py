@@ -193,6 +193,7 @@ def test_backup_copies_of_a_fold_are_not_runs(lab, tiny_data, tmp_path, capsys):
     shutil.copytree(runs / "a" / "fold0", runs / "a" / "fold0.bak")
     shutil.copytree(runs / "a" / "fold0", runs / "a" / "fold0_old")
     shutil.copytree(runs / "a", runs / "a_v1")
+    (runs / "a" / "fold0_old" / "best.pt").write_bytes(b"a stale backup: must not block the real runs")
     recipe = tune(runs, tiny_data, tmp_path / "r.json", steps=2, n_jobs=1, quiet=True, allow_incomplete=True)
     assert [m["name"] for m in recipe["members"]] == ["a", "b"]
     assert recipe["members"][0]["checkpoints"] == [str(runs / "a" / "fold0" / "best.pt")]
@@ -391,12 +392,13 @@ def test_a_second_training_of_the_same_fold_stops_and_names_the_holder(tiny_data
     config = tmp_path / "c.yaml"
     config.write_text(cfg.to_yaml())
     cfg.run_dir.mkdir(parents=True)
-    with open(cfg.run_dir / "train.lock", "w") as held:
+    with open(cfg.run_dir.with_name("fold0.lock"), "w") as held:
         held.write("pid 4242 on host gpu7\n")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
         code, err = _cli(capsys, "train", "--config", config)
-    assert code == 2 and "another run is training this fold (pid 4242 on host gpu7" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert code == 2 and f"{cfg.run_dir}: another run is training this fold (pid 4242 on host gpu7" in line
     assert not (cfg.run_dir / "last.pt").exists()
 
 
