@@ -24,7 +24,7 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds
+.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds lineage
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
@@ -35,6 +35,7 @@ help:
 	@echo "make submission                 -> $(SUBMISSION) (resumable, validated)"
 	@echo "make evaluate                   score out-of-fold maps of every run and the recipe (per image, full res)"
 	@echo "make validate                   re-check $(SUBMISSION) against sample_submission.csv"
+	@echo "make lineage [FILE=...]         what a submission/recipe/checkpoint was made from, and which links still hold"
 	@echo "make submission SHARD=i/N       one slice of the test set (a GPU or host each); then make merge"
 	@echo "make submission GPUS=G          torchrun: G GPUs of this host, one shard each, rank 0 merges"
 	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
@@ -79,14 +80,26 @@ evaluate: $(STAMP)
 validate: $(STAMP)
 	$(PY) -m pipeline validate $(SUBMISSION) --data $(DATA)
 
+# FILE=...: the chain behind a submission (default), recipe, checkpoint or folds CSV, each link checked.
+FILE ?= $(SUBMISSION)
+lineage: $(STAMP)
+	$(PY) -m pipeline lineage $(FILE)
+
 demo: $(STAMP)
 	@test -f $(DEMO_DIR)/data/sample_submission.csv || $(PY) -m pipeline demo-data --out $(DEMO_DIR)/data
 	$(MAKE) --no-print-directory folds $(DEMO_VARS)
 	for m in $(DEMO_MODELS); do $(MAKE) --no-print-directory train MODEL=$$m FOLD=all $(DEMO_VARS) || exit 1; done
 	$(MAKE) --no-print-directory ensemble $(DEMO_VARS) ARGS="--members $(DEMO_MEMBERS)"
 	$(MAKE) --no-print-directory submission $(DEMO_VARS)
+	$(MAKE) --no-print-directory report $(DEMO_VARS) REPORT=$(DEMO_DIR)/report ARGS="--worst 3"
+	first=$$(ls $(DEMO_DIR)/data/test/*.jpg | head -n 1); \
+		$(MAKE) --no-print-directory predict IN=$$first OUT=$(DEMO_DIR)/predictions ARGS="--background '#3a6ea5'"
 	@$(PY) -c "import json; r = json.load(open('$(RECIPE)')); \
-		print(f\"demo done: $(SUBMISSION) | out-of-fold Dice {r['oof']['dice']:.5f} on {r['oof']['n_images']} images\")"
+		print(f\"demo done: out-of-fold Dice {r['oof']['dice']:.5f} on {r['oof']['n_images']} images\"); \
+		print('  submission  $(SUBMISSION)  (python -m pipeline lineage $(SUBMISSION): what it was made from)'); \
+		print('  report      $(DEMO_DIR)/report/index.html'); \
+		print('  cut-outs    $(DEMO_DIR)/predictions/  (mask, transparent cut-out, composite)'); \
+		print('  next        make report RUNS=$(DEMO_DIR)/runs DATA=$(DEMO_DIR)/data, make predict IN=photo.jpg')"
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
@@ -138,8 +151,9 @@ MESSAGE ?=
 predict: $(STAMP)
 	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)
 
+REPORT ?= reports
 report: $(STAMP)
-	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out reports $(ARGS)
+	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out $(REPORT) $(ARGS)
 
 download: $(STAMP)
 	$(PY) -m pipeline download --data $(DATA) $(ARGS)
