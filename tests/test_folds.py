@@ -95,9 +95,17 @@ def test_too_few_cars():
         assign_folds(df, k=5)
 
 
+@pytest.fixture(scope="module")
+def real_folds(tmp_path_factory):
+    """The folds of the 60 real cars: every real image and mask read once for the tests below."""
+    if not REAL.is_dir():
+        pytest.skip(f"real Carvana sample not found at {REAL} (../shared)")
+    return make_folds(REAL, tmp_path_factory.mktemp("real") / "folds.csv", k=5, seed=42)
+
+
 @needs_real_data()
-def test_real_sample_folds(tmp_path):
-    df = make_folds(REAL, tmp_path / "folds.csv", k=5, seed=42)
+def test_real_sample_folds(real_folds):
+    df = real_folds
     assert len(df) == 960 and df.car_id.nunique() == 60
     assert (df.groupby("car_id").fold.nunique() == 1).all()
     assert (df.groupby("fold").car_id.nunique() == 12).all()
@@ -143,9 +151,9 @@ def test_published_folds_are_the_folds_of_the_kaggle_train_index(tmp_path):
 
 
 @needs_real_data()
-def test_real_masks_match_the_published_index():
+def test_real_masks_match_the_published_index(real_folds):
     """The index's mask areas are those of the real masks (so index folds = image folds)."""
     index = pd.read_csv(REAL.parent / "kaggle_train_index.csv").set_index("img")
-    scanned = scan_train(Layout(REAL), n_jobs=1).set_index("img")
+    scanned = real_folds.set_index("img")  # make_folds' scan_train, rounded as the index is
     assert len(scanned) == 960
     assert (index.loc[scanned.index, "mask_area"] == scanned.mask_area).all()
