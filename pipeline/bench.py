@@ -122,7 +122,23 @@ def make_test_set(root: Path, n: int, jpeg: bytes) -> Path:
 
 
 def trivial_recipe(root: Path, height: int, width: int) -> Path:
-    member = {"name": "trivial", "weight": 1, "checkpoints": [], "height": height, "width": width, "tta": []}
+    """A recipe whose one member is the trivial model (built by ``load_trivial``, not read from a file).
+
+    Its stand-in checkpoint file is real, so the submission checks its lineage as for real members.
+    """
+    from .provenance import file_sha256
+
+    ckpt = root / "trivial.pt"
+    ckpt.write_bytes(b"stand-in: the trivial model is built by pipeline.bench.load_trivial")
+    member = {
+        "name": "trivial",
+        "weight": 1,
+        "checkpoints": [str(ckpt)],
+        "checkpoint_sha256": [file_sha256(ckpt)],
+        "height": height,
+        "width": width,
+        "tta": [],
+    }
     path = root / "recipe.json"
     path.write_text(json.dumps({"members": [member], "threshold": 128}))
     return path
