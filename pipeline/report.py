@@ -26,7 +26,7 @@ from .errors import PipelineError
 from .io_utils import check_writable, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess
-from .provenance import verify_recipe_oof
+from .provenance import trace, verify_recipe_oof
 from .runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
 
 TABLE_COLUMNS = tuple(k for k in SUMMARY_KEYS if k != "worst")  # the summary's numbers, in its order
@@ -203,6 +203,7 @@ tr.blend { font-weight: bold; background: #f3f8ff; }
 img { max-width: 100%; } .worst { margin: 18px 0; padding-top: 8px; border-top: 1px solid #ddd; }
 .crops figure { display: inline-block; margin: 8px 8px 0 0; } .crops figcaption { color: #555; font-size: 13px; }
 .crops img { border: 1px solid #999; image-rendering: pixelated; }
+pre.lineage { font-size: 12px; background: #f7f7f7; padding: 8px; overflow-x: auto; }
 .note { background: #fff6d6; padding: 6px 10px; border-left: 4px solid #e0b000; }
 .legend span { display: inline-block; padding: 1px 8px; margin-right: 6px; color: #fff; border-radius: 3px; }
 """
@@ -216,6 +217,15 @@ def _table_html(summaries: dict[str, dict]) -> str:
         cls = ' class="blend"' if name == BLEND else ""
         rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _lineage_html(recipe_path) -> list[str]:
+    """The chain behind the recipe (python -m pipeline lineage), each link marked as holding or broken."""
+    links = trace(recipe_path)
+    broken = sum(k.holds is False for k in links)
+    verdict = f"{broken} broken link(s)" if broken else f"all {sum(k.holds is not None for k in links)} links hold"
+    text = "\n".join(html.escape(k.line()) for k in links)
+    return [f"<h2>Lineage of the recipe ({verdict})</h2>", f"<pre class=lineage>{text}</pre>"]
 
 
 def _page(title: str, meta: str, sections: list[str]) -> str:
@@ -323,6 +333,8 @@ def make_report(
             f'<img src="{shown["overlay"]}" alt="overlay of {html.escape(row.img)}">'
             f'<div class="crops">{crops}</div></div>'
         )
+    if recipe_path is not None and Path(recipe_path).is_file():
+        sections += _lineage_html(recipe_path)
 
     meta = (
         f"runs {html.escape(str(runs_dir))} · data {html.escape(str(data_dir))}"

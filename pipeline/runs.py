@@ -70,10 +70,13 @@ def _not_a_run(summary: Path) -> str | None:
         info = read_json(summary)
     except DataError:
         return None  # a damaged oof.json in a real run folder: read_oof_summary names it
-    if isinstance(info, dict) and info.get("fold") not in (None, int(m[1])):
-        return f"it holds fold {info.get('fold')}, not fold {m[1]} (a copy or backup?)"
-    if isinstance(info, dict) and info.get("name", member_dir.name) != member_dir.name:
-        return f"it holds a run of {info['name']!r}, not of {member_dir.name!r} (a copy or backup?)"
+    if not isinstance(info, dict):
+        return None  # malformed: read_oof_summary names it
+    fold, name = info.get("fold"), info.get("name")
+    if isinstance(fold, int) and fold != int(m[1]):
+        return f"it holds fold {fold}, not fold {m[1]} (a copy or backup?)"
+    if isinstance(name, str) and name != member_dir.name:
+        return f"it holds a run of {name!r}, not of {member_dir.name!r} (a copy or backup?)"
     return None
 
 

@@ -484,6 +484,7 @@ def test_report_works_on_runs_in_every_state(lab, tiny_data, tmp_path, capsys):
     page = index.read_text()
     assert "<td>a</td>" in page and "<td>blend</td>" in page
     assert "d (no completed fold yet" in page and "curves_d.png" in page and "curves_c.png" not in page
+    assert "Lineage of the recipe (all " in page
     # A fold retrained since the recipe: the members are reported, the stale blend is not.
     _retrain(runs / "b" / "fold0" / "best.pt")
     (runs / "b" / "fold0" / "oof.json").write_text(
@@ -497,6 +498,7 @@ def test_report_works_on_runs_in_every_state(lab, tiny_data, tmp_path, capsys):
     ).read_text()
     assert "The blend is left out" in page and "oof.json changed since the recipe was tuned" in page
     assert "<td>blend</td>" not in page and "<td>b</td>" in page
+    assert "Lineage of the recipe (2 broken link(s))" in page and "BROKEN checkpoint" in page
 
 
 @pytest.mark.parametrize(
