@@ -80,10 +80,7 @@ def cmd_train(a) -> None:
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
-    if a.jobs == 0:  # joblib: -1 = all cores, n >= 1
-        from .config import ConfigError
-
-        raise ConfigError("--jobs 0: use -1 (all cores) or a number of processes >= 1")
+    _check_jobs(a.jobs)
 
     tune(
         a.runs,
@@ -154,6 +151,7 @@ def cmd_evaluate(a) -> None:
     from .evaluate import evaluate, format_table, json_payload
     from .io_utils import atomic_path, write_json
 
+    _check_jobs(a.jobs)
     summaries, per_image = evaluate(
         runs=a.runs,
         recipe=a.recipe,
@@ -203,9 +201,20 @@ def cmd_validate(a) -> None:
 
 
 # -- what users see: predict (cut-outs), report, Kaggle download/submit (issue 8) -------------------
+def _check_jobs(jobs: int) -> None:
+    """joblib's processes: -1 = all cores, n >= 1 (0 means nothing to joblib)."""
+    from .config import ConfigError
+
+    if jobs == 0 or jobs < -1:
+        raise ConfigError(f"--jobs {jobs}: use -1 (all cores) or a number of processes >= 1")
+
+
 def cmd_predict(a) -> None:
+    from .checks import check_device
     from .predict import run_predict
 
+    check_device(a.device, "--device")
+    _at_least("--batch-size", a.batch_size, 1)
     run_predict(
         a.input,
         a.out,
@@ -237,6 +246,8 @@ def cmd_submit(a) -> None:
 def cmd_report(a) -> None:
     from .report import make_report
 
+    _check_jobs(a.jobs)
+    _at_least("--worst", a.worst, 0)
     members = a.members.split(",") if a.members else None
     make_report(a.runs, a.data, a.out, recipe_path=a.recipe, names=members, n_worst=a.worst, n_jobs=a.jobs)
 

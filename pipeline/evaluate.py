@@ -50,6 +50,7 @@ def score_runs(
 
     A member still missing folds is scored on the folds it has (``n_images`` says how many)."""
     layout = Layout(data_dir)
+    layout.require(layout.masks_dir)
     out = {}
     for name, folds in discover(runs_dir, names, allow_incomplete=True).items():
         by_image = member_images(folds)

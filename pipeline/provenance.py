@@ -414,7 +414,7 @@ def trace(path: str | Path) -> list[Link]:
     name, seen = path.name, set()
     if name.endswith((".csv.gz", ".csv")) and path.with_name(name + ".json").is_file():
         return _trace_submission(path, 0, seen)
-    if name.endswith(".csv"):
+    if name.endswith(".csv") and "fold" in path.open(errors="replace").readline().strip().split(","):
         return _trace_folds(path, None, None, 0, seen)
     if name.endswith((".pt", ".pth")):
         return _trace_checkpoint(path, 0, seen)

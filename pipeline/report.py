@@ -252,6 +252,7 @@ def make_report(
     runs_dir, out_dir, layout = Path(runs_dir), Path(out_dir), Layout(data_dir)
     if not runs_dir.is_dir():
         raise DataError(no_runs_message(runs_dir))
+    layout.require(layout.masks_dir, layout.train_dir)  # inputs first: nothing is written for a wrong --data
     notes = []
     recipe = None
     if recipe_path is not None and Path(recipe_path).is_file():

@@ -539,3 +539,26 @@ def test_fake_fold_helper_is_a_complete_run(tiny_data, tmp_path):
     (tmp_path / "m" / "fold0" / "best.pt").write_bytes(b"other")
     with pytest.raises(DataError, match="written for another best.pt"):
         discover(tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["predict", "{test}", "--checkpoint", "{ckpt}", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["report", "--runs", "{runs}", "--data", "{data}", "--worst", "-1"], "--worst -1: must be at least 0"),
+        (["report", "--runs", "{runs}", "--data", "{data}", "--jobs", "0"], "--jobs 0: use -1 (all cores)"),
+        (["evaluate", "--runs", "{runs}", "--data", "{data}", "--jobs", "-3"], "--jobs -3: use -1 (all cores)"),
+        (["report", "--runs", "{runs}", "--data", "{tmp}/nowhere"], "nowhere/train_masks: not found. Expected"),
+        (["lineage", "{data}/sample_submission.csv"], "not a submission, recipe, checkpoint, oof.json or folds CSV"),
+    ],
+)
+def test_user_stage_options_are_one_line_errors(lab, tiny_data, tmp_path, capsys, argv, expected):
+    runs, _ = lab
+    values = {"test": tiny_data / "test", "ckpt": runs / "a/fold0/best.pt", "runs": runs, "data": tiny_data}
+    values["tmp"] = tmp_path
+    argv = [a.format(**values) for a in argv] + (
+        ["--out", str(tmp_path / "out")] if argv[0] in ("predict", "report") else []
+    )
+    code, err = _cli(capsys, *argv)
+    assert code == 2 and expected in _one_error_line(err)
+    assert not (tmp_path / "out").exists()
