@@ -119,6 +119,12 @@ def cmd_train(a) -> None:
         distributed.shutdown()
 
 
+def cmd_smoke(a) -> None:
+    from .smoke import main_smoke
+
+    main_smoke(a)
+
+
 def cmd_ensemble(a) -> None:
     from .ensemble import tune
 
@@ -344,6 +350,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--fresh", action="store_true", help="start over instead of resuming from last.pt")
     _add_compile_option(s, "the training forward (= --set train.compile=true)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "smoke", help="a config at its real size through every stage on a few images: seconds, memory, batch sizes"
+    )
+    s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
+    s.add_argument("--data", default="data", help="Kaggle data root to take a handful of images from")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set train.batch_size=4")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    s.add_argument("--workdir", help="run in this (empty) folder and keep it (default: a temporary folder)")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.add_argument("--verbose", action="store_true", help="show the stages' own progress bars")
+    s.set_defaults(func=cmd_smoke)
 
     s = sub.add_parser("ensemble", help="tune member weights and threshold on out-of-fold predictions")
     s.add_argument("--runs", default="runs")
