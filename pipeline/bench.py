@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from . import rle
-from .data import read_mask
+from .data import image_size, read_mask
 from .io_utils import write_json
 
 TEST_IMAGES = 100_064
@@ -185,11 +185,12 @@ def figure_host(data: Path, n: int, workers: int, batch: int, height: int, width
 
         t_decode = min(_best(decode_only, 1), _best(decode_only, 1))
         t_sub = min(_best(submission, 1), _best(submission, 1))
+        w0, h0 = image_size(paths[0])
     return {
         "host_ratio": t_decode / t_sub,
         "host_img_s_submission": n / t_sub,
         "host_img_s_decode_only": n / t_decode,
-        "host_setup": f"{n} test images 1918x1280, input {height}x{width}, {workers} workers, batch {batch}, "
+        "host_setup": f"{n} test images {w0}x{h0}, input {height}x{width}, {workers} workers, batch {batch}, "
         f"device {dev}",
     }
 
@@ -239,8 +240,7 @@ def figure_gpu(
     """Figure 4 on ``device`` (the GPU; for a dry run another device, a smaller ``size`` and ``folds``,
     and ``channels_last=True`` to take the CUDA layout on CPU)."""
     from .config import load_config
-    from .engine import Engine, Member, autocast, resolve_channels_last, resolve_precision
-    from .losses import get_loss
+    from .engine import Engine, Member, resolve_precision
     from .models import build_model
     from .submission import make_submission
 
@@ -297,40 +297,60 @@ def figure_gpu(
         gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         gpu_setup=f"{len(archs)} archs x {folds} folds x (identity, hflip) = {views} model-views/image, "
         f"{'/'.join(precisions)}, channels_last {engine.channels_last}, batch {batch}, {workers} workers, "
-        f"input {h}x{w}, marginal rate of images {n + 1}..{2 * n} of 1918x1280",
+        f"input {h}x{w}, marginal rate of test images {n + 1}..{2 * n}",
     )
-    loss_fn = get_loss("bce_dice").to(dev)
     for arch, cfg in cfgs.items():
-        precision = resolve_precision(cfg.train.amp, dev)
-        train_cl = resolve_channels_last(cfg.train.channels_last if channels_last == "auto" else channels_last, dev)
-        model = build_model(cfg.model).to(dev).train()
-        if train_cl:
-            model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        b, (h, w) = cfg.train.batch_size, (cfg.image.height, cfg.image.width)
-        xb = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, device=dev)
-        if train_cl:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        yb = (torch.rand(b, 1, h, w, device=dev) > 0.5).float()
-
-        def step(model=model, opt=opt, xb=xb, yb=yb, precision=precision):
-            with autocast(dev, precision):
-                logits = model(xb)
-            loss = loss_fn(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        for _ in range(3):
-            step()
-        _sync(dev)
-        start = time.perf_counter()
-        for _ in range(10):
-            step()
-        _sync(dev)
-        out[f"train_img_s_{arch}"] = 10 * b / (time.perf_counter() - start)
-        out[f"train_setup_{arch}"] = f"batch {b}, {h}x{w}, {precision}, channels_last {train_cl}"
+        rate = training_rate(cfg, dev, cfg.train.batch_size, channels_last=channels_last)
+        out[f"train_img_s_{arch}"] = rate["img_s"]
+        out[f"train_setup_{arch}"] = rate["setup"]
     return out
+
+
+def training_rate(
+    cfg, device: torch.device, batch: int, warmup: int = 3, steps: int = 10, channels_last: bool | str = "auto"
+) -> dict:
+    """Training images/s and peak memory of ``cfg``'s model at its size and precision, on synthetic
+    batches already on the device (the loader is not measured): forward, the config's loss, backward, AdamW."""
+    from .engine import autocast, resolve_channels_last, resolve_precision
+    from .losses import get_loss
+    from .measure import GB, Meter
+    from .models import build_model
+
+    precision = resolve_precision(cfg.train.amp, device)
+    layout = resolve_channels_last(cfg.train.channels_last if channels_last == "auto" else channels_last, device)
+    meter = Meter(device)
+    model = build_model(cfg.model).to(device).train()
+    if layout:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = get_loss(cfg.train.loss).to(device)
+    h, w = cfg.image.height, cfg.image.width
+    x = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, device=device)
+    if layout:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, h, w, device=device) > 0.5).float()
+
+    def step():
+        with autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits, y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):  # cuDNN autotuning, the optimizer's state, the allocator
+        step()
+    with meter.stage("train", images=steps * batch):
+        for _ in range(steps):
+            step()
+    stage = meter.stages[0]
+    return {
+        "img_s": stage["img_s"],
+        "peak_gb": stage["peak_gb"],
+        "fixed_gb": stage["baseline_gb"],
+        "setup": f"batch {batch}, {h}x{w}, {precision}, channels_last {layout}, loss {cfg.train.loss}",
+        "peak_bytes": stage["peak_gb"] * GB,
+    }
 
 
 TARGETS = {"rle_speedup": (">=", 3.0), "host_ratio": (">=", 0.8), "rss_growth": ("<", 0.10), "gpu_ratio": (">=", 0.9)}

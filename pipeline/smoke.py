@@ -17,7 +17,6 @@ on CUDA (reset per stage) and the peak RSS of this process on CPU (VmHWM, reset 
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import math
 import shutil
@@ -33,76 +32,10 @@ from .data import DataError, Layout, list_images, parse_name
 from .engine import pick_device, resolve_channels_last, resolve_precision
 from .folds import COLUMNS, scan_train
 from .io_utils import write_json
+from .measure import GB, Meter
 
-GB = 1024**3
 HEADROOM = 0.9  # of the device's memory: what the batch-size estimates may fill (fragmentation, cuDNN workspaces)
 TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 2, 2, 4
-
-
-# -- memory ------------------------------------------------------------------------------------------
-def _proc_kb(field: str, path: str = "/proc/self/status") -> int:
-    for line in Path(path).read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-class Meter:
-    """Per-stage wall time and peak memory on ``device`` (CUDA: allocated tensors; CPU: this process's RSS)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stages: list[dict] = []
-        self.cuda = device.type == "cuda"
-        self.resettable = self.cuda or self._reset_rss()
-        if self.cuda:
-            self.capacity = torch.cuda.get_device_properties(device).total_memory
-            self.capacity_what = f"{torch.cuda.get_device_name(device)}, {self.capacity / GB:.1f} GB"
-        else:  # what this process may still grow into on a host shared with others
-            self.capacity = self.current() + _proc_kb("MemAvailable", "/proc/meminfo") * 1024
-            self.capacity_what = f"this process's RSS + MemAvailable, {self.capacity / GB:.1f} GB"
-
-    def _reset_rss(self) -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            return True
-        except OSError:
-            return False
-
-    def current(self) -> int:
-        return torch.cuda.memory_allocated(self.device) if self.cuda else _proc_kb("VmRSS") * 1024
-
-    def peak(self) -> int:
-        return torch.cuda.max_memory_allocated(self.device) if self.cuda else _proc_kb("VmHWM") * 1024
-
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def stage(self, name: str, images: int = 0):
-        gc.collect()
-        self._sync()
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._reset_rss()
-        baseline = self.current()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        seconds = time.perf_counter() - start
-        record = {"stage": name, "seconds": round(seconds, 2), "peak_gb": round(self.peak() / GB, 3)}
-        record.update(baseline_gb=round(baseline / GB, 3), images=images)
-        record["img_s"] = round(images / seconds, 3) if images else None
-        self.stages.append(record)
-        print(_row(record), flush=True)
-
-
-def _row(r: dict) -> str:
-    img_s = f"{r['img_s']:9.3f}" if r["img_s"] is not None else " " * 9
-    return f"  {r['stage']:<30} {r['seconds']:9.1f} {r['peak_gb']:9.2f} {r['images'] or '':>7} {img_s}"
 
 
 # -- a scratch dataset of a handful of real images ----------------------------------------------------------
@@ -158,8 +91,11 @@ def _params_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _largest(capacity: int, fixed: int, per_item: float) -> int:
-    return max(0, math.floor((capacity * HEADROOM - fixed) / per_item)) if per_item > 0 else 0
+def _largest(capacity: int, fixed: int, per_item: float) -> int | None:
+    """None when the memory per item is too small to measure (tiny sizes): no bound from it."""
+    if per_item < 1024**2:
+        return None
+    return max(0, math.floor((capacity * HEADROOM - fixed) / per_item))
 
 
 def run_smoke(
@@ -201,7 +137,7 @@ def run_smoke(
             flush=True,
         )
         print(f"  {'stage':<30} {'seconds':>9} {'peak GB':>9} {'images':>7} {'img/s':>9}", flush=True)
-        meter = Meter(dev)
+        meter = Meter(dev, show=True)
         with meter.stage("build model"):
             trainer = Trainer(cfg, fresh=True, quiet=quiet)
         model_bytes, n_val = _params_bytes(trainer.model), len(trainer.val_ds)
@@ -282,10 +218,14 @@ def run_smoke(
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     tm, im = memory["train"], memory["inference"]
+
+    def batch(n):
+        return "no bound (too little memory per image to measure at this size)" if n is None else f"{n} images"
+
     print(
         f"largest batch on this device ({memory['capacity']}, {HEADROOM:.0%} of it): "
-        f"training {tm['max_batch']} images ({tm['per_image_gb']:.2f} GB per image over {tm['fixed_gb']:.2f} GB), "
-        f"inference {im['max_batch']} images ({im['per_view_gb']:.2f} GB per view, {views} views per image, "
+        f"training {batch(tm['max_batch'])} ({tm['per_image_gb']:.2f} GB per image over {tm['fixed_gb']:.2f} GB), "
+        f"inference {batch(im['max_batch'])} ({im['per_view_gb']:.2f} GB per view, {views} views per image, "
         f"over {im['fixed_gb']:.2f} GB with 5 fold models)"
         + ("" if meter.resettable else "; peaks are since the start (this kernel cannot reset them)")
     )
