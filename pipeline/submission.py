@@ -317,6 +317,8 @@ def make_submission(
             f"{missing[0]}: test image listed in sample_submission.csv not found ({len(missing)} missing in all)"
         )
     dev = pick_device(device)
+    if num_workers is None:
+        num_workers = configured_workers(recipe)
     source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision))
     key = submission_key(source, names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     summary_path = out.with_name(out.name + ".json")
@@ -360,8 +362,6 @@ def make_submission(
         todo = paths[rows_done:]
         if todo:
             members, weights = load(recipe, dev)
-            if num_workers is None:
-                num_workers = configured_workers(recipe)
             engine = Engine(
                 members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers, compile=compile
             )
@@ -418,6 +418,7 @@ def make_submission(
             "height": height,
             "partial": bool(limit) or shard is not None,
             "device": str(dev),
+            "num_workers": num_workers,
             "seconds_this_run": round(time.time() - start, 1),
         }
         # Summary first, then the rename: the summary names the file's hash, so a crash between the

@@ -240,3 +240,30 @@ def test_compiled_engine_pads_the_partial_last_batch(confident, tiny_data):
         counts.append(len(graphs))
         assert np.array_equal(compiled, maps(False, n))
     assert counts[0] >= 1 and counts[1] == counts[0], counts
+
+
+def test_compile_option_of_train_and_predict(tiny_data, tmp_path):
+    """The README's ARGS="--compile" reaches train and predict (a backend name picks other than inductor)."""
+    from pipeline.__main__ import main
+
+    cfg = tiny_config(tiny_data, tmp_path / "runs", **{"train.epochs": 1})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.to_yaml())
+    assert main(["train", "--config", str(config), "--compile", "eager"]) == 0
+    assert load_config(cfg.run_dir / "config.yaml").train.compile == "eager"
+    image = sorted((tiny_data / "test").glob("*.jpg"))[0]
+    args = ["predict", str(image), "--out", str(tmp_path / "out"), "--checkpoint", str(cfg.run_dir / "best.pt")]
+    assert main(args + ["--device", "cpu", "--compile", "eager"]) == 0
+    assert (tmp_path / "out" / f"{image.stem}_mask.png").is_file()
+    assert main(args + ["--device", "cpu", "--compile", "nonsense"]) == 2
+
+
+def test_submission_workers_default_to_the_configs(tiny_data, tmp_path):
+    from tests.conftest import write_recipe
+
+    cfg = tiny_config(tiny_data, tmp_path / "runs", **{"predict.num_workers": 1})
+    torch.save({"config": cfg.to_dict(), "model": build_model(cfg.model).state_dict()}, tmp_path / "m.pt")
+    member = {"name": "m", "weight": 1, "checkpoints": [str(tmp_path / "m.pt")], "height": 32, "width": 48, "tta": []}
+    recipe = write_recipe(tmp_path / "recipe.json", [member])
+    summary = make_submission(recipe, tiny_data, tmp_path / "s.csv.gz", device="cpu", quiet=True)
+    assert summary["num_workers"] == 1  # predict.num_workers of the member's config, not a fixed 2
