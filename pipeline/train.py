@@ -281,7 +281,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty: saved by a disabled scaler (bf16/fp32); resumed in fp16, scaling starts anew
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best, self.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
         self.finished, self.history = ckpt["finished"], ckpt["history"]
         rng = ckpt["rng"]

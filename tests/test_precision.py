@@ -267,3 +267,21 @@ def test_submission_workers_default_to_the_configs(tiny_data, tmp_path):
     recipe = write_recipe(tmp_path / "recipe.json", [member])
     summary = make_submission(recipe, tiny_data, tmp_path / "s.csv.gz", device="cpu", quiet=True)
     assert summary["num_workers"] == 1  # predict.num_workers of the member's config, not a fixed 2
+
+
+def test_a_run_resumes_in_another_precision(tiny_data, tmp_path):
+    """train.amp may change on resume: an fp32 run (its GradScaler disabled, saved empty) goes on in fp16."""
+    first = Trainer(tiny_config(tiny_data, tmp_path / "runs"), quiet=True)
+    real = first._write_history
+
+    def killed_after_epoch_1():
+        real()
+        raise KeyboardInterrupt
+
+    first._write_history = killed_after_epoch_1
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "runs", **{"train.amp": "fp16"}), quiet=True)
+    assert resumed.epoch == 1 and resumed.scaler.is_enabled()
+    resumed.fit()
+    assert resumed.finished and np.isfinite(resumed.history[-1]["train_loss"])
