@@ -5,6 +5,7 @@ Used by ``make smoke``, ``make bench`` and ``scripts/gpu_check.py``."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import time
 from pathlib import Path
@@ -19,6 +20,15 @@ def _proc_kb(field: str, path: str = "/proc/self/status") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so that a stage's baseline RSS is what is alive:
+    without it, memory freed by the stage before stays in this process's RSS and hides in the baseline."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: baselines may include freed memory
 
 
 class Meter:
@@ -61,6 +71,7 @@ class Meter:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _malloc_trim()
             self._reset_rss()
         baseline = self.current()
         start = time.perf_counter()
