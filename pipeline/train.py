@@ -235,7 +235,7 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-        self.train_model = self.ddp or self.model  # what the training steps run (compiled if asked)
+        self.train_model = self.ddp if self.ddp is not None else self.model  # what the steps run (compiled if asked)
         if t.compile:
             backend = "inductor" if t.compile is True else t.compile
             self.train_model = torch.compile(self.train_model, backend=backend)
