@@ -24,7 +24,8 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds lineage
+.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds \
+	lineage smoke gpu-check
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
@@ -41,6 +42,9 @@ help:
 	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
 	@echo "make train-folds GPUS=0,1,2,3,4 one fold per GPU in parallel (fold k on the k-th GPU listed)"
 	@echo "make bench                      speed/memory figures with targets -> bench.json"
+	@echo "make smoke MODEL=vgg11          the config at full size through every stage on a few images of DATA:"
+	@echo "                                seconds, peak memory, img/s, largest batch sizes (scratch folder)"
+	@echo "make gpu-check                  the first run on a GPU (<= 10 min): CUDA tests, smoke, bench -> gpu-check/"
 	@echo "make predict IN=img_or_dir      masks, cut-outs (RGBA), composites (ARGS=--background '#ffffff')"
 	@echo "make report                     static HTML: curves, metrics, worst images -> reports/index.html"
 	@echo "make download | submit MESSAGE= the Kaggle round trip (official kaggle CLI)"
@@ -117,6 +121,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pipeline.bench
+
+smoke: $(STAMP)
+	$(PY) -m pipeline smoke --config configs/$(MODEL).yaml --data $(DATA) --device $(DEVICE) $(ARGS)
+
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py --data $(DATA) --device $(DEVICE) $(ARGS)
 
 merge: $(STAMP)
 	$(PY) -m pipeline merge --data $(DATA) --out $(SUBMISSION) --shards-of submissions/submission.csv.gz \

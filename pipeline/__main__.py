@@ -25,6 +25,46 @@ def _at_least(option: str, value: int, low: int) -> None:
         raise ConfigError(f"{option} {value}: must be at least {low}")
 
 
+def _precision(a) -> str | None:
+    """``--precision`` (overrides every member's recorded precision), or the deprecated ``--no-amp`` (fp32)."""
+    if not a.no_amp:
+        return a.precision
+    if a.precision not in (None, "fp32"):
+        from .config import ConfigError
+
+        raise ConfigError(f"--no-amp means --precision fp32; it contradicts --precision {a.precision}")
+    print("note: --no-amp is deprecated; use --precision fp32", file=sys.stderr)
+    return "fp32"
+
+
+def _channels_last(value: str) -> bool | str:
+    return {"true": True, "false": False}.get(value, value)
+
+
+def _add_compile_option(s, what: str) -> None:
+    s.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help=f"torch.compile {what} (off by default; a backend name, e.g. eager, instead of inductor)",
+    )
+
+
+def _add_inference_options(s) -> None:
+    s.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="inference precision for every member (default: each member's, as its out-of-fold maps were made)",
+    )
+    s.add_argument("--no-amp", action="store_true", help="deprecated: --precision fp32")
+    s.add_argument(
+        "--channels-last", default="auto", choices=("auto", "true", "false"), help="memory format (auto: CUDA only)"
+    )
+    _add_compile_option(s, "the models")
+
+
 def cmd_demo_data(a) -> None:
     from .demo_data import generate
 
@@ -56,6 +96,8 @@ def cmd_train(a) -> None:
     for key, value in (("data_dir", a.data), ("folds_csv", a.folds_csv), ("runs_dir", a.runs), ("device", a.device)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if a.compile:
+        overrides.append(f"train.compile={'true' if a.compile is True else a.compile}")
     cfg = load_config(a.config, overrides)
     # torchrun: one fold trained by all ranks with DistributedDataParallel (pipeline/train.py).
     from datetime import timedelta
@@ -75,6 +117,12 @@ def cmd_train(a) -> None:
             run(cfg, fresh=a.fresh)
     finally:
         distributed.shutdown()
+
+
+def cmd_smoke(a) -> None:
+    from .smoke import main_smoke
+
+    main_smoke(a)
 
 
 def cmd_ensemble(a) -> None:
@@ -98,13 +146,15 @@ def cmd_submission(a) -> None:
     from datetime import timedelta
 
     from . import distributed
-    from .checks import check_device, check_recipe
+    from .checks import check_compile, check_device, check_recipe
     from .submission import make_submission, merge_shards, parse_shard
     from .validate import SubmissionError
 
     check_device(a.device, "--device")
+    check_compile(a.compile, "--compile")
     _at_least("--batch-size", a.batch_size, 1)
-    _at_least("--num-workers", a.num_workers, 0)
+    if a.num_workers is not None:
+        _at_least("--num-workers", a.num_workers, 0)
     if a.limit is not None:
         _at_least("--limit", a.limit, 1)
     check_recipe(a.recipe)
@@ -127,11 +177,13 @@ def cmd_submission(a) -> None:
             device=device,
             batch_size=a.batch_size,
             num_workers=a.num_workers,
-            amp=not a.no_amp,
+            precision=_precision(a),
             force=a.force,
             limit=a.limit,
             shard=shard,
             compile=a.compile,
+            channels_last=_channels_last(a.channels_last),
+            quiet=info.world > 1 and not info.is_main,  # torchrun: rank 0 alone shows progress
         )
         if info.world > 1:
             distributed.barrier()
@@ -210,11 +262,12 @@ def _check_jobs(jobs: int) -> None:
 
 
 def cmd_predict(a) -> None:
-    from .checks import check_device
+    from .checks import check_compile, check_device
     from .predict import run_predict
 
     check_device(a.device, "--device")
     _at_least("--batch-size", a.batch_size, 1)
+    check_compile(a.compile, "--compile")
     run_predict(
         a.input,
         a.out,
@@ -223,9 +276,11 @@ def cmd_predict(a) -> None:
         background=a.background,
         feather=a.feather,
         device=a.device,
-        amp=not a.no_amp,
+        precision=_precision(a),
         batch_size=a.batch_size,
         resume=a.resume,
+        channels_last=_channels_last(a.channels_last),
+        compile=a.compile,
     )
 
 
@@ -261,7 +316,7 @@ def add_user_stages(sub) -> None:
     s.add_argument("--background", help="composite onto an image file or a colour #rrggbb")
     s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
     s.add_argument("--device", default="auto")
-    s.add_argument("--no-amp", action="store_true", help="fp32 inference on CUDA")
+    _add_inference_options(s)
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
     s.set_defaults(func=cmd_predict)
@@ -319,7 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--runs", help="override runs_dir")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--fresh", action="store_true", help="start over instead of resuming from last.pt")
+    _add_compile_option(s, "the training forward (= --set train.compile=true)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "smoke", help="a config at its real size through every stage on a few images: seconds, memory, batch sizes"
+    )
+    s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
+    s.add_argument("--data", default="data", help="Kaggle data root to take a handful of images from")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set train.batch_size=4")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's)")
+    s.add_argument("--workdir", help="run in this (empty) folder and keep it (default: a temporary folder)")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.add_argument("--verbose", action="store_true", help="show the stages' own progress bars")
+    s.set_defaults(func=cmd_smoke)
 
     s = sub.add_parser("ensemble", help="tune member weights and threshold on out-of-fold predictions")
     s.add_argument("--runs", default="runs")
@@ -357,12 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", default="submissions/submission.csv.gz")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--num-workers", type=int, default=2)
-    s.add_argument("--no-amp", action="store_true", help="fp32 inference on CUDA")
+    s.add_argument("--num-workers", type=int, help="DataLoader workers (default: the members' predict.num_workers)")
+    _add_inference_options(s)
     s.add_argument("--force", action="store_true", help="redo a submission that is already complete")
     s.add_argument("--limit", type=int, help="only the first N rows, to <out stem>.limit<N>-trial.csv.gz (a trial)")
     s.add_argument("--shard", metavar="I/N", help="compute only slice I of N (contiguous) into its own file; see merge")
-    s.add_argument("--compile", action="store_true", help="torch.compile the models (off by default)")
     s.set_defaults(func=cmd_submission)
 
     s = sub.add_parser("merge", help="assemble the shard files of --out in sample order and validate the result")

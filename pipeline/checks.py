@@ -33,6 +33,16 @@ def check_device(name: str, option: str = "device") -> None:
             raise ConfigError(f"{option}={name}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
+def check_compile(value, option: str) -> None:
+    """true/false, or the name of a torch.compile backend (``eager`` and ``aot_eager`` for debugging)."""
+    if isinstance(value, bool):
+        return
+    import torch._dynamo
+
+    if value not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"{option}={value!r}: not true, false or a torch.compile backend: inductor, aot_eager, eager")
+
+
 def check_train_config(cfg: Config) -> Config:
     """Every name in a training config; returns it with the model section resolved (see models)."""
     from .losses import get_loss
@@ -43,7 +53,6 @@ def check_train_config(cfg: Config) -> Config:
     choices = {
         "train.optimizer": (t.optimizer, ("adam", "adamw")),
         "train.scheduler": (t.scheduler, ("cosine", "constant")),
-        "train.amp_dtype": (t.amp_dtype, ("bfloat16", "float16")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -55,6 +64,7 @@ def check_train_config(cfg: Config) -> Config:
     unknown = [n for n in cfg.predict.tta if n not in TTAS and n != "none"]
     if unknown:
         raise ConfigError(f"predict.tta={cfg.predict.tta}: unknown {unknown}; available: {sorted(TTAS)} (or [])")
+    check_compile(t.compile, "train.compile")
     check_device(cfg.device)
     cfg.model = resolve_model_config(cfg.model)
     return cfg
@@ -99,6 +109,8 @@ def _recipe_problem(recipe) -> str | None:
             return f"member {name!r} has a negative weight {m['weight']}"
         if m["height"] < 1 or m["width"] < 1:
             return f"member {name!r} has input size {m['height']}x{m['width']}; both must be at least 1"
+        if m.get("precision", "fp32") not in ("fp32", "bf16", "fp16"):
+            return f"member {name!r}: 'precision' {m['precision']!r} is not one of fp32, bf16, fp16"
         unknown = [v for v in m["tta"] if not isinstance(v, str) or (v not in TTAS and v != "none")]
         if unknown:
             return f"member {name!r}: unknown TTA {unknown}; available: {sorted(TTAS)}"

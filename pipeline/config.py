@@ -71,9 +71,12 @@ class TrainConfig:
     scheduler: str = "cosine"  # cosine | constant (both after a linear warmup)
     warmup_epochs: float = 1.0
     loss: str = "bce_ratio"  # terms of pipeline.losses joined by "+", e.g. "dice+mse+gradient"
-    amp: bool = True  # CUDA only; ignored on CPU
-    amp_dtype: str = "bfloat16"  # bfloat16 | float16 (float16 uses a GradScaler)
-    channels_last: bool = True  # CUDA only
+    # Mixed precision (autocast): auto = bf16 on a CUDA GPU that has it (fp16 on older ones, with a
+    # GradScaler), fp32 on CPU; bf16 | fp16 | off are honoured on every device. Losses stay fp32.
+    # Configs written before this setting said `amp: true|false` plus `amp_dtype`: read as auto/fp16/off.
+    amp: str = "auto"
+    channels_last: bool | str = "auto"  # auto: on CUDA only; true | false on every device
+    compile: bool | str = False  # torch.compile the training forward: true (inductor) or a backend name
     early_stopping: int = 8  # epochs without validation improvement; 0 disables
     num_workers: int = 4
     cache_images: bool = False  # keep resized images in RAM: small datasets with num_workers=0 only
@@ -86,6 +89,10 @@ class PredictConfig:
     tta: list[str] = field(default_factory=lambda: ["hflip"])  # names from pipeline.tta.TTAS
     batch_size: int = 4
     num_workers: int = 4
+    # Inference precision (auto | bf16 | fp16 | off, as train.amp) of the out-of-fold maps: recorded in
+    # oof.json and the recipe, so the submission and predict apply each member in the precision its
+    # threshold was tuned on. Independent of train.amp (checkpoints are fp32 either way).
+    amp: str = "auto"
 
 
 @dataclass
@@ -126,8 +133,15 @@ def _coerce(value, typ, where: str):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
         args = [a for a in typing.get_args(typ) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], where)
+        for arg in args[:-1]:  # the first type that takes the value (bool | str: true, or "auto")
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], where)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -210,10 +224,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return config_from_dict(data)
 
 
+AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
+_LEGACY_AMP_DTYPES = {"bfloat16": "auto", "float16": "fp16"}  # what `amp: true` meant with each amp_dtype
+
+
+def _upgrade(data: dict) -> dict:
+    """Configs written before ``train.amp: auto|bf16|fp16|off`` (YAML files and the dicts in checkpoints),
+    and YAML's booleans for ``off``/``on``/``false``/``true``.
+
+    They said ``amp: true|false`` (CUDA only) plus ``amp_dtype: bfloat16|float16``: true with bfloat16
+    is ``auto`` (bf16 on CUDA, fp32 on CPU, as before), true with float16 is ``fp16``, false is ``off``.
+    """
+    predict = data.get("predict")
+    if isinstance(predict, dict) and isinstance(predict.get("amp"), bool):  # YAML reads `amp: off` as false
+        data = {**data, "predict": {**predict, "amp": "auto" if predict["amp"] else "off"}}
+    train = data.get("train")
+    if not isinstance(train, dict) or not ("amp_dtype" in train or isinstance(train.get("amp"), bool)):
+        return data
+    train = dict(train)
+    amp = train.get("amp", True)
+    if "amp_dtype" in train and not isinstance(amp, bool):
+        raise ConfigError(
+            f"config.train.amp_dtype: replaced by train.amp ({'|'.join(AMP_SETTINGS)}), which is {amp!r} here; "
+            "remove amp_dtype"
+        )
+    dtype = train.pop("amp_dtype", "bfloat16")
+    if dtype not in _LEGACY_AMP_DTYPES:
+        raise ConfigError(
+            f"config.train.amp_dtype={dtype!r}: not one of bfloat16, float16 "
+            f"(or use train.amp: {'|'.join(AMP_SETTINGS)})"
+        )
+    train["amp"] = _LEGACY_AMP_DTYPES[dtype] if amp else "off"
+    return {**data, "train": train}
+
+
 def config_from_dict(data: dict) -> Config:
-    cfg = _build(Config, data)
+    cfg = _build(Config, _upgrade(data))
     _check_ranges(cfg)
+    _check_choices(cfg)
     return cfg
+
+
+def _check_choices(cfg: Config) -> None:
+    choices = {
+        "train.amp": (cfg.train.amp, AMP_SETTINGS),
+        "predict.amp": (cfg.predict.amp, AMP_SETTINGS),
+        "train.channels_last": (cfg.train.channels_last, (True, False, "auto")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:  # values are str or bool here (_coerce), so 1 never passes as True
+            shown = ", ".join(str(a).lower() for a in allowed)
+            raise ConfigError(f"{key}={value!r}: not one of {shown}")
 
 
 # (path, smallest allowed value): sizes and counts that would fail deep inside torch otherwise.

@@ -8,6 +8,7 @@ the pipeline runs as a single process.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,8 +47,18 @@ def is_main() -> bool:
 
 
 def rank_device(device: str, info: DistInfo) -> str:
-    """``auto``/``cuda`` under torchrun -> ``cuda:LOCAL_RANK`` (one GPU per process)."""
-    if device in ("auto", "cuda") and torch.cuda.is_available():
+    """The device of this rank under torchrun: one GPU per process, ``cuda:LOCAL_RANK``.
+
+    Every CUDA choice maps there: ``auto`` with a GPU, ``cuda`` and ``cuda:N`` (from ``--device``,
+    ``DEVICE=`` or a config's ``device:``), since an index given to all ranks would put them all on
+    one GPU (NCCL "Duplicate GPU", or every shard on GPU N). ``cpu`` stays ``cpu``.
+    """
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        if ":" in device and info.is_main:
+            print(
+                f"note: under torchrun every rank uses cuda:LOCAL_RANK; the index in {device} is ignored",
+                file=sys.stderr,
+            )
         return f"cuda:{info.local_rank}"
     return "cpu" if device == "auto" else device
 

@@ -10,7 +10,7 @@ the same thing on test images.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ class Member:
     height: int
     width: int
     tta: list[str] = field(default_factory=lambda: ["hflip"])
+    precision: str = "auto"  # the AMP setting the member's out-of-fold maps were made with (recipe)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -40,17 +41,49 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
-    if device.type != "cuda" or not enabled:
-        return nullcontext()
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+def use_device(device: torch.device) -> None:
+    """Make a CUDA device the current one, so that streams, events, pinned memory and the DataLoader's
+    pin thread all belong to it (``cuda:1`` in one process must not work on, or open a context on, GPU 0)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
-def precision_name(device: torch.device, enabled: bool, dtype: str = "bfloat16") -> str:
-    """The precision ``autocast`` gives on ``device``: what the predictions' lineage records."""
-    if device.type != "cuda" or not enabled:
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The precision an AMP setting gives on ``device``: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is bf16 on a CUDA GPU that has it natively (fp16 on older ones), fp32 elsewhere;
+    ``bf16``/``fp16`` are honoured on every device (torch autocasts on CPU too); ``off`` (or ``fp32``)
+    is fp32. This is what the out-of-fold maps, the recipe and the submission's key record.
+    """
+    if setting in ("off", "fp32"):
         return "fp32"
-    return {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+    if setting in _DTYPES:
+        return setting
+    if setting == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    raise ValueError(f"unknown precision setting {setting!r}; use auto, bf16, fp16 or off")
+
+
+def precision_label(precisions: list[str]) -> str:
+    """One name for the precisions of several members: ``bf16``, or ``bf16,fp32`` in member order."""
+    return precisions[0] if len(set(precisions)) == 1 else ",".join(precisions)
+
+
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``auto``: channels_last on CUDA only (on CPU it is not measured to pay off); true/false anywhere."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast to ``precision`` (``resolve_precision``'s name) on the device's type; fp32: nothing."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
 
 
 def blend(quantized, weights: list[int]):
@@ -91,24 +124,29 @@ class Engine:
         self,
         members: list[Member],
         device: torch.device,
-        amp: bool = True,
-        amp_dtype: str = "bfloat16",
-        channels_last: bool = True,
+        precision: str | None = None,
+        channels_last: bool | str = "auto",
         batch_size: int = 4,
         num_workers: int = 2,
-        compile: bool = False,
+        compile: bool | str | Callable = False,
         views_in_one_call: bool = True,
     ):
+        """``precision``: None runs each member in its own (``Member.precision``); a setting
+        (auto|bf16|fp16|off|fp32) runs all of them in it. ``compile``: True (inductor) or a
+        ``torch.compile`` backend."""
         self.members = members
         self.device = device
-        self.amp, self.amp_dtype = amp, amp_dtype
-        self.channels_last = channels_last and device.type == "cuda"
+        use_device(device)
+        self.precisions = {id(m): resolve_precision(precision or m.precision, device) for m in members}
+        self.channels_last = resolve_channels_last(channels_last, device)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.views_in_one_call = views_in_one_call
         self.sizes = list(dict.fromkeys((m.height, m.width) for m in members))
         if device.type == "cuda":
             # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
+        self.compiled = bool(compile)
+        backend = "inductor" if compile is True else compile
         self._forward: dict[int, list] = {}
         for m in members:
             for model in m.models:
@@ -117,11 +155,18 @@ class Engine:
                     model.to(memory_format=torch.channels_last)
             # torch.compile is off by default: it costs minutes of compilation per model and has
             # not been measured to pay off here (make bench, docs/benchmarks.md).
-            self._forward[id(m)] = [torch.compile(model, dynamic=False) if compile else model for model in m.models]
+            self._forward[id(m)] = [
+                torch.compile(model, dynamic=False, backend=backend) if compile else model for model in m.models
+            ]
 
     @torch.no_grad()
     def member_probs(self, member: Member, x: torch.Tensor) -> torch.Tensor:
         """Mean probability (B,1,h,w), fp32, over the member's fold models and TTA views."""
+        n_images = x.shape[0]
+        if self.compiled and n_images < self.batch_size:
+            # A compiled model holds one graph per input shape: the partial last batch is padded to
+            # the full size (its extra rows are dropped below) instead of compiling another graph.
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n_images, *x.shape[1:])])
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:  # (B,H,W,3) from the workers: NCHW with channels_last strides, no copy
             x = x.permute(0, 3, 1, 2)
@@ -136,13 +181,14 @@ class Engine:
         for model in self._forward[id(member)]:
             logits = []
             for v in inputs:
-                with autocast(self.device, self.amp, self.amp_dtype):
+                with autocast(self.device, self.precisions[id(member)]):
                     logits.extend(model(v).chunk(len(views) // len(inputs)))
             # Accumulate model by model, view by view: the same order as an unbatched loop.
             for (_, inverse), lg in zip(views, logits):
                 p = torch.sigmoid(inverse(lg).float())
                 total = p if total is None else total.add_(p)
         n = len(member.models) * len(views)
+        total = total[:n_images]
         return total.div_(n) if n > 1 else total  # in place: full-size temporaries dominate on CPU
 
     @staticmethod
@@ -209,8 +255,9 @@ class Engine:
                     copies.append((idx, m))
             event = None
             if self.device.type == "cuda":
+                # On the stream the copies were queued on: the engine's device's, not GPU 0's.
                 event = torch.cuda.Event()
-                event.record()
+                event.record(torch.cuda.current_stream(self.device))
             if pending is not None:
                 yield self._host_masks(*pending)
             pending = (names, copies, event)

@@ -206,6 +206,9 @@ def tune(
                 "tta": m["folds"][0]["tta"],
                 "height": m["folds"][0]["height"],
                 "width": m["folds"][0]["width"],
+                # The inference precision its out-of-fold maps (and so the threshold) were made in:
+                # the submission and predict apply the member in it (runs.discover: folds agree).
+                **({"precision": m["folds"][0]["precision"]} if m["folds"][0].get("precision") else {}),
                 "oof_dice_at_0.5": float(mean[vertex[m["name"]], 128]),
                 "oof_dice_best_threshold": float(mean[vertex[m["name"]]].max()),
             }

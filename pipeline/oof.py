@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -20,7 +22,7 @@ from tqdm import tqdm
 from .checks import check_fold
 from .config import Config
 from .data import Layout, read_mask
-from .engine import Engine, Member, pick_device, precision_name
+from .engine import Engine, Member, pick_device, resolve_precision
 from .errors import PipelineError
 from .folds import load_folds
 from .io_utils import atomic_path, read_json, write_json
@@ -45,6 +47,13 @@ def _fresh_maps(run_dir: Path, source: dict) -> None:
         write_json(marker, source)
 
 
+def _write_map(target: Path, q) -> None:
+    tmp = target.with_name(f".tmp.{target.name}")
+    if not cv2.imwrite(str(tmp), q):
+        raise PipelineError(f"{tmp}: could not write the out-of-fold map")
+    os.replace(tmp, target)
+
+
 def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     """Predict the fold's held-out cars with ``best.pt`` through the shared engine; store uint8 PNGs."""
     run_dir = cfg.run_dir
@@ -54,7 +63,8 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     folds_id = folds_fingerprint(folds, cfg.fold)
     best = read_checkpoint(run_dir / "best.pt", "best.pt")
     check_same_folds(best.get("folds"), folds_id, run_dir / "best.pt", cfg.folds_csv, "write out-of-fold maps")
-    precision = precision_name(device, cfg.train.amp, cfg.train.amp_dtype)
+    # The inference precision (predict.amp), not training's: the recipe applies the member in it.
+    precision = resolve_precision(cfg.predict.amp, device)
     source = oof_source(run_dir / "best.pt", cfg.predict.tta, folds_id["fold_sha"], precision)
     _fresh_maps(run_dir, source)
     model, mcfg = load_checkpoint_model(run_dir / "best.pt", device)
@@ -65,23 +75,26 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     engine = Engine(
         [Member(cfg.name, [model], mcfg.image.height, mcfg.image.width, cfg.predict.tta)],
         device,
-        amp=cfg.train.amp,
-        amp_dtype=cfg.train.amp_dtype,
+        precision=precision,
         channels_last=cfg.train.channels_last,
         batch_size=cfg.predict.batch_size,
         num_workers=cfg.predict.num_workers,
     )
-    for name, q in tqdm(
-        engine.predict([layout.train_image(i) for i in todo]),
-        total=len(todo),
-        desc="out-of-fold",
-        unit="img",
-        disable=quiet,
-    ):
-        target = oof_dir / f"{Path(name).stem}.png"
-        tmp = oof_dir / f".tmp.{target.name}"
-        cv2.imwrite(str(tmp), q[0].cpu().numpy())
-        os.replace(tmp, target)
+    # PNG encoding (zlib, which releases the GIL) in threads: the device goes on with the next batch.
+    with ThreadPoolExecutor(2, "oof-png") as pool:
+        pending: deque = deque()
+        for name, q in tqdm(
+            engine.predict([layout.train_image(i) for i in todo]),
+            total=len(todo),
+            desc="out-of-fold",
+            unit="img",
+            disable=quiet,
+        ):
+            pending.append(pool.submit(_write_map, oof_dir / f"{Path(name).stem}.png", q[0].cpu().numpy()))
+            while len(pending) > 2 * engine.batch_size or (pending and pending[0].done()):
+                pending.popleft().result()  # in order; an error stops the run here
+        for future in pending:
+            future.result()
     rows = []
     for img in tqdm(val.img, desc="out-of-fold dice", unit="img", disable=quiet):
         q = cv2.imread(str(oof_dir / f"{Path(img).stem}.png"), cv2.IMREAD_UNCHANGED)

@@ -31,12 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DataError, image_size, read_image
-from .engine import Engine, Member, blend, pick_device, precision_name
+from .engine import Engine, Member, blend, pick_device, resolve_precision
 from .io_utils import atomic_path, check_writable, os_error_message
 from .models import load_checkpoint_model
 from .postprocess import apply as postprocess
 from .provenance import file_sha256, load_recipe, rows_source, text_sha
-from .submission import load_members
+from .submission import load_members, member_precisions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -60,17 +60,23 @@ def load_predictor(
     recipe: str | Path | None = None,
     checkpoint: str | Path | None = None,
     device: str = "auto",
-    amp: bool = True,
+    precision: str | None = None,
     batch_size: int = 4,
+    channels_last: bool | str = "auto",
+    compile: bool | str = False,
 ) -> Predictor:
-    """The recipe's ensemble, or one checkpoint when given (it takes precedence)."""
+    """The recipe's ensemble, or one checkpoint when given (it takes precedence).
+
+    Each member runs in its recorded precision (a checkpoint: its config's ``predict.amp``, as its
+    out-of-fold maps), or in ``precision`` for all when given; the outputs' key records it.
+    """
     dev = pick_device(device)
-    precision = precision_name(dev, amp)
     if checkpoint is not None:
         model, cfg = load_checkpoint_model(checkpoint, dev)
-        members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta))]
+        own = resolve_precision(precision or cfg.predict.amp, dev)
+        members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta), own)]
         weights, threshold, source, steps = [1], CHECKPOINT_THRESHOLD, str(checkpoint), []
-        lineage = {"checkpoint": file_sha256(checkpoint), "tta": list(cfg.predict.tta), "precision": precision}
+        lineage = {"checkpoint": file_sha256(checkpoint), "tta": list(cfg.predict.tta), "precision": own}
     else:
         recipe = Path(recipe or "submissions/recipe.json")
         if not recipe.is_file():
@@ -78,9 +84,9 @@ def load_predictor(
         spec, shas = load_recipe(recipe)  # checked exactly as the submission checks it
         members, weights = load_members(spec, dev)
         threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
-        lineage = rows_source(spec, shas, precision)
+        lineage = rows_source(spec, shas, member_precisions(spec, dev, precision))
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
-    engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=0)
+    engine = Engine(members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile)
     return Predictor(engine, weights, threshold, source, steps, batch_size, lineage)
 
 
@@ -341,17 +347,21 @@ def run_predict(
     background: str | None = None,
     feather: int = 0,
     device: str = "auto",
-    amp: bool = True,
+    precision: str | None = None,
     batch_size: int = 4,
     resume: bool = False,
     quiet: bool = False,
+    channels_last: bool | str = "auto",
+    compile: bool | str = False,
 ) -> dict:
     """The CLI stage; raises DataError at the end (non-zero exit) if any input was unreadable."""
     if feather < 0:
         raise DataError(f"--feather {feather}: must be 0 or more pixels")
     inputs = list_inputs(input_path)
     bg = parse_background(background) if background else None  # a bad background fails before any model loads
-    predictor = load_predictor(recipe, checkpoint, device=device, amp=amp, batch_size=batch_size)
+    predictor = load_predictor(
+        recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile
+    )
     result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
     if not quiet:
         print(

@@ -141,6 +141,13 @@ def discover(
             raise DataError(
                 f"{runs_dir / name}: folds disagree on TTA {ttas} or input size {sizes}; retrain them with one config"
             )
+        precisions = {f"fold{f['fold']}": f.get("precision") for f in folds}
+        if len(set(precisions.values())) > 1:  # the recipe applies one precision per member
+            shown = ", ".join(f"{k} {v}" for k, v in precisions.items())
+            raise DataError(
+                f"{runs_dir / name}: folds' out-of-fold maps were predicted in different precisions ({shown}); "
+                "re-run the odd folds' training command with the same predict.amp (and device) to re-predict them"
+            )
     _check_complete(runs_dir, found, allow_incomplete)
     return found
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from . import rle
 from .data import DataError, Layout
-from .engine import Engine, Member, pick_device, precision_name
+from .engine import Engine, Member, pick_device, precision_label, resolve_precision
 from .io_utils import OutputLock, check_writable, os_error_message, plain_name, read_json, write_json
 from .models import load_checkpoint_model, read_checkpoint
 from .postprocess import apply as postprocess
@@ -215,9 +215,29 @@ def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list
     members, weights = [], []
     for m in active:
         models = [load_checkpoint_model(c, device)[0] for c in m["checkpoints"]]
-        members.append(Member(m["name"], models, m["height"], m["width"], m["tta"]))
+        members.append(Member(m["name"], models, m["height"], m["width"], m["tta"], m.get("precision", "auto")))
         weights.append(int(m["weight"]))
     return members, weights
+
+
+def member_precisions(recipe: dict, device: torch.device, override: str | None = None) -> str:
+    """The inference precision of every positive-weight member on ``device``, as one name for the key.
+
+    Each member runs in the precision the recipe recorded for it (that of its out-of-fold maps, on
+    which its threshold was tuned; ``auto`` for recipes written before), unless ``override`` is given.
+    """
+    active = [m for m in recipe["members"] if m["weight"] > 0]
+    return precision_label([resolve_precision(override or m.get("precision", "auto"), device) for m in active])
+
+
+def configured_workers(recipe: dict, default: int = 2) -> int:
+    """DataLoader workers from the members' configs (``predict.num_workers``, the largest), else ``default``."""
+    counts = []
+    for m in recipe["members"]:
+        if m["weight"] > 0 and m["checkpoints"]:
+            config = read_checkpoint(m["checkpoints"][0], mmap=True)["config"]
+            counts.append(int(config.get("predict", {}).get("num_workers", default)))
+    return max(counts, default=default)
 
 
 # Measured on the 960 real masks (RLE of every 8th, one CSV row each): 8.7 kB plain, 3.5 kB gzipped
@@ -263,21 +283,25 @@ def make_submission(
     out: str | Path,
     device: str = "auto",
     batch_size: int = 4,
-    num_workers: int = 2,
-    amp: bool = True,
+    num_workers: int | None = None,
+    precision: str | None = None,
     chunk_rows: int = 256,
     force: bool = False,
     limit: int | None = None,
     quiet: bool = False,
     shard: tuple[int, int] | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     rle_threads: int = 2,
     load=load_members,
+    channels_last: bool | str = "auto",
 ) -> dict:
     """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
 
     ``shard=(i, N)`` writes only shard i's slice to ``shard_path(out, i, N)``; ``limit`` writes the
     first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members.
+    ``precision`` (auto|bf16|fp16|fp32) overrides every member's recorded one; it is part of the
+    resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
+    members' ``predict.num_workers``.
     """
     start = time.time()
     recipe_path, out = Path(recipe_path), Path(out)
@@ -307,7 +331,9 @@ def make_submission(
             f"{missing[0]}: test image listed in sample_submission.csv not found ({len(missing)} missing in all)"
         )
     dev = pick_device(device)
-    source = rows_source(recipe, checkpoint_shas, precision_name(dev, amp))
+    if num_workers is None:
+        num_workers = configured_workers(recipe)
+    source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision))
     key = submission_key(source, names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     summary_path = out.with_name(out.name + ".json")
     part = out.with_name(out.name + ".part")
@@ -350,7 +376,9 @@ def make_submission(
         todo = paths[rows_done:]
         if todo:
             members, weights = load(recipe, dev)
-            engine = Engine(members, dev, amp=amp, batch_size=batch_size, num_workers=num_workers, compile=compile)
+            engine = Engine(
+                members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers, compile=compile
+            )
             bar = tqdm(total=len(names), initial=rows_done, desc=out.name, unit="img", disable=quiet, smoothing=0.05)
             state = {"rows": rows_done, "size": size}
 
@@ -404,6 +432,7 @@ def make_submission(
             "height": height,
             "partial": bool(limit) or shard is not None,
             "device": str(dev),
+            "num_workers": num_workers,
             "seconds_this_run": round(time.time() - start, 1),
         }
         # Summary first, then the rename: the summary names the file's hash, so a crash between the

@@ -35,7 +35,7 @@ from .config import Config, ConfigError
 from .data import Layout
 from .datasets import SegmentationDataset
 from .distributed import RankSampler
-from .engine import autocast, pick_device
+from .engine import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from .errors import CheckpointError, TrainingError
 from .folds import load_folds
 from .io_utils import OutputLock, atomic_path, check_writable, write_text
@@ -48,6 +48,9 @@ from .runs import clear_fold_outputs
 
 # Config sections that must not change when resuming a run.
 _FIXED_ON_RESUME = ("model", "image", "fold", "name")
+# Training steps between two looks at the loss on the host (progress bar, non-finite check): a look
+# waits for the device, so doing it every step would stall the GPU's queue of work each time.
+LOSS_SYNC_EVERY = 20
 
 
 def _check_finite(value: float, what: str, run_dir: Path, epoch: int) -> None:
@@ -55,7 +58,7 @@ def _check_finite(value: float, what: str, run_dir: Path, epoch: int) -> None:
         kept = f"last.pt and best.pt keep the last good state (epoch {epoch})" if epoch else "no checkpoint written"
         raise TrainingError(
             f"{run_dir}: {what} is {value} in epoch {epoch + 1}; stopped, {kept}. "
-            "Lower train.lr, try train.amp=false, or check the data."
+            "Lower train.lr, try train.amp=off, or check the data."
         )
 
 
@@ -127,6 +130,20 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _restore_cuda_rng(state, device: torch.device) -> None:
+    """The CUDA RNG state of the training device (a tensor). Checkpoints written before held one state
+    per visible GPU (a list), which fails to restore wherever the number of GPUs differs: the state
+    of this device's index is taken from it, or the last one."""
+    if state is None or device.type != "cuda":
+        return
+    if isinstance(state, (list, tuple)):
+        if not state:
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        state = state[min(index, len(state) - 1)]
+    torch.cuda.set_rng_state(state, device)
+
+
 def _save(path: Path, state: dict) -> None:
     if not distributed.is_main():  # DDP: only rank 0 writes the run's files
         return
@@ -141,6 +158,10 @@ class Trainer:
         self.quiet = quiet
         self.run_dir = cfg.run_dir
         self.device = pick_device(cfg.device)
+        use_device(self.device)
+        if self.device.type == "cuda":
+            # Fixed input size: cuDNN picks the fastest convolution algorithms once, from the first fold on.
+            torch.backends.cudnn.benchmark = True
         self.layout = Layout(cfg.data_dir)
         folds = load_folds(cfg.folds_csv)
         check_fold(cfg, sorted(set(folds.fold)))
@@ -162,11 +183,15 @@ class Trainer:
             self.model = build_model(dataclasses.replace(cfg.model, encoder_weights="none"))
         else:
             self.model = build_model(cfg.model)
-        self.model.to(self.device)
-        self.channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        self.model.to(self.device)  # parameters stay fp32 in every precision: autocast casts per operation
+        self.precision = resolve_precision(cfg.train.amp, self.device)
+        self.channels_last = resolve_channels_last(cfg.train.channels_last, self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.loss_fn = get_loss(cfg.train.loss).to(self.device)
+        # A measurement hook around each training epoch and validation: ``probe(name)`` returns a
+        # context manager (pipeline/smoke.py times them and reads their peak memory).
+        self.probe = lambda name: contextlib.nullcontext()
 
         t = cfg.train
         self.dist = distributed.current()  # DDP under torchrun; rank 0 of 1 otherwise
@@ -174,8 +199,8 @@ class Trainer:
         self.steps_per_epoch = t.steps_per_epoch or max(1, len(self.train_df) // (t.batch_size * self.dist.world))
         self.optimizer = make_optimizer(cfg, self.model)
         self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        use_scaler = self.device.type == "cuda" and t.amp and t.amp_dtype == "float16"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        # fp16's narrow range needs loss scaling (bf16 has fp32's range); torch has a GradScaler per device type.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch = 0
         self.best = -1.0
         self.bad_epochs = 0
@@ -210,6 +235,11 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_model = self.ddp if self.ddp is not None else self.model  # what the steps run (compiled if asked)
+        if t.compile:
+            backend = "inductor" if t.compile is True else t.compile
+            self.train_model = torch.compile(self.train_model, backend=backend)
+        self._val_loader: DataLoader | None = None
 
     # -- checkpoints -------------------------------------------------------------------------
     def _check_resumable(self) -> None:
@@ -241,7 +271,8 @@ class Trainer:
                 "python": random.getstate(),
                 "numpy": _numpy_rng_state(),
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                # The training device's only: a list per visible GPU would not restore on another host.
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             },
         }
 
@@ -250,20 +281,24 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty: saved by a disabled scaler (bf16/fp32); resumed in fp16, scaling starts anew
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.best, self.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
         self.finished, self.history = ckpt["finished"], ckpt["history"]
         rng = ckpt["rng"]
         random.setstate(rng["python"])
         _set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _restore_cuda_rng(rng["cuda"], self.device)
         self._log(f"resumed {path} at epoch {self.epoch} (best val Dice {self.best:.5f})")
 
     # -- loop ----------------------------------------------------------------------------------
+    @property
+    def _bars_off(self) -> bool:
+        return self.quiet or not self.dist.is_main  # DDP: rank 0 alone shows progress
+
     def _log(self, msg: str) -> None:
-        if not self.quiet:
+        if not self._bars_off:
             tqdm.write(f"[{self.cfg.name}/fold{self.cfg.fold}] {msg}")
 
     def _train_loader(self) -> DataLoader:
@@ -292,8 +327,8 @@ class Trainer:
         x = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        model = self.ddp if self.ddp is not None and torch.is_grad_enabled() else self.model
-        with autocast(self.device, self.cfg.train.amp, self.cfg.train.amp_dtype):
+        model = self.train_model if torch.is_grad_enabled() else self.model
+        with autocast(self.device, self.precision):
             logits = model(x)
         return logits, batch["mask"].to(self.device, non_blocking=True), x
 
@@ -303,13 +338,13 @@ class Trainer:
         seed_everything(seed)
         self.transform.set_random_seed(seed)  # used when num_workers == 0
         self.model.train()
-        losses = []
+        losses: list[torch.Tensor] = []  # on the device: read on the host every LOSS_SYNC_EVERY steps only
         bar = tqdm(
             self._train_loader(),
             total=self.steps_per_epoch,
             desc=f"epoch {self.epoch + 1}/{t.epochs}",
             leave=False,
-            disable=self.quiet,
+            disable=self._bars_off,
         )
         for batch in bar:
             logits, y, x = self._forward(batch)
@@ -319,10 +354,16 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            losses.append(loss.item())
-            _check_finite(losses[-1], "the training loss", self.run_dir, self.epoch)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        return float(np.mean(losses)) if losses else float("nan")
+            losses.append(loss.detach())
+            if len(losses) % LOSS_SYNC_EVERY == 0:
+                recent = torch.stack(losses[-LOSS_SYNC_EVERY:]).mean().item()
+                _check_finite(recent, "the training loss", self.run_dir, self.epoch)
+                bar.set_postfix(loss=f"{recent:.4f}")
+        if not losses:
+            return float("nan")
+        mean = torch.stack(losses).double().mean().item()
+        _check_finite(mean, "the training loss", self.run_dir, self.epoch)
+        return mean
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:
@@ -334,29 +375,39 @@ class Trainer:
             if self.dist.world == 1
             else Subset(self.val_ds, range(self.dist.rank, len(self.val_ds), self.dist.world))
         )
-        loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers)
-        losses, dices = [], []
-        for batch in tqdm(loader, desc="validate", leave=False, disable=self.quiet):
+        if self._val_loader is None:  # one loader for the whole run: its workers stay up between epochs
+            self._val_loader = DataLoader(
+                val_ds,
+                batch_size=t.batch_size,
+                shuffle=False,
+                num_workers=t.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=t.num_workers > 0,
+            )
+        losses, dices = [], []  # kept on the device, read on the host once after the loop
+        for batch in tqdm(self._val_loader, desc="validate", leave=False, disable=self._bars_off):
             logits, y, x = self._forward(batch)
-            losses.append(self.loss_fn(logits, y, x).item() * len(y))
-            dices.append(dice_batch(logits.float() > 0, y > 0.5).cpu())
+            losses.append(self.loss_fn(logits, y, x).detach().double() * len(y))
+            dices.append(dice_batch(logits.float() > 0, y > 0.5))
         n = len(self.val_ds)
-        _check_finite(float(np.sum(losses)), "the validation loss", self.run_dir, self.epoch - 1)
-        d = torch.cat(dices) if dices else torch.zeros(0, dtype=torch.float64)
+        loss_sum = torch.stack(losses).sum().item() if losses else 0.0
+        _check_finite(loss_sum, "the validation loss", self.run_dir, self.epoch - 1)
+        d = torch.cat(dices).cpu() if dices else torch.zeros(0, dtype=torch.float64)
         # Per image IoU = Dice / (2 - Dice) exactly (both are 1 when prediction and truth are empty).
         iou = d / (2 - d)
         if self.dist.world > 1:  # DDP: each rank validated every world-th image; sum over ranks
             loss_sum, dice_sum, iou_sum, n = distributed.all_reduce_sum(
-                [float(np.sum(losses)), float(d.sum()), float(iou.sum()), len(d)], self.device
+                [loss_sum, float(d.sum()), float(iou.sum()), len(d)], self.device
             )
             return loss_sum / n, dice_sum / n, iou_sum / n
-        return float(np.sum(losses) / n), float(d.mean()), float(iou.mean())
+        return loss_sum / n, float(d.mean()), float(iou.mean())
 
     def fit(self) -> None:
         t = self.cfg.train
         while not self.finished and self.epoch < t.epochs:
             start = time.time()
-            train_loss = self.train_epoch()
+            with self.probe("train"):
+                train_loss = self.train_epoch()
             if self.dist.world > 1:  # DDP: every rank ran the same number of steps; mean of the means
                 train_loss = distributed.all_reduce_sum([train_loss], self.device)[0] / self.dist.world
                 distributed.broadcast_buffers(self.model)  # validate and save rank 0's BatchNorm statistics
@@ -370,7 +421,8 @@ class Trainer:
                 "val_iou": float("nan"),
             }
             if self.epoch % t.val_every == 0 or self.epoch == t.epochs:
-                row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
+                with self.probe("validate"):
+                    row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
                 if row["val_dice"] > self.best:
                     self.best, self.bad_epochs = row["val_dice"], 0
                     _save(

@@ -1,9 +1,6 @@
 import pytest
-import torch
 
 from pipeline.__main__ import main
-from pipeline.train import run
-from tests.conftest import tiny_config
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
@@ -23,11 +20,3 @@ def test_stage_help_exits_cleanly():
         with pytest.raises(SystemExit) as e:
             main([stage, "--help"])
         assert e.value.code == 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the AMP/channels_last path needs a GPU")
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_cuda_amp_channels_last_train_and_oof(tiny_data, tmp_path, dtype):
-    cfg = tiny_config(tiny_data, tmp_path / "runs", device="cuda", **{"train.amp_dtype": dtype})
-    summary = run(cfg, quiet=True)
-    assert 0 <= summary["mean_dice"] <= 1 and summary["n_images"] == 32

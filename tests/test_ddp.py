@@ -85,3 +85,35 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert b[0]["epoch"] == 2 and _metrics(b[0]["history"]) == _metrics(a[0]["history"])
     for k, v in a[0]["model"].items():
         assert torch.equal(v, b[0]["model"][k]) and torch.equal(v, b[1]["model"][k]), f"{k} differs after resume"
+
+
+def _device_worker(rank: int, world: int, port: int, out: Path) -> None:
+    """One torchrun rank: joins the group through ``distributed.init`` as the CLI does, maps the devices."""
+    import json
+    import os
+
+    from pipeline import distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    info = distributed.init("cpu", backend="gloo")
+    try:
+        mine = [distributed.rank_device(d, info) for d in ("cuda:0", "cuda", "cuda:3", "cpu")]
+        everyone = [None] * world
+        dist.all_gather_object(everyone, mine)
+        if rank == 0:
+            out.write_text(json.dumps(everyone))
+    finally:
+        distributed.shutdown()
+
+
+def test_torchrun_ranks_get_one_gpu_each_whatever_device_was_asked(tmp_path):
+    """--device cuda:0 (or DEVICE=, or a config's device:) must not put every rank on GPU 0."""
+    import json
+
+    mp.spawn(_device_worker, args=(2, _free_port(), tmp_path / "devices.json"), nprocs=2, join=True)
+    assert json.loads((tmp_path / "devices.json").read_text()) == [
+        ["cuda:0", "cuda:0", "cuda:0", "cpu"],
+        ["cuda:1", "cuda:1", "cuda:1", "cpu"],
+    ]
