@@ -46,6 +46,8 @@ from .io_utils import OutputLock, check_writable, os_error_message, plain_name, 
 from .models import load_checkpoint_model, read_checkpoint
 from .postprocess import apply as postprocess
 from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key
+from .review import ReviewSidecar, image_features, merge_reviews, review_path
+from .snakes import STEP as ACTIVE_CONTOUR
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
@@ -271,6 +273,12 @@ def make_submission(
     if limit is not None and limit < 1:
         raise SubmissionError(f"--limit {limit}: must be at least 1")
     recipe, checkpoint_shas = load_recipe(recipe_path)  # refuses checkpoints changed since `make ensemble`
+    if ACTIVE_CONTOUR in recipe.get("postprocess", []):
+        raise SubmissionError(
+            f"{recipe_path}: post-processing {ACTIVE_CONTOUR!r} needs the photo and the probabilities on the host, "
+            "which the submission does not keep; `evaluate --recipe` and `predict` apply it. Re-run `make ensemble` "
+            "without forcing it"
+        )
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
     names = test_names(layout)
@@ -311,14 +319,18 @@ def make_submission(
             return done
 
         rows_done, size = 0, None
+        review = ReviewSidecar(out)  # the review data of the rows on disk, resumed with them
         if part.exists() and progress_path.exists() and not force:
             progress = read_json(progress_path)
-            if progress.get("key") == key:
+            if progress.get("key") == key and "review_bytes" in progress and review.path.exists():
                 rows_done, size = progress["rows"], progress["size"]
                 with open(part, "r+b") as f:
                     f.truncate(progress["bytes"])  # drop a chunk that was being written when it stopped
+                review.resume(progress["review_bytes"])
                 if not quiet:
                     print(f"resuming {part}: {rows_done}/{len(names)} rows already written")
+            elif not quiet and progress.get("key") == key:
+                print(f"{part}: written without its review data (an older version); starting over")
             elif not quiet:
                 print(f"{part}: left by another recipe, checkpoints, precision or data; starting over")
         compress = _compressor(suffix)
@@ -331,7 +343,11 @@ def make_submission(
                     os.fsync(f.fileno())
             except OSError as e:
                 raise DataError(os_error_message(part, e)) from None
-            write_json(progress_path, {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None})
+            review_bytes = review.start()
+            write_json(
+                progress_path,
+                {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None, "review_bytes": review_bytes},
+            )
 
         todo = paths[rows_done:]
         if todo:
@@ -342,7 +358,17 @@ def make_submission(
 
             def on_chunk(n: int, offset: int) -> None:
                 state["rows"] += n
-                write_json(progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]})
+                review_bytes = review.flush(n)  # the same n rows' review data, on disk before the progress says so
+                write_json(
+                    progress_path,
+                    {
+                        "key": key,
+                        "rows": state["rows"],
+                        "bytes": offset,
+                        "size": state["size"],
+                        "review_bytes": review_bytes,
+                    },
+                )
                 bar.update(n)
 
             with open(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
@@ -350,7 +376,9 @@ def make_submission(
                     f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
                 )
                 try:
-                    for batch_names, masks in engine.masks(todo, weights, int(recipe["threshold"])):
+                    batches = engine.masks(todo, weights, int(recipe["threshold"]), features=image_features)
+                    for batch_names, masks, features in batches:
+                        review.add(batch_names, features)
                         for name, mask in zip(batch_names, masks):
                             if state["size"] is None:
                                 state["size"] = [mask.shape[1], mask.shape[0]]
@@ -378,6 +406,7 @@ def make_submission(
 
         width, height = size
         check = validate_submission(part, names, width, height)
+        review_csv = review.finish(names, out)
         summary = {
             "file": str(out),
             "key": key,
@@ -389,6 +418,7 @@ def make_submission(
             "width": width,
             "height": height,
             "partial": bool(limit) or shard is not None,
+            "review": str(review_csv),
             "device": str(dev),
             "seconds_this_run": round(time.time() - start, 1),
         }
@@ -397,6 +427,7 @@ def make_submission(
         write_json(summary_path, summary)
         os.replace(part, out)
         progress_path.unlink(missing_ok=True)
+        review.remove()
     if not quiet:
         what = "trial of the first rows, not a submission" if limit else "shard" if shard else "validated"
         print(
@@ -538,6 +569,13 @@ def merge_shards(
             part.unlink(missing_ok=True)
             raise DataError(os_error_message(part, e)) from None
         check = validate_submission(part, names, width, height)
+        reviews = [review_path(shards[i]) for i in range(count)]
+        review_csv = None
+        if all(r.is_file() for r in reviews):  # one list for the whole test set: car features across shards
+            review_csv = str(merge_reviews(reviews, names, out))
+        elif not quiet:
+            missing = next(r for r in reviews if not r.is_file())
+            print(f"warning: {missing} not found (a shard of an older version?); no review list for {out.name}")
         summary = {
             "file": str(out),
             "key": key,
@@ -549,6 +587,7 @@ def merge_shards(
             "width": width,
             "height": height,
             "partial": False,
+            "review": review_csv,
             "merged_from": [str(shards[i]) for i in range(count)],
             "seconds_this_run": round(time.time() - start, 1),
         }

@@ -11,6 +11,7 @@ from PIL import Image
 from pipeline import rle
 from pipeline.__main__ import main
 from pipeline.predict import composite, feather_alpha, fit_background
+from pipeline.review import review_path
 from pipeline.submission import make_submission
 from tests.conftest import H, W
 
@@ -59,6 +60,8 @@ def test_folder_with_recipe_equals_the_submission(tiny_data, tiny_runs, tmp_path
         assert np.abs(comp[far].astype(int) - [0, 255, 0]).max(initial=0) <= 6
         checked += int(far.sum())
     assert checked > 1000  # the background check above was not vacuous
+    # The same review list as the submission's: the same features from the same maps, the same car.
+    assert (out / "review.csv").read_text() == review_path(sub).read_text()
 
 
 def test_checkpoint_mask_is_the_out_of_fold_map_thresholded(tiny_data, tiny_runs, tmp_path):
@@ -212,3 +215,37 @@ def test_user_stage_help_exits_cleanly(stage):
     with pytest.raises(SystemExit) as e:
         main([stage, "--help"])
     assert e.value.code == 0
+
+
+def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submission(tiny_data, tiny_runs, tmp_path):
+    import json
+
+    from pipeline.data import read_image
+    from pipeline.engine import blend
+    from pipeline.postprocess import apply
+    from pipeline.predict import load_predictor
+    from pipeline.snakes import DEFAULTS
+    from pipeline.validate import SubmissionError
+
+    _, recipe = tiny_runs
+    spec = json.loads(recipe.read_text())
+    spec["postprocess"] = ["active_contour"]
+    # A narrow band round the threshold: these weak tiny models are unsure (64..191) everywhere.
+    params = {**DEFAULTS, "lo": 120, "hi": 140, "min_width": 5.0, "min_points": 8}
+    spec["postprocess_params"] = {"active_contour": params}
+    forced = tmp_path / "recipe_ac.json"
+    forced.write_text(json.dumps(spec))
+    with pytest.raises(SubmissionError, match="'active_contour' needs the photo and the probabilities"):
+        make_submission(forced, tiny_data, tmp_path / "s.csv.gz", device="cpu", num_workers=0, quiet=True)
+    images = sorted((tiny_data / "test").iterdir())
+    assert main(["predict", str(tiny_data / "test"), "--out", str(tmp_path / "ac"), "--recipe", str(forced)]) == 0
+    predictor = load_predictor(recipe, device="cpu")
+    changed = 0
+    for path, (name, q) in zip(images, predictor.engine.predict(images)):
+        blended = blend(q, predictor.weights).numpy()
+        raw = (blended >= predictor.threshold).astype(np.uint8)
+        expected = apply(raw, ["active_contour"], blended, read_image(path), spec["postprocess_params"])
+        got = _gray(tmp_path / "ac" / f"{path.stem}_mask.png") > 0
+        assert np.array_equal(got, expected.astype(bool)), name
+        changed += int((expected != raw).any())
+    assert changed > 0  # the snakes moved something on these weak tiny models
