@@ -5,14 +5,15 @@ also refines the *uncertain* stretches, where the network's probability changes 
 outline instead of jumping from 0 to 1, with a snake (Kass, Witkin and Terzopoulos, 1988) that is
 pulled onto the photo's edges. Here, for every contour of the thresholded mask:
 
-1. Uncertainty of a contour point: the width in pixels of the probability's transition around it,
-   measured as the share of pixels with a blended value inside (lo, hi) in a square window times the
-   window's side (a straight transition band w pixels wide gives w). A sharp, certain outline
-   (the network's own step, bilinearly upsampled) is a few pixels wide.
+1. Uncertainty of a contour point: the width in pixels of the probability's transition across it,
+   128 / |grad blend| (the distance over which the probability would go from 0.25 to 0.75 at the
+   local slope). A network's sharp step, bilinearly upsampled from its input size, is a few pixels
+   wide at full resolution; a model trained briefly is blurrier everywhere.
 2. Uncertain stretches: runs of at least ``min_points`` contour points whose width is at least
-   ``min_width`` (gaps of up to ``pad`` certain points inside a run are closed), extended by ``pad``
-   points on each side so that both ends sit on certain outline; the first and last two points of a
-   stretch stay fixed (clamped ends), and points on the image frame are never moved.
+   ``min_width`` px and at least ``width_ratio`` times the median width of the image's outline (what
+   is unusually uncertain for this model on this image), joined across short gaps and extended by
+   ``pad`` points on each side so that both ends sit on certain outline; the first and last two
+   points of a stretch stay fixed (clamped ends), and stretches touching the image frame are left.
 3. Each stretch is an open snake: internal energy with elasticity ``alpha`` and rigidity ``beta``,
    external energy ``-E`` with E = g^2 / (g^2 + edge_scale^2), g^2 the squared colour gradient of
    the photo smoothed with a Gaussian of ``sigma`` pixels (a saturating edge strength in [0, 1), so
@@ -39,10 +40,8 @@ from .postprocess import find_contours, rasterize_contours
 
 STEP = "active_contour"
 DEFAULTS: dict[str, float] = {
-    "lo": 25,  # a blended value (0..255) inside (lo, hi) is uncertain
-    "hi": 230,
-    "window": 9,  # side of the square window the transition width is measured in (odd)
-    "min_width": 6.0,  # px of transition width from which a contour point is uncertain
+    "min_width": 4.0,  # px of transition width from which a contour point may be uncertain...
+    "width_ratio": 1.5,  # ...if also this many times the image's median width along its outline
     "min_points": 20,  # shortest uncertain stretch refined (contour points, about px)
     "pad": 5,  # certain points added at both ends of a stretch; also the longest gap closed inside it
     "sigma": 1.5,  # Gaussian smoothing of the photo before its gradient (px)
@@ -54,7 +53,7 @@ DEFAULTS: dict[str, float] = {
     "iterations": 100,
     "max_shift": 4.0,  # px a point may move from where it started
 }
-_INTEGER = {"lo", "hi", "window", "min_points", "pad", "iterations"}
+_INTEGER = {"min_points", "pad", "iterations"}
 
 
 def params_problem(params) -> str | None:
@@ -71,19 +70,21 @@ def params_problem(params) -> str | None:
             return f"{key}={value!r} is not a whole number"
         if value < 0:
             return f"{key}={value!r} is negative"
-    if not 0 <= params["lo"] < params["hi"] <= 255:
-        return f"lo={params['lo']}, hi={params['hi']}: need 0 <= lo < hi <= 255"
-    if params["window"] < 1 or params["window"] % 2 == 0:
-        return f"window={params['window']} is not an odd number of pixels"
     if params["gamma"] <= 0 or params["edge_scale"] <= 0:
         return "gamma and edge_scale must be positive"
     return None
 
 
-def transition_width(blended: np.ndarray, lo: int, hi: int, window: int) -> np.ndarray:
-    """Per pixel: (share of uncertain pixels in a window x window square) x window, in px (float32)."""
-    band = ((blended > lo) & (blended < hi)).astype(np.float32)
-    return cv2.boxFilter(band, -1, (window, window), normalize=True, borderType=cv2.BORDER_REPLICATE) * window
+def transition_width(blended: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """At (x, y) integer ``points``: 128 / |grad blend| in px, the Sobel gradient of the uint8 blend over
+    its 3x3 neighbourhood (capped at 1e4 px where the blend is flat)."""
+    x, y = points[:, 0].astype(int), points[:, 1].astype(int)
+    h, w = blended.shape
+    pad = np.pad(blended.astype(np.float32), 1, mode="edge")
+    win = np.stack([pad[y + dy, x + dx] for dy in range(3) for dx in range(3)]).reshape(3, 3, -1)
+    kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[..., None] / 8
+    gx, gy = (win * kx).sum((0, 1)), (win * kx.transpose(1, 0, 2)).sum((0, 1))
+    return 128 / np.maximum(np.hypot(gx, gy), 128 / 1e4)
 
 
 def uncertain_stretches(flags: np.ndarray, min_points: int, pad: int) -> list[np.ndarray]:
@@ -185,24 +186,28 @@ def refine(mask: np.ndarray, blended: np.ndarray, image: np.ndarray, params: dic
     contours, depth = find_contours(mask)
     if not contours:
         return mask
-    width = transition_width(blended, int(p["lo"]), int(p["hi"]), int(p["window"]))
-    energy = None
+    widths = [transition_width(blended, c) for c in contours]
+    limit = max(p["min_width"], p["width_ratio"] * float(np.median(np.concatenate(widths))))
     moved = False
-    for c in contours:
+    for c, width in zip(contours, widths):
         xi, yi = c[:, 0].astype(int), c[:, 1].astype(int)
         on_frame = (xi == 0) | (yi == 0) | (xi == w - 1) | (yi == h - 1)
-        flags = (width[yi, xi] >= p["min_width"]) & ~on_frame
+        flags = (width >= limit) & ~on_frame
         stretches = uncertain_stretches(flags, int(p["min_points"]), int(p["pad"]))
         stretches = [s for s in stretches if not on_frame[s].any()]  # its ends must be on certain outline
         if not stretches:
             continue
-        if energy is None:
-            energy = edge_energy(image, p["sigma"], p["edge_scale"])
         normal = outward_normals(c, mask)
         for idx in stretches:
             # Contour points are the centres of the car's outermost pixels, half a pixel inside the
             # photo's edge: the snake runs on the pixel edges and its result is moved back by as much.
-            c[idx] = snake(c[idx] + 0.5 * normal[idx], energy, p) - 0.5 * normal[idx]
+            start = c[idx] + 0.5 * normal[idx]
+            # The photo's edges only in the stretch's box, with a margin the blur and the moves cannot cross.
+            margin = int(np.ceil(p["max_shift"] + 4 * p["sigma"])) + 3
+            x0, y0 = np.maximum(np.floor(start.min(0)).astype(int) - margin, 0)
+            x1, y1 = np.minimum(np.ceil(start.max(0)).astype(int) + margin + 1, [w, h])
+            energy = edge_energy(image[y0:y1, x0:x1], p["sigma"], p["edge_scale"])
+            c[idx] = snake(start - [x0, y0], energy, p) + [x0, y0] - 0.5 * normal[idx]
             moved = True
     if not moved:
         return mask

@@ -135,9 +135,9 @@ def test_recipe_with_active_contour_is_scored_after_the_snakes(tiny_data, tmp_pa
     images = sorted(folds[folds.fold == 0].img)
     runs = tmp_path / "runs"
 
-    def soft(mask):  # right half: a wide, uncertain transition 2 px off the truth; left half: sharp and right
-        blurred = cv2.GaussianBlur(np.roll(mask, 2, axis=1).astype(np.float32) * 255, (0, 0), 2.5).astype(np.uint8)
-        return np.where(np.arange(mask.shape[1]) >= mask.shape[1] // 2, blurred, mask * 255).astype(np.uint8)
+    def soft(mask):  # right third: a wide, uncertain transition 2 px off the truth; elsewhere sharp and right
+        blurred = cv2.GaussianBlur(np.roll(mask, 2, axis=1).astype(np.float32) * 255, (0, 0), 4).astype(np.uint8)
+        return np.where(np.arange(mask.shape[1]) >= 2 * mask.shape[1] // 3, blurred, mask * 255).astype(np.uint8)
 
     _fake_run(runs, tiny_data, "soft", {0: images}, soft)
     params = {**DEFAULTS, "min_points": 8}

@@ -230,8 +230,7 @@ def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submissi
     _, recipe = tiny_runs
     spec = json.loads(recipe.read_text())
     spec["postprocess"] = ["active_contour"]
-    # A narrow band round the threshold: these weak tiny models are unsure (64..191) everywhere.
-    params = {**DEFAULTS, "lo": 120, "hi": 140, "min_width": 5.0, "min_points": 8}
+    params = {**DEFAULTS, "min_width": 1.0, "width_ratio": 1.2, "min_points": 4, "pad": 2}  # tiny 96x64 images
     spec["postprocess_params"] = {"active_contour": params}
     forced = tmp_path / "recipe_ac.json"
     forced.write_text(json.dumps(spec))

@@ -104,9 +104,9 @@ def test_recipe_with_the_step_needs_valid_parameters(tmp_path):
             {**good, "postprocess_params": {"active_contour": {**snakes.DEFAULTS, "alpha": "0.1"}}},
             "alpha='0.1' is not a number",
         ),
-        "even window": (
-            {**good, "postprocess_params": {"active_contour": {**snakes.DEFAULTS, "window": 8}}},
-            "window=8 is not an odd",
+        "fractional count": (
+            {**good, "postprocess_params": {"active_contour": {**snakes.DEFAULTS, "iterations": 2.5}}},
+            "iterations=2.5 is not a whole number",
         ),
         "unknown step params": ({"postprocess_params": {"snake": {}}}, "'postprocess_params'"),
     }
