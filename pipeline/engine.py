@@ -190,7 +190,7 @@ class Engine:
                 yield name, per_image[i]
 
     def masks(
-        self, images: list[Path], weights: list[int], threshold: int, features=None
+        self, images: list[Path], weights: list[int], threshold: int, features=None, blends: bool = False
     ) -> Iterator[tuple[list[str], list, np.ndarray | None]]:
         """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host, features), in input order.
 
@@ -199,16 +199,18 @@ class Engine:
         one has been queued, so the device never waits for the host's RLE/gzip work.
         ``features(maps, blended, threshold)`` (e.g. ``review.image_features``), when given, runs on
         the device too and only its few numbers per image come back: a (batch, F) int64 array.
+        ``blends``: hand over the uint8 blends (as many bytes as the masks) instead of the masks, for
+        host-side steps that need the probabilities; the caller thresholds them.
         """
         pending = None
         for names, groups in self._quantized(images):
             copies = []
             for idx, q in groups:
                 blended = blend(q, weights)
-                m = blended >= threshold  # (b, H, W) bool
+                m = blended if blends else blended >= threshold  # (b, H, W) uint8 or bool
                 f = features(q, blended, threshold) if features is not None else None
                 if self.device.type == "cuda":
-                    host = torch.empty(m.shape, dtype=torch.bool, pin_memory=True)
+                    host = torch.empty(m.shape, dtype=m.dtype, pin_memory=True)
                     host.copy_(m, non_blocking=True)
                     if f is not None:
                         f = torch.empty(f.shape, dtype=f.dtype, pin_memory=True).copy_(f, non_blocking=True)

@@ -40,14 +40,14 @@ import torch
 from tqdm import tqdm
 
 from . import rle
-from .data import DataError, Layout
+from .data import DataError, Layout, read_image
 from .engine import Engine, Member, pick_device, precision_name
 from .io_utils import OutputLock, check_writable, os_error_message, plain_name, read_json, write_json
 from .models import load_checkpoint_model, read_checkpoint
 from .postprocess import apply as postprocess
+from .postprocess import needs_photo
 from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key
 from .review import ReviewSidecar, image_features, merge_reviews, review_path
-from .snakes import STEP as ACTIVE_CONTOUR
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
@@ -95,9 +95,18 @@ def _compressor(suffix: str):
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray, steps: list[str]) -> str:
-    """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE."""
-    return f"{name},{rle.encode(postprocess(mask, steps) if steps else mask)}\n"
+def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None) -> str:
+    """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE.
+
+    ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
+    the photo is decoded here, in the pool, not on the loader's or the device's time.
+    """
+    if photo is not None:
+        blended, path, params = photo
+        mask = postprocess(mask, steps, blended, read_image(path), params)
+    elif steps:
+        mask = postprocess(mask, steps)
+    return f"{name},{rle.encode(mask)}\n"
 
 
 class RowWriter:
@@ -119,8 +128,8 @@ class RowWriter:
         self.lines: list[str] = []
         self.broken = False  # a row failed: nothing after it may be written
 
-    def add(self, name: str, mask: np.ndarray) -> None:
-        self.rows.append(self.pool.submit(_row, name, mask, self.steps))
+    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None) -> None:
+        self.rows.append(self.pool.submit(_row, name, mask, self.steps, photo))
         while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
@@ -273,12 +282,6 @@ def make_submission(
     if limit is not None and limit < 1:
         raise SubmissionError(f"--limit {limit}: must be at least 1")
     recipe, checkpoint_shas = load_recipe(recipe_path)  # refuses checkpoints changed since `make ensemble`
-    if ACTIVE_CONTOUR in recipe.get("postprocess", []):
-        raise SubmissionError(
-            f"{recipe_path}: post-processing {ACTIVE_CONTOUR!r} needs the photo and the probabilities on the host, "
-            "which the submission does not keep; `evaluate --recipe` and `predict` apply it. Re-run `make ensemble` "
-            "without forcing it"
-        )
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
     names = test_names(layout)
@@ -375,11 +378,19 @@ def make_submission(
                 writer = RowWriter(
                     f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
                 )
+                # Steps that need the photo and the probabilities (active_contour) get the uint8 blend
+                # instead of the mask (as many bytes) and threshold it here.
+                photo_step = needs_photo(recipe.get("postprocess", []))
+                threshold = int(recipe["threshold"])
                 try:
-                    batches = engine.masks(todo, weights, int(recipe["threshold"]), features=image_features)
+                    batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step)
                     for batch_names, masks, features in batches:
                         review.add(batch_names, features)
                         for name, mask in zip(batch_names, masks):
+                            photo = None
+                            if photo_step:
+                                photo = (mask, layout.test_dir / name, recipe.get("postprocess_params"))
+                                mask = mask >= threshold
                             if state["size"] is None:
                                 state["size"] = [mask.shape[1], mask.shape[0]]
                             elif [mask.shape[1], mask.shape[0]] != state["size"]:
@@ -388,7 +399,7 @@ def make_submission(
                                     f"{layout.test_dir / name}: {mask.shape[1]}x{mask.shape[0]}, but the test "
                                     f"images before it are {w0}x{h0}"
                                 )
-                            writer.add(name, mask)
+                            writer.add(name, mask, photo)
                     writer.finish()
                 except BaseException as e:
                     try:

@@ -217,7 +217,7 @@ def test_user_stage_help_exits_cleanly(stage):
     assert e.value.code == 0
 
 
-def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submission(tiny_data, tiny_runs, tmp_path):
+def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tiny_data, tiny_runs, tmp_path):
     import json
 
     from pipeline.data import read_image
@@ -225,7 +225,6 @@ def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submissi
     from pipeline.postprocess import apply
     from pipeline.predict import load_predictor
     from pipeline.snakes import DEFAULTS
-    from pipeline.validate import SubmissionError
 
     _, recipe = tiny_runs
     spec = json.loads(recipe.read_text())
@@ -234,10 +233,12 @@ def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submissi
     spec["postprocess_params"] = {"active_contour": params}
     forced = tmp_path / "recipe_ac.json"
     forced.write_text(json.dumps(spec))
-    with pytest.raises(SubmissionError, match="'active_contour' needs the photo and the probabilities"):
-        make_submission(forced, tiny_data, tmp_path / "s.csv.gz", device="cpu", num_workers=0, quiet=True)
     images = sorted((tiny_data / "test").iterdir())
     assert main(["predict", str(tiny_data / "test"), "--out", str(tmp_path / "ac"), "--recipe", str(forced)]) == 0
+    sub = tmp_path / "s.csv.gz"
+    make_submission(forced, tiny_data, sub, device="cpu", num_workers=0, quiet=True)
+    with gzip.open(sub, "rt", newline="") as f:
+        rows = dict(list(csv.reader(f))[1:])
     predictor = load_predictor(recipe, device="cpu")
     changed = 0
     for path, (name, q) in zip(images, predictor.engine.predict(images)):
@@ -246,5 +247,6 @@ def test_forced_active_contour_is_applied_by_predict_and_refused_by_the_submissi
         expected = apply(raw, ["active_contour"], blended, read_image(path), spec["postprocess_params"])
         got = _gray(tmp_path / "ac" / f"{path.stem}_mask.png") > 0
         assert np.array_equal(got, expected.astype(bool)), name
+        assert rows[name] == rle.encode(expected), name  # the submission applies it the same way
         changed += int((expected != raw).any())
     assert changed > 0  # the snakes moved something on these weak tiny models
