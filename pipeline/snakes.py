@@ -39,19 +39,21 @@ from scipy.ndimage import map_coordinates
 from .postprocess import find_contours, rasterize_contours
 
 STEP = "active_contour"
+# Chosen on the out-of-fold maps of fold 0 of quick real-car models and checked on folds 1-4
+# (docs/accuracy.md, "Active contours"; docs/scripts/active_contour_sweep.py).
 DEFAULTS: dict[str, float] = {
     "min_width": 4.0,  # px of transition width from which a contour point may be uncertain...
-    "width_ratio": 1.5,  # ...if also this many times the image's median width along its outline
+    "width_ratio": 0.8,  # ...if also this many times the image's median width along its outline
     "min_points": 20,  # shortest uncertain stretch refined (contour points, about px)
-    "pad": 5,  # certain points added at both ends of a stretch; also the longest gap closed inside it
+    "pad": 5,  # certain points added at both ends of a stretch; runs closer than 2 pad are joined
     "sigma": 1.5,  # Gaussian smoothing of the photo before its gradient (px)
     "edge_scale": 20.0,  # gradient (grey levels / px) at which the edge strength is 1/2
     "alpha": 0.1,  # elasticity
     "beta": 1.0,  # rigidity
     "gamma": 1.0,  # inverse step size
-    "kappa": 2.0,  # weight of the photo's edges
-    "iterations": 100,
-    "max_shift": 4.0,  # px a point may move from where it started
+    "kappa": 8.0,  # weight of the photo's edges
+    "iterations": 200,
+    "max_shift": 8.0,  # px a point may move from where it started
 }
 _INTEGER = {"min_points", "pad", "iterations"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -53,7 +54,9 @@ def test_certain_outline_is_left_alone_and_without_an_edge_a_straight_side_stays
     flat = np.full_like(photo, 128)  # an uncertain outline, but no edge in the photo to move to
     out = snakes.refine(mask, blended, flat)
     assert (out[40:80] == mask[40:80]).all()  # only the snake's own stiffness acts: it rounds corners, no more
-    assert (out != mask).sum() <= 40
+    outline = mask - cv2.erode(mask, np.ones((3, 3), np.uint8))
+    near = cv2.distanceTransform(1 - outline, cv2.DIST_L2, 5) <= snakes.DEFAULTS["max_shift"] + 1
+    assert (out != mask).any() and not ((out != mask) & ~near).any()
 
 
 def test_points_move_at_most_max_shift_and_the_ends_stay():
