@@ -3,14 +3,16 @@
 Every predicted image gets a score from the model's own output, with no ground truth:
 
 - on the device, from the members' uint8 maps (``image_features``, a few integers per image come
-  back, never a map): the predicted car's area, its outline length, the expected number of wrong
-  pixels if the blended probabilities were calibrated (``soft_error``: the probability mass on the
-  other side of the threshold), the pixels whose probability is far from 0 and 1, and the pixels
-  on which the members disagree;
+  back, never a map): the predicted car's area, its outline length, the pixels whose blended
+  probability is far from 0 and 1 (``uncertain``), the expected number of wrong pixels among them
+  if the probabilities were calibrated (``soft_error``, in 1/255 px), and the pixels on which the
+  members disagree;
 - when the review list is written, from all views of a car (the 12-hex prefix of the image name):
-  how far the image's area is from what its car's other views suggest (``view_area_dev``).
+  how far the image's area is from its mirror and neighbouring views' (``view_area_dev``).
 
-``score`` is the expected share of wrong pixels (``SCORE``), i.e. an estimate of 1 - Dice. The list
+``score`` = soft_error / 255, the expected number of wrong pixels: the review list ranks by how
+much of a mask is probably wrong. The other columns are shown for the reviewer; measured on real
+out-of-fold maps they rank the errors less well (docs/accuracy.md, "Review list"). The list
 ``<out>.review.csv`` (``img, score`` and the features, worst first) goes with every submission,
 shard, merge and ``predict`` run; ``review_figures`` measures a score against the truth out-of-fold
 (``evaluate``, ``report``): the share of all error pixels that the top 5 % of images hold, what a
@@ -51,7 +53,7 @@ def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) ->
     wrong pixels among them if the probabilities were calibrated.
     """
     car = blended >= threshold
-    b = blended.to(torch.int64)
+    b = blended.to(torch.int32)  # sums reach at most 255 x pixels; torch sums int32 into int64
     area = car.sum((-2, -1))
     # Outline: car pixels with a 4- or 8-neighbour outside the car; the image frame is not an outline
     # (max_pool2d pads with -inf, so a car pixel on the frame counts only if a real neighbour is background).
