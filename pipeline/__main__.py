@@ -200,7 +200,7 @@ def cmd_merge(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
-    from .evaluate import evaluate, format_table, json_payload
+    from .evaluate import evaluate, format_table, json_payload, review_lines
     from .io_utils import atomic_path, write_json
 
     _check_jobs(a.jobs)
@@ -217,6 +217,8 @@ def cmd_evaluate(a) -> None:
     print(format_table(summaries))
     for name, s in summaries.items():
         print(f"{name}: worst " + ", ".join(f"{w['img']} {w['dice']:.4f}" for w in s["worst"][:5]))
+    for line in review_lines(per_image):
+        print(line)
     if a.json:
         write_json(a.json, json_payload(summaries))
         print(f"summary -> {a.json}")

@@ -235,24 +235,34 @@ class Engine:
             for i, name in enumerate(names):
                 yield name, per_image[i]
 
-    def masks(self, images: list[Path], weights: list[int], threshold: int) -> Iterator[tuple[list[str], list]]:
-        """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host), in input order.
+    def masks(
+        self, images: list[Path], weights: list[int], threshold: int, features=None, blends: bool = False
+    ) -> Iterator[tuple[list[str], list, np.ndarray | None]]:
+        """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host, features), in input order.
 
         The blend and threshold of ``predict``'s maps happen on the device. On CUDA the masks are
         copied into pinned memory without blocking and a batch is handed over only once the next
         one has been queued, so the device never waits for the host's RLE/gzip work.
+        ``features(maps, blended, threshold)`` (e.g. ``review.image_features``), when given, runs on
+        the device too and only its few numbers per image come back: a (batch, F) int64 array.
+        ``blends``: hand over the uint8 blends (as many bytes as the masks) instead of the masks, for
+        host-side steps that need the probabilities; the caller thresholds them.
         """
         pending = None
         for names, groups in self._quantized(images):
             copies = []
             for idx, q in groups:
-                m = blend(q, weights) >= threshold  # (b, H, W) bool
+                blended = blend(q, weights)
+                m = blended if blends else blended >= threshold  # (b, H, W) uint8 or bool
+                f = features(q, blended, threshold) if features is not None else None
                 if self.device.type == "cuda":
-                    host = torch.empty(m.shape, dtype=torch.bool, pin_memory=True)
+                    host = torch.empty(m.shape, dtype=m.dtype, pin_memory=True)
                     host.copy_(m, non_blocking=True)
-                    copies.append((idx, host))
+                    if f is not None:
+                        f = torch.empty(f.shape, dtype=f.dtype, pin_memory=True).copy_(f, non_blocking=True)
+                    copies.append((idx, host, f))
                 else:
-                    copies.append((idx, m))
+                    copies.append((idx, m, f))
             event = None
             if self.device.type == "cuda":
                 # On the stream the copies were queued on: the engine's device's, not GPU 0's.
@@ -265,8 +275,11 @@ class Engine:
             yield self._host_masks(*pending)
 
     @staticmethod
-    def _host_masks(names, copies, event) -> tuple[list[str], list]:
+    def _host_masks(names, copies, event) -> tuple[list[str], list, np.ndarray | None]:
         if event is not None:
             event.synchronize()
-        per_image = {i: host[j].numpy() for idx, host in copies for j, i in enumerate(idx)}
-        return names, [per_image[i] for i in range(len(names))]
+        per_image = {i: (host[j].numpy(), f) for idx, host, f in copies for j, i in enumerate(idx)}
+        masks = [per_image[i][0] for i in range(len(names))]
+        rows = {i: f[j].numpy() for idx, _, f in copies if f is not None for j, i in enumerate(idx)}
+        feats = np.stack([rows[i] for i in range(len(names))]) if rows else None
+        return names, masks, feats

@@ -22,14 +22,17 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from .data import DataError, Layout
+from .data import DataError, Layout, read_image
 from .engine import blend
 from .io_utils import atomic_path, check_writable, write_json
 from .metrics import dice, dice_from_counts
 from .postprocess import apply as postprocess
-from .postprocess import parse_steps
+from .postprocess import needs_photo, parse_steps
 from .provenance import code_version, recipe_fold
 from .runs import discover, load_maps, member_images
+from .snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
+from .snakes import STEP as ACTIVE_CONTOUR
+from .snakes import params_problem
 
 MAX_COMBOS = 2000
 
@@ -88,21 +91,30 @@ POSTPROCESS_CANDIDATES = (
     ("smooth_contour",),
     ("remove_small", "fill_holes"),
     ("remove_small", "fill_holes", "smooth_contour"),
+    (ACTIVE_CONTOUR,),  # needs the photo: scored on the train images' JPEGs
 )
 
 
 def _per_image(
-    layout: Layout, img: str, maps_of: list[dict], weights: list[int], threshold: int, candidates: list[list[str]]
+    layout: Layout,
+    img: str,
+    maps_of: list[dict],
+    weights: list[int],
+    threshold: int,
+    candidates: list[list[str]],
+    params: dict | None = None,
 ) -> list[float]:
     """Dice of the blend, of the blend after each post-processing candidate, and of each member alone."""
     maps, mask = load_maps(layout, img, maps_of)
+    blended = blend(maps, weights)
+    photo = read_image(layout.train_image(img)) if any(needs_photo(c) for c in candidates) else None
     # Candidates share prefixes (remove_small, then + fill_holes, ...): each prefix is computed once.
-    done: dict[tuple[str, ...], np.ndarray] = {(): (blend(maps, weights) >= threshold).astype(np.uint8)}
+    done: dict[tuple[str, ...], np.ndarray] = {(): (blended >= threshold).astype(np.uint8)}
     for steps in candidates:
         for i in range(len(steps)):
             key = tuple(steps[: i + 1])
             if key not in done:
-                done[key] = postprocess(done[key[:-1]], [steps[i]])
+                done[key] = postprocess(done[key[:-1]], [steps[i]], blended=blended, image=photo, params=params)
     return (
         [dice(done[()], mask)]
         + [dice(done[tuple(steps)], mask) for steps in candidates]
@@ -120,10 +132,12 @@ def tune(
     quiet: bool = False,
     postprocess_steps: str = "auto",
     allow_incomplete: bool = False,
+    active_contour: dict | None = None,
 ) -> dict:
     """Tune weights and threshold; then post-processing: ``"auto"`` tries POSTPROCESS_CANDIDATES and
     keeps the best only if it raises out-of-fold Dice by MIN_POSTPROCESS_GAIN, ``"none"`` skips it, anything else (e.g.
-    ``"fill_holes,smooth_contour"``) is scored and applied as given."""
+    ``"fill_holes,smooth_contour"``) is scored and applied as given. ``active_contour``: parameters of
+    that step that differ from ``snakes.DEFAULTS``; the recipe records them all (``postprocess_params``)."""
     start = time.time()
     if steps < 1:
         raise DataError(f"--steps {steps}: the weight grid needs at least 1 step")
@@ -163,8 +177,12 @@ def tune(
     ci, threshold = np.unravel_index(np.argmax(mean), mean.shape)
     weights = combos[ci].tolist()
 
+    params = {ACTIVE_CONTOUR: {**ACTIVE_CONTOUR_DEFAULTS, **(active_contour or {})}}
+    problem = params_problem(params[ACTIVE_CONTOUR])
+    if problem:
+        raise DataError(f"{ACTIVE_CONTOUR} parameters: {problem}")
     per_image = Parallel(n_jobs=n_jobs)(
-        delayed(_per_image)(layout, img, maps_of, weights, int(threshold), candidates)
+        delayed(_per_image)(layout, img, maps_of, weights, int(threshold), candidates, params)
         for img in tqdm(common, desc="score recipe", unit="img", disable=quiet)
     )
     names = ["+".join(c) for c in candidates]
@@ -192,6 +210,8 @@ def tune(
         "postprocess": chosen,
         # Mean out-of-fold Dice gained by each candidate over the thresholded blend (negative: it hurts).
         "postprocess_gain": pp_gain,
+        # The parameters the photo steps were scored with (and run with, when chosen).
+        "postprocess_params": params,
         "weight_total": int(sum(weights)),
         "members": [
             {

@@ -7,6 +7,8 @@ Sources, each scored per image (metrics.score_image) and summarised over images 
 - ``--submission FILE --masks DIR``: any Kaggle submission (.csv or .csv.gz) against a mask folder;
 - ``--pred-dir DIR --masks DIR``: a folder of predicted mask images (nonzero = car).
 A mask folder holds ``<image stem>_mask.gif`` (the Kaggle ``train_masks/``) or ``_mask.png`` files.
+Runs and recipes have probabilities: their per-image table also holds the review score
+(pipeline/review.py), and ``review_lines`` says how much of the error the top 5 % by score hold.
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from . import rle
+from . import review, rle
 from .checks import check_recipe
-from .data import DataError, Layout, read_mask
+from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
 from .io_utils import plain_name
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
 from .postprocess import apply as postprocess
+from .postprocess import needs_photo
 from .provenance import verify_recipe_oof
 from .runs import discover, load_maps, member_images
 from .validate import SubmissionError, submission_rows
 
 
-def _table(images: list[str], rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=list(PER_IMAGE_COLUMNS))
+def _table(images: list[str], rows: list, with_review: bool = False) -> pd.DataFrame:
+    """Per-image metrics; with_review: ``rows`` are (metrics, review features) pairs and the table gets
+    each image's review score (pipeline/review.py), computed from the probabilities as the submission does."""
+    metrics = [r[0] for r in rows] if with_review else rows
+    df = pd.DataFrame(metrics, columns=list(PER_IMAGE_COLUMNS))
     df.insert(0, "img", images)
+    if with_review:
+        df["review_score"] = review.scores_of(images, [r[1] for r in rows])
     return df
 
 
@@ -57,11 +65,11 @@ def score_runs(
         images = sorted(by_image)
         threshold = int(folds[0].get("threshold", 128))
 
-        def one(img: str, by_image=by_image, threshold=threshold) -> dict:
+        def one(img: str, by_image=by_image, threshold=threshold) -> tuple[dict, dict]:
             (q,), mask = load_maps(layout, img, [by_image])
-            return score_image(q >= threshold, mask)
+            return score_image(q >= threshold, mask), review.features_of(q[None], [1], threshold)
 
-        out[name] = _table(images, _parallel(one, images, n_jobs, f"evaluate {name}", quiet))
+        out[name] = _table(images, _parallel(one, images, n_jobs, f"evaluate {name}", quiet), with_review=True)
     return out
 
 
@@ -77,11 +85,16 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
     weights = [int(m["weight"]) for m in recipe["members"]]
     threshold, steps = int(recipe["threshold"]), list(recipe.get("postprocess", []))
 
-    def one(img: str) -> dict:
-        maps, mask = load_maps(layout, img, maps_of)
-        return score_image(postprocess((blend(maps, weights) >= threshold).astype(np.uint8), steps), mask)
+    params = recipe.get("postprocess_params")
 
-    return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet))
+    def one(img: str) -> tuple[dict, dict]:
+        maps, mask = load_maps(layout, img, maps_of)
+        blended = blend(maps, weights)
+        photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
+        car = postprocess((blended >= threshold).astype(np.uint8), steps, blended=blended, image=photo, params=params)
+        return score_image(car, mask), review.features_of(maps, weights, threshold)
+
+    return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet), with_review=True)
 
 
 def mask_path(masks_dir: Path, img: str) -> Path | None:
@@ -248,7 +261,18 @@ def evaluate(
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission or --pred-dir")
     summaries = {name: summarize(t) for name, t in tables.items()}
     per_image = pd.concat([t.assign(source=name) for name, t in tables.items()], ignore_index=True)
-    return summaries, per_image[["source", "img", *PER_IMAGE_COLUMNS]]
+    if "review_score" not in per_image:  # no source with probabilities (submissions, mask folders)
+        per_image["review_score"] = np.nan
+    return summaries, per_image[["source", "img", *PER_IMAGE_COLUMNS, "review_score"]]
+
+
+def review_lines(per_image: pd.DataFrame) -> list[str]:
+    """What the review score catches, per source that has one (``review.review_figures``)."""
+    return [
+        review.format_figures(name, review.review_figures(t))
+        for name, t in per_image.groupby("source", sort=False)
+        if t["review_score"].notna().all()
+    ]
 
 
 def json_payload(summaries: dict[str, dict]) -> dict:

@@ -13,6 +13,10 @@ Steps:
 - `smooth_contour`: the adaptive contour smoothing of Heitzinger & Kampel, "Highly Accurate Binary
   Image Segmentation for Cars" (see `adaptive_smooth`), then rasterisation of the smoothed contours.
 
+Steps that need more than the mask (`PHOTO_STEPS`): `active_contour` (pipeline/snakes.py) moves the
+uncertain stretches of the outline onto the photo's edges; `apply` runs it when given the blended
+uint8 probabilities, the photo and the recipe's `postprocess_params`, and refuses it without them.
+
 Contour convention (measured, see tests): `cv2.findContours(CHAIN_APPROX_NONE)` returns the centres of
 the foreground pixels on the boundary, for outer contours and for holes alike. `cv2.fillPoly` fills
 every pixel whose centre lies inside or on the polygon, so an outer contour refilled with 1 gives
@@ -223,6 +227,10 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+PHOTO_STEPS = ("active_contour",)  # steps that also need the blended probabilities and the photo
+KNOWN_STEPS = (*POSTPROCESS, *PHOTO_STEPS)
+
+
 def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
     """Step names from a list or a "a,b" / "a+b" string (config and CLI); checks every name."""
     if steps is None:
@@ -230,17 +238,39 @@ def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
     if isinstance(steps, str):
         steps = steps.replace("+", ",").split(",")
     names = [s.strip() for s in steps if s and s.strip()]
-    unknown = [s for s in names if s not in POSTPROCESS]
+    unknown = [s for s in names if s not in KNOWN_STEPS]
     if unknown:
-        raise ValueError(f"unknown post-processing step {unknown[0]!r}; available: {', '.join(POSTPROCESS)}")
+        raise ValueError(f"unknown post-processing step {unknown[0]!r}; available: {', '.join(KNOWN_STEPS)}")
     return names
 
 
-def apply(mask: np.ndarray, steps: str | Sequence[str] | None) -> np.ndarray:
-    """Apply the named post-processing steps in order to a binary mask; returns a new uint8 0/1 mask."""
+def needs_photo(steps: Sequence[str] | None) -> bool:
+    """Whether ``apply(mask, steps, ...)`` needs ``blended`` and ``image`` (so callers read the photo only then)."""
+    return any(s in PHOTO_STEPS for s in steps or ())
+
+
+def apply(
+    mask: np.ndarray,
+    steps: str | Sequence[str] | None,
+    blended: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    params: dict | None = None,
+) -> np.ndarray:
+    """Apply the named post-processing steps in order to a binary mask; returns a new uint8 0/1 mask.
+
+    ``blended`` (the uint8 blend the mask was thresholded from), ``image`` (the RGB photo) and
+    ``params`` (``{step: its parameters}``, the recipe's ``postprocess_params``) are what
+    PHOTO_STEPS need; a ValueError names the step if they are missing.
+    """
     names = parse_steps(steps)
     out = _as_mask(mask)
     for name in names:
-        if name != "none":
+        if name in PHOTO_STEPS:
+            if blended is None or image is None:
+                raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
+            from .snakes import refine  # the only photo step; snakes imports this module
+
+            out = refine(out, blended, image, (params or {}).get(name))
+        elif name != "none":
             out = POSTPROCESS[name](out)
     return out

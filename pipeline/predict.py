@@ -6,7 +6,8 @@ whatever its size: the engine resizes to the model size and the probabilities ba
 
 Per image ``<name>``: ``<name>_mask.png`` (0/255), ``<name>_cutout.png`` (RGBA, alpha = the mask,
 optionally feathered), and with a background ``<name>_composite.jpg``. Unreadable files are named
-and skipped; the command then ends with a non-zero exit.
+and skipped; the command then ends with a non-zero exit. ``<out>/review.csv`` lists the images of
+the run, the masks most likely wrong first (pipeline/review.py).
 
 Lineage: ``<out>/lineage.jsonl`` records every file predict writes there, with the key of what it
 was made from (the recipe and its checkpoints' hashes, or the checkpoint's; precision; the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from .data import DataError, image_size, read_image
@@ -36,6 +38,7 @@ from .io_utils import atomic_path, check_writable, os_error_message
 from .models import load_checkpoint_model
 from .postprocess import apply as postprocess
 from .provenance import file_sha256, load_recipe, rows_source, text_sha
+from .review import DEVICE_FEATURES, image_features, review_table, write_review
 from .submission import load_members, member_precisions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -54,6 +57,7 @@ class Predictor:
     postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
     batch_size: int = 4  # images decoded and handed to the engine at a time
     lineage: dict = field(default_factory=dict)  # what every mask depends on (provenance.rows_source or checkpoint)
+    postprocess_params: dict = field(default_factory=dict)  # the recipe's parameters of photo steps (active_contour)
 
 
 def load_predictor(
@@ -75,7 +79,7 @@ def load_predictor(
         model, cfg = load_checkpoint_model(checkpoint, dev)
         own = resolve_precision(precision or cfg.predict.amp, dev)
         members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta), own)]
-        weights, threshold, source, steps = [1], CHECKPOINT_THRESHOLD, str(checkpoint), []
+        weights, threshold, source, steps, params = [1], CHECKPOINT_THRESHOLD, str(checkpoint), [], {}
         lineage = {"checkpoint": file_sha256(checkpoint), "tta": list(cfg.predict.tta), "precision": own}
     else:
         recipe = Path(recipe or "submissions/recipe.json")
@@ -84,10 +88,11 @@ def load_predictor(
         spec, shas = load_recipe(recipe)  # checked exactly as the submission checks it
         members, weights = load_members(spec, dev)
         threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
+        params = spec.get("postprocess_params", {})
         lineage = rows_source(spec, shas, member_precisions(spec, dev, precision))
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     engine = Engine(members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile)
-    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage)
+    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage, params)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -163,6 +168,7 @@ def _write(path: Path, rgb_or_gray: np.ndarray, ext: str, params: list[int] | No
 
 
 LOG = "lineage.jsonl"
+REVIEW = "review.csv"  # the review list of the images in the folder, most likely wrong first
 
 
 class OutputLog:
@@ -176,11 +182,14 @@ class OutputLog:
     def __init__(self, out_dir: Path):
         self.path = out_dir / LOG
         self.files: dict[str, tuple[str, str]] = {}  # file name -> (key, state)
+        self.review: dict[str, list[int]] = {}  # mask file name -> its review features (review.DEVICE_FEATURES)
         lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
         for n, line in enumerate(lines, 1):
             try:
                 rec = json.loads(line)
                 self.files[str(rec["file"])] = (str(rec["key"]), str(rec["state"]))
+                if "review" in rec:
+                    self.review[str(rec["file"])] = rec["review"]
             except (ValueError, KeyError, TypeError):
                 if n < len(lines):  # only the last line may be torn (a kill while appending)
                     raise DataError(f"{self.path}: line {n} is not a record of predict; remove the file") from None
@@ -191,8 +200,12 @@ class OutputLog:
     def done(self, path: Path, key: str) -> bool:
         return self.files.get(path.name) == (key, "done") and path.is_file()
 
-    def mark(self, paths: list[Path], key: str, state: str) -> None:
-        lines = "".join(json.dumps({"file": p.name, "key": key, "state": state}) + "\n" for p in paths)
+    def mark(self, paths: list[Path], key: str, state: str, review: list[int] | None = None) -> None:
+        """Log ``paths`` in ``state``; ``review``: the image's review features, kept with its first file (the mask)."""
+        extra = [{"review": review}] + [{}] * (len(paths) - 1) if review is not None else [{}] * len(paths)
+        lines = "".join(
+            json.dumps({"file": p.name, "key": key, "state": state, **x}) + "\n" for p, x in zip(paths, extra)
+        )
         try:
             with open(self.path, "a") as f:
                 f.write(lines)
@@ -201,6 +214,8 @@ class OutputLog:
         except OSError as e:
             raise DataError(os_error_message(self.path, e)) from None
         self.files.update({p.name: (key, state) for p in paths})
+        if review is not None:
+            self.review[paths[0].name] = review
 
 
 def _background_id(background) -> str | None:
@@ -239,6 +254,8 @@ def check_outputs(inputs: list[Path], out_dir: Path, with_composite: bool, log: 
             "Use another folder, e.g. --out predictions"
         )
     resolved_inputs = {p.resolve() for p in inputs}
+    if (out_dir / REVIEW).exists() and not log.ours(out_dir / REVIEW):
+        raise DataError(f"{out_dir / REVIEW}: exists and was not written by predict; move it, or use another --out")
     for p in inputs:
         for target in output_paths(out_dir, p, with_composite).values():
             if target.resolve() in resolved_inputs:
@@ -320,9 +337,17 @@ def predict_images(
                 log.mark(list(output_paths(out_dir, p, bg is not None).values()), keys[p], "claimed")
             for name, q in predictor.engine.predict(engine_paths):
                 image, p = images.pop(name), source[name]
-                car = (blend(q, predictor.weights) >= predictor.threshold).cpu().numpy()
+                blended = blend(q, predictor.weights)
+                features = image_features(q[:, None], blended[None], predictor.threshold)[0].tolist()
+                car = (blended >= predictor.threshold).cpu().numpy()
                 if predictor.postprocess:  # as `evaluate` scores the recipe
-                    car = postprocess(car.astype(np.uint8), predictor.postprocess)
+                    car = postprocess(
+                        car.astype(np.uint8),
+                        predictor.postprocess,
+                        blended.cpu().numpy(),
+                        image,
+                        predictor.postprocess_params,
+                    )
                 mask = car.astype(np.uint8) * 255
                 alpha = feather_alpha(mask, feather)
                 targets = output_paths(out_dir, p, bg is not None)
@@ -332,11 +357,23 @@ def predict_images(
                     if mask.shape not in fitted:
                         fitted[mask.shape] = fit_background(bg, *mask.shape)
                     _write(targets["composite"], composite(image, alpha, fitted[mask.shape]), ".jpg", JPEG_PARAMS)
-                log.mark(list(targets.values()), keys[p], "done")
+                log.mark(list(targets.values()), keys[p], "done", review=features)
                 written.append(str(p))
                 bar.update(1)
     bar.close()
-    return {"written": written, "skipped": skipped, "already_done": len(inputs) - len(todo)}
+    # The review list of this run's images (resumed ones included) from the features the log kept.
+    rows = [
+        [p.name, *log.review[mask.name]]
+        for p in inputs
+        if log.done(mask := output_paths(out_dir, p, bg is not None)["mask"], keys[p]) and mask.name in log.review
+    ]
+    review = None
+    if rows:
+        review = out_dir / REVIEW
+        log.mark([review], "review", "claimed")
+        write_review(review, review_table(pd.DataFrame(rows, columns=["img", *DEVICE_FEATURES])))
+        log.mark([review], "review", "done")
+    return {"written": written, "skipped": skipped, "already_done": len(inputs) - len(todo), "review": review}
 
 
 def run_predict(

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import evaluate
+from . import evaluate, review
 from .checks import check_recipe
 from .data import DataError, Layout, read_image, read_mask
 from .engine import blend
@@ -26,6 +26,7 @@ from .errors import PipelineError
 from .io_utils import check_writable, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .postprocess import apply as postprocess
+from .postprocess import needs_photo
 from .provenance import trace, verify_recipe_oof
 from .runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
 
@@ -68,8 +69,11 @@ def predicted_mask(source: str, img: str, layout: Layout, runs_dir: Path, recipe
     if source == BLEND:
         found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
         maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
-        car = blend(maps, [int(m["weight"]) for m in recipe["members"]]) >= int(recipe["threshold"])
-        return postprocess(car.astype(np.uint8), recipe.get("postprocess", [])).astype(bool)
+        blended = blend(maps, [int(m["weight"]) for m in recipe["members"]])
+        steps = recipe.get("postprocess", [])
+        photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
+        car = (blended >= int(recipe["threshold"])).astype(np.uint8)
+        return postprocess(car, steps, blended, photo, recipe.get("postprocess_params")).astype(bool)
     folds = discover(runs_dir, [source], allow_incomplete=True)[source]
     (q,), _ = load_maps(layout, img, [member_images(folds)])
     return q >= int(folds[0].get("threshold", 128))
@@ -121,6 +125,28 @@ def plot_dice_histogram(tables: dict[str, pd.DataFrame], path: Path) -> None:
     ax.set_ylabel("images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.savefig(path)
+
+
+def plot_review_gain(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """Share of all error pixels in the images looked at, against the share of images looked at:
+    in review-score order (one line per source), in the best possible order, and at random (the diagonal)."""
+    fig = _figure(6.5, 4.2)
+    ax = fig.subplots()
+    for i, (name, t) in enumerate(tables.items()):
+        errors = (t.fp + t.fn).to_numpy(np.float64)
+        order = np.lexsort((t.img.to_numpy(str), -t.review_score.to_numpy(np.float64)))
+        x = np.arange(len(t) + 1) / len(t)
+        total = max(errors.sum(), 1)
+        ax.plot(x, np.r_[0, np.cumsum(errors[order])] / total, color=f"C{i}", label=f"{name}: by review score")
+        if i == 0:
+            ax.plot(x, np.r_[0, np.cumsum(np.sort(errors)[::-1])] / total, "k:", label=f"{name}: best possible")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="random")
+    ax.axvline(review.TOP_SHARE, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("share of images looked at")
+    ax.set_ylabel("share of all error pixels in them")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.savefig(path)
 
 
@@ -228,6 +254,41 @@ def _lineage_html(recipe_path) -> list[str]:
     return [f"<h2>Lineage of the recipe ({verdict})</h2>", f"<pre class=lineage>{text}</pre>"]
 
 
+def _review_section(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[str]:
+    """The review list's figures (pipeline/review.py) on out-of-fold images, and the gain curve."""
+    scored = {n: t for n, t in tables.items() if "review_score" in t and t.review_score.notna().all()}
+    if not scored:
+        return []
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in ("source", "images looked at", "their share of error pixels", "random", "random, 95th pct.")
+        + ("best possible", "Spearman (score, 1 - Dice)")
+    )
+    rows = []
+    for name, t in scored.items():
+        f = review.review_figures(t)
+        cells = (
+            f"{f['top_images']} of {f['n_images']}",
+            f"{f['error_share_top']:.1%}",
+            f"{f['error_share_random']:.1%}",
+            f"{f['error_share_random_p95']:.1%}",
+            f"{f['error_share_best']:.1%}",
+            f"{f['spearman']:.3f}",
+        )
+        cls = ' class="blend"' if name == BLEND else ""
+        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    plot_review_gain(scored, out_dir / "review_gain.png")
+    return [
+        "<h2>Which masks to look at: the review score</h2>",
+        "<p>Each image's review score comes from the model's own probabilities, without the truth (the "
+        "submission writes it to <code>&lt;out&gt;.review.csv</code>). Looking at the top "
+        f"{review.TOP_SHARE:.0%} of images by score shows this share of all error pixels (false positives "
+        "plus false negatives), out-of-fold:</p>",
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>",
+        '<img src="review_gain.png" alt="share of error pixels against share of images looked at">',
+    ]
+
+
 def _page(title: str, meta: str, sections: list[str]) -> str:
     body = "\n".join(sections)
     return (
@@ -268,7 +329,7 @@ def make_report(
         )
     out_dir = check_writable(out_dir, "report")
     for old in out_dir.glob("*.png"):  # pictures of an earlier report (it may have had more images)
-        if old.name.startswith(("curves_", "worst_", "dice_hist")):
+        if old.name.startswith(("curves_", "worst_", "dice_hist", "review_gain")):
             old.unlink()
 
     histories = load_histories(runs_dir, names)
@@ -298,6 +359,7 @@ def make_report(
         )
         plot_dice_histogram(tables, out_dir / "dice_hist.png")
         sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
+        sections += _review_section(tables, out_dir)
 
     sections.append("<h2>Training curves</h2>")
     for name, member_histories in histories.items():

@@ -41,12 +41,14 @@ import torch
 from tqdm import tqdm
 
 from . import rle
-from .data import DataError, Layout
+from .data import DataError, Layout, read_image
 from .engine import Engine, Member, pick_device, precision_label, resolve_precision
 from .io_utils import OutputLock, check_writable, os_error_message, plain_name, read_json, write_json
 from .models import load_checkpoint_model, read_checkpoint
 from .postprocess import apply as postprocess
+from .postprocess import needs_photo
 from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key
+from .review import ReviewSidecar, image_features, merge_reviews, review_path
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
@@ -108,9 +110,18 @@ def _write_all(f, data: bytes) -> None:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray, steps: list[str]) -> str:
-    """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE."""
-    return f"{name},{rle.encode(postprocess(mask, steps) if steps else mask)}\n"
+def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None) -> str:
+    """One CSV row: the recipe's post-processing (pipeline.postprocess), then the RLE.
+
+    ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
+    the photo is decoded here, in the pool, not on the loader's or the device's time.
+    """
+    if photo is not None:
+        blended, path, params = photo
+        mask = postprocess(mask, steps, blended, read_image(path), params)
+    elif steps:
+        mask = postprocess(mask, steps)
+    return f"{name},{rle.encode(mask)}\n"
 
 
 class RowWriter:
@@ -132,8 +143,8 @@ class RowWriter:
         self.lines: list[str] = []
         self.broken = False  # a row failed: nothing after it may be written
 
-    def add(self, name: str, mask: np.ndarray) -> None:
-        self.rows.append(self.pool.submit(_row, name, mask, self.steps))
+    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None) -> None:
+        self.rows.append(self.pool.submit(_row, name, mask, self.steps, photo))
         while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
@@ -351,14 +362,18 @@ def make_submission(
             return done
 
         rows_done, size = 0, None
+        review = ReviewSidecar(out)  # the review data of the rows on disk, resumed with them
         if part.exists() and progress_path.exists() and not force:
             progress = read_json(progress_path)
-            if progress.get("key") == key:
+            if progress.get("key") == key and "review_bytes" in progress and review.path.exists():
                 rows_done, size = progress["rows"], progress["size"]
                 with open(part, "r+b") as f:
                     f.truncate(progress["bytes"])  # drop a chunk that was being written when it stopped
+                review.resume(progress["review_bytes"])
                 if not quiet:
                     print(f"resuming {part}: {rows_done}/{len(names)} rows already written")
+            elif not quiet and progress.get("key") == key:
+                print(f"{part}: written without its review data (an older version); starting over")
             elif not quiet:
                 print(f"{part}: left by another recipe, checkpoints, precision or data; starting over")
         compress = _compressor(suffix)
@@ -371,7 +386,11 @@ def make_submission(
                     os.fsync(f.fileno())
             except OSError as e:
                 raise DataError(os_error_message(part, e)) from None
-            write_json(progress_path, {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None})
+            review_bytes = review.start()
+            write_json(
+                progress_path,
+                {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None, "review_bytes": review_bytes},
+            )
 
         todo = paths[rows_done:]
         if todo:
@@ -384,16 +403,36 @@ def make_submission(
 
             def on_chunk(n: int, offset: int) -> None:
                 state["rows"] += n
-                write_json(progress_path, {"key": key, "rows": state["rows"], "bytes": offset, "size": state["size"]})
+                review_bytes = review.flush(n)  # the same n rows' review data, on disk before the progress says so
+                write_json(
+                    progress_path,
+                    {
+                        "key": key,
+                        "rows": state["rows"],
+                        "bytes": offset,
+                        "size": state["size"],
+                        "review_bytes": review_bytes,
+                    },
+                )
                 bar.update(n)
 
             with open(part, "ab", buffering=0) as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
                 writer = RowWriter(
                     f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
                 )
+                # Steps that need the photo and the probabilities (active_contour) get the uint8 blend
+                # instead of the mask (as many bytes) and threshold it here.
+                photo_step = needs_photo(recipe.get("postprocess", []))
+                threshold = int(recipe["threshold"])
                 try:
-                    for batch_names, masks in engine.masks(todo, weights, int(recipe["threshold"])):
+                    batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step)
+                    for batch_names, masks, features in batches:
+                        review.add(batch_names, features)
                         for name, mask in zip(batch_names, masks):
+                            photo = None
+                            if photo_step:
+                                photo = (mask, layout.test_dir / name, recipe.get("postprocess_params"))
+                                mask = mask >= threshold
                             if state["size"] is None:
                                 state["size"] = [mask.shape[1], mask.shape[0]]
                             elif [mask.shape[1], mask.shape[0]] != state["size"]:
@@ -402,7 +441,7 @@ def make_submission(
                                     f"{layout.test_dir / name}: {mask.shape[1]}x{mask.shape[0]}, but the test "
                                     f"images before it are {w0}x{h0}"
                                 )
-                            writer.add(name, mask)
+                            writer.add(name, mask, photo)
                     writer.finish()
                 except BaseException as e:
                     try:
@@ -420,6 +459,7 @@ def make_submission(
 
         width, height = size
         check = validate_submission(part, names, width, height)
+        review_csv = review.finish(names, out)
         summary = {
             "file": str(out),
             "key": key,
@@ -431,6 +471,7 @@ def make_submission(
             "width": width,
             "height": height,
             "partial": bool(limit) or shard is not None,
+            "review": str(review_csv),
             "device": str(dev),
             "num_workers": num_workers,
             "seconds_this_run": round(time.time() - start, 1),
@@ -440,6 +481,7 @@ def make_submission(
         write_json(summary_path, summary)
         os.replace(part, out)
         progress_path.unlink(missing_ok=True)
+        review.remove()
     if not quiet:
         what = "trial of the first rows, not a submission" if limit else "shard" if shard else "validated"
         print(
@@ -581,6 +623,13 @@ def merge_shards(
             part.unlink(missing_ok=True)
             raise DataError(os_error_message(part, e)) from None
         check = validate_submission(part, names, width, height)
+        reviews = [review_path(shards[i]) for i in range(count)]
+        review_csv = None
+        if all(r.is_file() for r in reviews):  # one list for the whole test set: car features across shards
+            review_csv = str(merge_reviews(reviews, names, out))
+        elif not quiet:
+            missing = next(r for r in reviews if not r.is_file())
+            print(f"warning: {missing} not found (a shard of an older version?); no review list for {out.name}")
         summary = {
             "file": str(out),
             "key": key,
@@ -592,6 +641,7 @@ def merge_shards(
             "width": width,
             "height": height,
             "partial": False,
+            "review": review_csv,
             "merged_from": [str(shards[i]) for i in range(count)],
             "seconds_this_run": round(time.time() - start, 1),
         }

@@ -254,7 +254,7 @@ def compile_check(a, dev) -> dict:
                 pass
             first = time.perf_counter() - start
             start = time.perf_counter()
-            masks[mode] = np.concatenate([np.stack(m) for _, m in engine.masks(images[n:], [1], 128)])
+            masks[mode] = np.concatenate([np.stack(m) for _, m, _ in engine.masks(images[n:], [1], 128)])
             steady = time.perf_counter() - start
             out[mode] = {"first_pass_s": round(first, 2), "img_s": round(n / steady, 3)}
             _free(dev)

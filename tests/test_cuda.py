@@ -63,7 +63,7 @@ def _engine(tiny_data, tmp_path, device: str) -> Engine:
 def _pinned_and_synchronous(engine: Engine, images) -> tuple[np.ndarray, np.ndarray]:
     """The masks through the pinned, non-blocking copies that ``masks`` hands over once their event has
     completed, and the same masks copied synchronously; one engine, so the same cuDNN algorithms."""
-    pinned = np.concatenate([np.stack(m) for _, m in engine.masks(images, [1], 128)])
+    pinned = np.concatenate([np.stack(m) for _, m, _ in engine.masks(images, [1], 128)])
     synchronous = np.stack([(blend(q, [1]) >= 128).cpu().numpy() for _, q in engine.predict(images)])
     return pinned, synchronous
 

@@ -4,11 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data import Layout, read_mask
+from pipeline.data import Layout, read_image, read_mask
 from pipeline.engine import blend
 from pipeline.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, tune, weight_grid
 from pipeline.metrics import dice
 from pipeline.postprocess import apply as postprocess
+from pipeline.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
 from tests.conftest import fake_fold
 
 
@@ -63,11 +64,18 @@ def test_search_finds_the_brute_force_optimum(tiny_data, tmp_path):
     assert scores.blend.mean() == pytest.approx(recipe["oof"]["dice"], abs=1e-6)
 
     # Post-processing: every candidate's gain is recorded, and one is kept only if it raises the score.
-    thresholded = [(blend(np.stack([a, b]), best[1]) >= best[2]).astype(np.uint8) for a, b in zip(maps_a, maps_b)]
-    gains = recipe["postprocess_gain"]
+    blended = [blend(np.stack([a, b]), best[1]) for a, b in zip(maps_a, maps_b)]
+    photos = [read_image(layout.train_image(i)) for i in images]
+    gains, params = recipe["postprocess_gain"], recipe["postprocess_params"]
     assert set(gains) == {"+".join(c) for c in POSTPROCESS_CANDIDATES}
+    assert params == {"active_contour": ACTIVE_CONTOUR_DEFAULTS}
     for name, gain in gains.items():
-        after = np.mean([dice(postprocess(t, name), m) for t, m in zip(thresholded, masks)])
+        after = np.mean(
+            [
+                dice(postprocess((bl >= best[2]).astype(np.uint8), name, bl, photo, params), m)
+                for bl, photo, m in zip(blended, photos, masks)
+            ]
+        )
         assert gain == pytest.approx(after - best[0], abs=1e-9)
     if max(gains.values()) >= MIN_POSTPROCESS_GAIN:
         assert "+".join(recipe["postprocess"]) == max(gains, key=gains.get)

@@ -124,3 +124,35 @@ def test_cli_writes_the_summary_json_and_per_image_csv(runs, tiny_data, tmp_path
     summaries, _ = evaluate(runs=str(runs), data=str(tiny_data), n_jobs=1, quiet=True)
     assert set(summaries) == {"perfect", "shifted"} and summaries["perfect"]["mean_dice"] == 1
     assert main(["evaluate", "--submission", str(tmp_path / "missing.csv"), "--data", str(tiny_data)]) == 2
+
+
+def test_recipe_with_active_contour_is_scored_after_the_snakes(tiny_data, tmp_path):
+    from pipeline.data import read_image
+    from pipeline.postprocess import apply
+    from pipeline.snakes import DEFAULTS
+
+    folds = load_folds(tiny_data.parent / "folds.csv")
+    images = sorted(folds[folds.fold == 0].img)
+    runs = tmp_path / "runs"
+
+    def soft(mask):  # right third: a wide, uncertain transition 2 px off the truth; elsewhere sharp and right
+        blurred = cv2.GaussianBlur(np.roll(mask, 2, axis=1).astype(np.float32) * 255, (0, 0), 4).astype(np.uint8)
+        return np.where(np.arange(mask.shape[1]) >= 2 * mask.shape[1] // 3, blurred, mask * 255).astype(np.uint8)
+
+    _fake_run(runs, tiny_data, "soft", {0: images}, soft)
+    params = {**DEFAULTS, "min_points": 8}
+    plain = score_recipe(fake_recipe(tmp_path / "r.json", runs, {"soft": 1}), tiny_data, n_jobs=1)
+    recipe = fake_recipe(
+        tmp_path / "ac.json",
+        runs,
+        {"soft": 1},
+        postprocess=["active_contour"],
+        postprocess_params={"active_contour": params},
+    )
+    scored = score_recipe(recipe, tiny_data, n_jobs=1)
+    for img, got in zip(scored.img, scored.dice):
+        mask = read_mask(tiny_data / "train_masks" / img.replace(".jpg", "_mask.gif"))
+        q = soft(mask)
+        car = apply(q >= 128, ["active_contour"], q, read_image(tiny_data / "train" / img), {"active_contour": params})
+        assert got == score_image(car, mask)["dice"], img
+    assert (scored.dice != plain.dice).sum() > 10  # the snakes changed these masks

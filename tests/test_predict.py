@@ -11,6 +11,7 @@ from PIL import Image
 from pipeline import rle
 from pipeline.__main__ import main
 from pipeline.predict import composite, feather_alpha, fit_background
+from pipeline.review import review_path
 from pipeline.submission import make_submission
 from tests.conftest import H, W
 
@@ -59,6 +60,8 @@ def test_folder_with_recipe_equals_the_submission(tiny_data, tiny_runs, tmp_path
         assert np.abs(comp[far].astype(int) - [0, 255, 0]).max(initial=0) <= 6
         checked += int(far.sum())
     assert checked > 1000  # the background check above was not vacuous
+    # The same review list as the submission's: the same features from the same maps, the same car.
+    assert (out / "review.csv").read_text() == review_path(sub).read_text()
 
 
 def test_checkpoint_mask_is_the_out_of_fold_map_thresholded(tiny_data, tiny_runs, tmp_path):
@@ -119,8 +122,10 @@ def test_unreadable_file_is_named_skipped_and_fails_at_the_end(tiny_data, tiny_r
     assert code == 2
     assert "broken.jpg" in err and "1 unreadable image(s) skipped" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{p.stem}_{kind}.png" for p in good for kind in ("mask", "cutout")] + ["lineage.jsonl"]
+        [f"{p.stem}_{kind}.png" for p in good for kind in ("mask", "cutout")] + ["lineage.jsonl", "review.csv"]
     )
+    review = (out / "review.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in review[1:]) == sorted(p.name for p in good)  # not the broken one
 
 
 def test_bad_background_fails_before_any_work(tiny_data, tiny_runs, tmp_path, capsys):
@@ -212,3 +217,38 @@ def test_user_stage_help_exits_cleanly(stage):
     with pytest.raises(SystemExit) as e:
         main([stage, "--help"])
     assert e.value.code == 0
+
+
+def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tiny_data, tiny_runs, tmp_path):
+    import json
+
+    from pipeline.data import read_image
+    from pipeline.engine import blend
+    from pipeline.postprocess import apply
+    from pipeline.predict import load_predictor
+    from pipeline.snakes import DEFAULTS
+
+    _, recipe = tiny_runs
+    spec = json.loads(recipe.read_text())
+    spec["postprocess"] = ["active_contour"]
+    params = {**DEFAULTS, "min_width": 1.0, "width_ratio": 1.2, "min_points": 4, "pad": 2}  # tiny 96x64 images
+    spec["postprocess_params"] = {"active_contour": params}
+    forced = tmp_path / "recipe_ac.json"
+    forced.write_text(json.dumps(spec))
+    images = sorted((tiny_data / "test").iterdir())
+    assert main(["predict", str(tiny_data / "test"), "--out", str(tmp_path / "ac"), "--recipe", str(forced)]) == 0
+    sub = tmp_path / "s.csv.gz"
+    make_submission(forced, tiny_data, sub, device="cpu", num_workers=0, quiet=True)
+    with gzip.open(sub, "rt", newline="") as f:
+        rows = dict(list(csv.reader(f))[1:])
+    predictor = load_predictor(recipe, device="cpu")
+    changed = 0
+    for path, (name, q) in zip(images, predictor.engine.predict(images)):
+        blended = blend(q, predictor.weights).numpy()
+        raw = (blended >= predictor.threshold).astype(np.uint8)
+        expected = apply(raw, ["active_contour"], blended, read_image(path), spec["postprocess_params"])
+        got = _gray(tmp_path / "ac" / f"{path.stem}_mask.png") > 0
+        assert np.array_equal(got, expected.astype(bool)), name
+        assert rows[name] == rle.encode(expected), name  # the submission applies it the same way
+        changed += int((expected != raw).any())
+    assert changed > 0  # the snakes moved something on these weak tiny models

@@ -5,7 +5,7 @@ import re
 import cv2
 import numpy as np
 
-from pipeline import evaluate
+from pipeline import evaluate, review
 from pipeline.__main__ import main
 from pipeline.metrics import summarize
 from pipeline.report import ERR_ALPHA, FN, FP, TP, TP_ALPHA, error_regions, overlay
@@ -48,6 +48,17 @@ def test_report_writes_index_with_its_images(tiny_data, tiny_runs, tmp_path):
         assert re.findall(r"<td>([^<]*)</td>", row) == [str(s["n_images"])] + [
             f"{s[c]:.5f}" for c in ("mean_dice", "mean_iou", "pixel_accuracy", "precision", "recall")
         ] + [f"{s[c]:.5f}" for c in ("dice_p5", "dice_p50", "dice_p95")]
+    # The review score's figures (pipeline/review.py) for each source, and the gain curve.
+    assert "review_gain.png" in srcs
+    for name, table in tables.items():
+        f = review.review_figures(table)
+        row = re.findall(rf"<tr[^>]*><td>{name}</td>(.*?)</tr>", page)[1]  # [0] is the metrics table
+        assert re.findall(r"<td>([^<]*)</td>", row) == [
+            f"{f['top_images']} of {f['n_images']}",
+            *(f"{f[k]:.1%}" for k in ("error_share_top", "error_share_random", "error_share_random_p95")),
+            f"{f['error_share_best']:.1%}",
+            f"{f['spearman']:.3f}",
+        ]
     # The worst images are the blend's lowest Dice, in order.
     worst = tables["blend"].sort_values(["dice", "img"]).img.head(3).tolist()
     assert re.findall(r"<h3>\d\. ([^:]+):", page) == worst

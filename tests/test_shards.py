@@ -17,6 +17,7 @@ from pipeline import submission as submission_mod
 from pipeline.__main__ import main
 from pipeline.data import DataError
 from pipeline.models import build_model
+from pipeline.review import read_review, review_path
 from pipeline.submission import limit_path, make_submission, merge_shards, shard_path
 from pipeline.validate import SubmissionError, read_sample_names
 from tests.conftest import tiny_config, write_recipe
@@ -67,6 +68,12 @@ def test_single_run_has_real_rows(single, tiny_data):
     assert lines[0] == "img,rle_mask" and len(lines) == 17
     assert [ln.split(",")[0] for ln in lines[1:]] == read_sample_names(tiny_data / "sample_submission.csv")
     assert any(ln.split(",")[1] for ln in lines[1:]), "all masks empty: the test would prove little"
+    # The review list beside it: every image once, worst (highest score) first.
+    table = read_review(review_path(single))
+    assert sorted(table.img) == sorted(read_sample_names(tiny_data / "sample_submission.csv"))
+    assert table.score.is_monotonic_decreasing and table.score.iloc[0] > table.score.iloc[-1]
+    assert json.loads(single.with_name(single.name + ".json").read_text())["review"] == str(review_path(single))
+    assert not single.with_name(single.name + ".review.part").exists()
 
 
 def test_shards_merge_to_the_single_run(recipe, tiny_data, single, tmp_path):
@@ -80,6 +87,8 @@ def test_shards_merge_to_the_single_run(recipe, tiny_data, single, tmp_path):
     assert not out.exists()
     assert main(["merge", "--data", str(tiny_data), "--out", str(out), "--recipe", str(recipe)]) == 0
     assert _text(out) == _text(single)
+    # One review list for the whole test set, identical to the single run's (the car feature spans shards).
+    assert review_path(out).read_text() == review_path(single).read_text()
     assert json.loads(out.with_name(out.name + ".json").read_text())["rows"] == 16
     # `make merge SUBMISSION=other.csv`: shards found by the name they were computed with; plain text out.
     other = tmp_path / "other.csv"
@@ -121,6 +130,9 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     assert proc.returncode == -9
     progress = json.loads(shard1.with_name(shard1.name + ".progress.json").read_text())
     assert progress["rows"] == 2 and progress["key"]["shard"] == "1/2"
+    sidecar = shard1.with_name(shard1.name + ".review.part")
+    assert len(sidecar.read_text().splitlines()) == 1 + 4  # the 2nd chunk's review rows reached the disk...
+    assert len(sidecar.read_bytes()[: progress["review_bytes"]].decode().splitlines()) == 1 + 2  # ...unrecorded
     assert not shard1.exists() and shard1.with_name(shard1.name + ".part").exists()
     # Shard 0 is computed meanwhile, independently; then shard 1 resumes (and must not redo its rows).
     _run(recipe, tiny_data, out, shard=(0, 2))
@@ -139,6 +151,7 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     assert len(calls) == 6  # rows 3..8: the chunk past the recorded offset is dropped and redone
     merge_shards(tiny_data, out, recipe_path=recipe, quiet=True)
     assert _text(out) == _text(single)
+    assert review_path(out).read_text() == review_path(single).read_text()  # each image's review data once
 
 
 def test_torchrun_two_ranks_shard_and_merge(recipe, tiny_data, single, tmp_path):
