@@ -1,10 +1,10 @@
 # Where the active contour step helps and where it fails (docs/accuracy.md, "Active contours"):
-# reads the per-image scores `make ensemble` wrote (recipe_oof_scores.csv, which has a column per
-# post-processing candidate), picks the image the step helped most and the one it hurt most, and for
+# reads the per-image Dice before and after the step with snakes.DEFAULTS that
+# active_contour_sweep.py wrote (PER_IMAGE=...), picks the image the step helped most and the one it hurt most, and for
 # each writes a crop of the region it changed most: the photo, the truth's outline in white, the
 # outline before the step in red and after it in green; pixels the step fixed tinted green, pixels
 # it broke tinted red. Run from the repository root:
-#   PYTHONPATH=. .venv/bin/python docs/scripts/active_contour_overlay.py RECIPE DATA OUT_PREFIX
+#   PYTHONPATH=. .venv/bin/python docs/scripts/active_contour_overlay.py RECIPE DATA PER_IMAGE_CSV OUT_PREFIX
 import sys
 from pathlib import Path
 
@@ -16,17 +16,17 @@ from pipeline.data import Layout, read_image
 from pipeline.engine import blend
 from pipeline.io_utils import read_json
 from pipeline.runs import discover, load_maps, member_images
-from pipeline.snakes import STEP, refine
+from pipeline.snakes import DEFAULTS, STEP, refine
 
-recipe_path, data, prefix = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+recipe_path, data, per_image, prefix = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 recipe = read_json(recipe_path)
-scores = pd.read_csv(recipe_path.with_name(recipe_path.stem + "_oof_scores.csv"))
-gain = scores[f"blend+{STEP}"] - scores["blend"]
+scores = pd.read_csv(per_image)
+gain = scores["DEFAULTS"] - scores["before"]
 layout = Layout(data)
 found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True, quiet=True)
 maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]
 weights = [int(m["weight"]) for m in recipe["members"]]
-params = recipe["postprocess_params"][STEP]
+params = DEFAULTS  # as the sweep scored it
 print(f"{STEP}: mean gain {gain.mean():+.2e}; helped {(gain > 0).sum()}, hurt {(gain < 0).sum()}, "
       f"unchanged {(gain == 0).sum()} of {len(gain)} images")  # fmt: skip
 
@@ -56,7 +56,7 @@ for what, i in (("helped", int(gain.idxmax())), ("failed", int(gain.idxmin()))):
     path = f"{prefix}_{what}.png"
     cv2.imwrite(path, cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(
-        f"{path}: {img} Dice {scores.blend[i]:.5f} -> {scores[f'blend+{STEP}'][i]:.5f} ({gain[i]:+.2e}); "
+        f"{path}: {img} Dice {scores.before[i]:.5f} -> {scores.DEFAULTS[i]:.5f} ({gain[i]:+.2e}); "
         f"in the whole image {int(fixed.sum())} pixels fixed, {int(broke.sum())} broken; "
         f"crop x {x0}..{x0 + 159}, y {y0}..{y0 + 159}, shown 3x"
     )
