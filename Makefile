@@ -108,8 +108,9 @@ demo: $(STAMP)
 clean-demo:
 	rm -rf $(DEMO_DIR)
 
+# One worker per core; a test file stays on one worker (its module fixtures are built once).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ REAL = SHARED / "data" / "carvana_real"
 WEIGHTS = SHARED / "weights"
 
 W, H = 96, 64
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test workers run side by side (make test: one per core): one torch thread each, and for the
+    # processes tests start, or the threads oversubscribe the cores and thrash.
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def needs_real_data():
