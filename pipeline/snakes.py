@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.linalg import solve_banded
-from scipy.ndimage import map_coordinates
+from scipy.linalg import get_lapack_funcs
 
 from .postprocess import find_contours, rasterize_contours
 
@@ -133,34 +132,110 @@ def _banded_system(n: int, alpha: float, beta: float, gamma: float) -> np.ndarra
     stencil = (beta, -alpha - 4 * beta, 2 * alpha + 6 * beta + gamma, -alpha - 4 * beta, beta)
     for i in range(2, n - 2):
         for offset, w in zip(range(-2, 3), stencil):
-            ab[2 - offset, i + offset] = w  # solve_banded layout: ab[u + i - j, j] = a[i, j]
+            ab[2 - offset, i + offset] = w  # LAPACK band layout: ab[u + i - j, j] = a[i, j]
     return ab
 
 
-def snake(points: np.ndarray, energy: np.ndarray, p: dict) -> np.ndarray:
-    """Move an open curve (n, 2) of (x, y) points onto the ridges of ``energy``; returns the new (n, 2)."""
-    n = len(points)
-    if n < 5:
-        return points.copy()
-    ab = _banded_system(n, p["alpha"], p["beta"], p["gamma"])
-    dy, dx = np.gradient(energy.astype(np.float64))
-    start = points.astype(np.float64)
+class _BandedSolver:
+    """Solves (A + gamma I) x' = rhs for many right-hand sides: the matrix is LU-factored once.
+
+    LAPACK's gbtrf/gbtrs directly: scipy's solve_banded re-checks and re-factors on every call,
+    which was most of the step's time (a snake solves the same system once per iteration).
+    """
+
+    def __init__(self, ab: np.ndarray):
+        self.gbtrf, self.gbtrs = get_lapack_funcs(("gbtrf", "gbtrs"), (ab,))
+        work = np.zeros((7, ab.shape[1]))  # kl extra rows on top for the fill-in of the pivoting
+        work[2:] = ab
+        self.lu, self.piv, info = self.gbtrf(work, 2, 2)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"snake system is singular (gbtrf info {info})")
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        x, info = self.gbtrs(self.lu, 2, 2, rhs, self.piv)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"gbtrs info {info}")
+        return x
+
+
+def _bilinear(gx: np.ndarray, gy: np.ndarray, offset: np.ndarray, w: np.ndarray, h: np.ndarray, x: np.ndarray):
+    """Bilinear samples (n, 2) of the gradient at the points x (n, 2) of (x, y), edges extended (clamped).
+
+    ``gx``, ``gy``: the gradient crops of all snakes, each flattened and concatenated; point k reads
+    its snake's crop, which starts at ``offset[k]`` and is ``w[k]`` x ``h[k]``. 1-D takes: about
+    twice as fast as gathering rows of an (M, 2) array.
+    """
+    px = np.minimum(np.maximum(x[:, 0], 0), w - 1.001)  # 1.001: the corner at +1 stays inside
+    py = np.minimum(np.maximum(x[:, 1], 0), h - 1.001)
+    x0, y0 = px.astype(np.intp), py.astype(np.intp)
+    fx, fy = px - x0, py - y0
+    i = offset + y0 * w + x0
+    j = i + w
+    out = np.empty_like(x)
+    for c, g in enumerate((gx, gy)):
+        a, b = g.take(i), g.take(j)
+        top = a + (g.take(i + 1) - a) * fx
+        bottom = b + (g.take(j + 1) - b) * fx
+        out[:, c] = top + (bottom - top) * fy
+    return out
+
+
+# The snakes have converged when no point moved more than this (px) in an iteration.
+CONVERGED = 1e-3
+
+
+def snakes(curves: list[tuple[np.ndarray, np.ndarray]], p: dict) -> list[np.ndarray]:
+    """Move open curves (n, 2) of (x, y) points onto the ridges of their ``energy`` crops, all at once.
+
+    ``curves``: (points, energy) pairs, points in the crop's coordinates. The curves are independent:
+    one block-diagonal banded system (factored once) and one gather per iteration serve them all,
+    so an image's dozen stretches cost one snake's Python overhead. At most ``iterations`` steps;
+    it stops early once no point moves more than ``CONVERGED`` px.
+    """
+    out = [pts.astype(np.float64) for pts, _ in curves]
+    live = [k for k, (pts, e) in enumerate(curves) if len(pts) >= 5 and min(e.shape) >= 2]
+    if not live:
+        return out
+    sizes = [len(curves[k][0]) for k in live]
+    system = _BandedSolver(np.concatenate([_banded_system(n, p["alpha"], p["beta"], p["gamma"]) for n in sizes], 1))
+    grads, offset, w, h, fixed = [], [], [], [], []
+    rows = 0
+    for k, n in zip(live, sizes):
+        energy = curves[k][1].astype(np.float64)
+        dy, dx = np.gradient(energy)
+        grads.append((dx.ravel(), dy.ravel()))
+        offset.append(np.full(n, rows))
+        w.append(np.full(n, energy.shape[1]))
+        h.append(np.full(n, energy.shape[0]))
+        f = np.zeros(n, bool)
+        f[:2] = f[n - 2 :] = True  # clamped ends
+        fixed.append(f)
+        rows += energy.size
+    gx, gy = (np.concatenate(g) for g in zip(*grads))
+    offset, w, h, fixed = (np.concatenate(a) for a in (offset, w, h, fixed))
+    start = np.concatenate([out[k] for k in live])
     x = start.copy()
-    free = np.zeros(n, bool)
-    free[2 : n - 2] = True
+    pull = p["kappa"] * ~fixed[:, None]
     for _ in range(int(p["iterations"])):
-        coords = [x[:, 1], x[:, 0]]
-        force = np.stack([map_coordinates(dx, coords, order=1, mode="nearest"),
-                          map_coordinates(dy, coords, order=1, mode="nearest")], axis=1)  # fmt: skip
-        rhs = p["gamma"] * x + p["kappa"] * force * free[:, None]
-        new = solve_banded((2, 2), ab, rhs)
+        new = system.solve(p["gamma"] * x + pull * _bilinear(gx, gy, offset, w, h, x))
         shift = new - start
         dist = np.hypot(shift[:, 0], shift[:, 1])
         over = dist > p["max_shift"]
-        new[over] = start[over] + shift[over] * (p["max_shift"] / dist[over])[:, None]
-        new[~free] = start[~free]
+        if over.any():
+            new[over] = start[over] + shift[over] * (p["max_shift"] / dist[over])[:, None]
+        new[fixed] = start[fixed]
+        moved = np.abs(new - x).max()
         x = new
-    return x
+        if moved < CONVERGED:
+            break
+    for k, part in zip(live, np.split(x, np.cumsum(sizes)[:-1])):
+        out[k] = part
+    return out
+
+
+def snake(points: np.ndarray, energy: np.ndarray, p: dict) -> np.ndarray:
+    """One open curve (n, 2) moved onto the ridges of ``energy`` (see ``snakes``)."""
+    return snakes([(points, energy)], p)[0]
 
 
 def outward_normals(contour: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -190,7 +265,7 @@ def refine(mask: np.ndarray, blended: np.ndarray, image: np.ndarray, params: dic
         return mask
     widths = [transition_width(blended, c) for c in contours]
     limit = max(p["min_width"], p["width_ratio"] * float(np.median(np.concatenate(widths))))
-    moved = False
+    jobs = []  # (contour, its point indices, crop origin, outward normals, start points, energy)
     for c, width in zip(contours, widths):
         xi, yi = c[:, 0].astype(int), c[:, 1].astype(int)
         on_frame = (xi == 0) | (yi == 0) | (xi == w - 1) | (yi == h - 1)
@@ -209,8 +284,10 @@ def refine(mask: np.ndarray, blended: np.ndarray, image: np.ndarray, params: dic
             x0, y0 = np.maximum(np.floor(start.min(0)).astype(int) - margin, 0)
             x1, y1 = np.minimum(np.ceil(start.max(0)).astype(int) + margin + 1, [w, h])
             energy = edge_energy(image[y0:y1, x0:x1], p["sigma"], p["edge_scale"])
-            c[idx] = snake(start - [x0, y0], energy, p) + [x0, y0] - 0.5 * normal[idx]
-            moved = True
-    if not moved:
+            jobs.append((c, idx, np.array([x0, y0]), normal[idx], start - [x0, y0], energy))
+    if not jobs:
         return mask
+    moved = snakes([(start, energy) for *_, start, energy in jobs], p)
+    for (c, idx, origin, normal, *_), points in zip(jobs, moved):
+        c[idx] = points + origin - 0.5 * normal
     return rasterize_contours(contours, depth, mask.shape)
