@@ -89,10 +89,20 @@ FILE ?= $(SUBMISSION)
 lineage: $(STAMP)
 	$(PY) -m pipeline lineage $(FILE)
 
+# The two demo members train side by side, one core each (small models use two threads poorly):
+# the first one's progress is shown, the second's goes to a log whose summary is printed after.
 demo: $(STAMP)
 	@test -f $(DEMO_DIR)/data/sample_submission.csv || $(PY) -m pipeline demo-data --out $(DEMO_DIR)/data
 	$(MAKE) --no-print-directory folds $(DEMO_VARS)
-	for m in $(DEMO_MODELS); do $(MAKE) --no-print-directory train MODEL=$$m FOLD=all $(DEMO_VARS) || exit 1; done
+	@mkdir -p $(DEMO_DIR)/logs; set -- $(DEMO_MODELS); first=$$1; shift; \
+	for m in "$$@"; do echo "training $$m (5 folds) alongside -> $(DEMO_DIR)/logs/train-$$m.log"; \
+		OMP_NUM_THREADS=1 $(MAKE) --no-print-directory train MODEL=$$m FOLD=all $(DEMO_VARS) \
+			> $(DEMO_DIR)/logs/train-$$m.log 2>&1 & echo $$! > $(DEMO_DIR)/logs/train-$$m.pid; done; \
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory train MODEL=$$first FOLD=all $(DEMO_VARS) || \
+		{ for m in "$$@"; do kill $$(cat $(DEMO_DIR)/logs/train-$$m.pid); done; exit 1; }; \
+	for m in "$$@"; do wait $$(cat $(DEMO_DIR)/logs/train-$$m.pid) || \
+		{ echo "$$m failed:"; tail -n 5 $(DEMO_DIR)/logs/train-$$m.log; exit 1; }; \
+		rm -f $(DEMO_DIR)/logs/train-$$m.pid; grep -a "out-of-fold Dice\|done in" $(DEMO_DIR)/logs/train-$$m.log; done
 	$(MAKE) --no-print-directory ensemble $(DEMO_VARS) ARGS="--members $(DEMO_MEMBERS)"
 	$(MAKE) --no-print-directory submission $(DEMO_VARS)
 	$(MAKE) --no-print-directory report $(DEMO_VARS) REPORT=$(DEMO_DIR)/report ARGS="--worst 3"

@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 
 from .data import image_size, read_image, read_mask
 
-
 # Resized (image, mask) pairs of every dataset built with cache=True in this process, so that the
 # folds of `train --fold all` decode each photo and mask once, not once per fold (the demo's 5 folds
 # spent about a tenth of their time decoding). Keyed by the files' paths, sizes and mtimes: a file

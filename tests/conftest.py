@@ -46,7 +46,7 @@ def tiny_config(data: Path, runs: Path, **over):
         f"runs_dir={runs}",
         "name=tiny",
         "device=cpu",
-        "model.encoder=resnet18",
+        "model.encoder=tu-mobilenetv3_small_050",  # 4 MB checkpoints: tests train and load many
         "model.encoder_weights=none",
         "model.decoder_channels=[16,8,8,8,8]",
         "image.height=32",

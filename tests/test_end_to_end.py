@@ -37,6 +37,7 @@ def trained(tiny_data, tmp_path_factory):
 def _expected_rows(tiny_data, recipe):
     """Independent re-computation of every test row from the checkpoints (no Engine)."""
     names = read_sample_names(tiny_data / "sample_submission.csv")
+    models = {c: load_checkpoint_model(c)[0] for m in recipe["members"] for c in m["checkpoints"]}  # once each
     rows = []
     for name in names:
         maps, weights = [], []
@@ -48,7 +49,7 @@ def _expected_rows(tiny_data, recipe):
             ]
             probs = []
             for ckpt in m["checkpoints"]:
-                model, _ = load_checkpoint_model(ckpt)
+                model = models[ckpt]
                 with torch.no_grad():
                     probs.append(torch.sigmoid(model(x)))
                     if "hflip" in m["tta"]:
