@@ -57,7 +57,20 @@ def image_histograms(maps: np.ndarray, mask: np.ndarray, combos: np.ndarray) -> 
     hist[:, 0, 0] = np.count_nonzero(lo) - hist[0, 0, 1]
     hist[:, 255, 1] += np.count_nonzero(hi & m)
     hist[:, 255, 0] += np.count_nonzero(hi) - np.count_nonzero(hi & m)
-    q, mb = flat[:, band], m[band].astype(np.int64)
+    q, mb = flat[:, band], m[band]
+    if len(maps) == 2:
+        # Two members (the usual two architectures): one joint histogram of (value 1, value 2, truth)
+        # over the pixels, then each weight vector blends the at most 131,072 occupied bins instead
+        # of every pixel. The same counts as the per-pixel loop below, about 5x faster.
+        joint = np.bincount((q[0].astype(np.intp) << 9) | (q[1].astype(np.intp) << 1) | mb, minlength=1 << 17)
+        bins = np.flatnonzero(joint)
+        count, truth = joint[bins], bins & 1
+        pair = np.stack([bins >> 9, (bins >> 1) & 255]).astype(np.uint8)
+        for i, w in enumerate(combos):
+            b = blend(pair, w.tolist()).astype(np.intp)
+            hist[i] += np.bincount(b * 2 + truth, weights=count, minlength=512).astype(np.int64).reshape(256, 2)
+        return hist
+    mb = mb.astype(np.int64)
     for i, w in enumerate(combos):
         b = blend(q, w.tolist()).astype(np.int64)
         hist[i] += np.bincount(b * 2 + mb, minlength=512).reshape(256, 2)

@@ -6,7 +6,7 @@ import torch
 
 from pipeline.data import Layout, read_image, read_mask
 from pipeline.engine import blend
-from pipeline.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, tune, weight_grid
+from pipeline.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, image_histograms, tune, weight_grid
 from pipeline.metrics import dice
 from pipeline.postprocess import apply as postprocess
 from pipeline.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
@@ -116,3 +116,20 @@ def test_post_processing_that_measurably_helps_goes_into_the_recipe(tiny_data, t
     assert recipe["oof"]["dice_before_postprocess"] < 1
     assert recipe["postprocess"] in (["largest_cc"], ["remove_small"])  # the first of the equal best
     assert recipe["oof"]["dice"] == 1.0 and recipe["postprocess_gain"]["smooth_contour"] < MIN_POSTPROCESS_GAIN
+
+
+@pytest.mark.parametrize("n_members", [1, 2, 3])
+def test_image_histograms_count_every_pixel_as_blended(n_members):
+    """The search's histograms (a joint histogram for two members, per pixel otherwise) are exactly
+    the counts of (blended value, truth) over all pixels, for every weight vector."""
+    rng = np.random.default_rng(n_members)
+    maps = rng.integers(0, 256, (n_members, 40, 60)).astype(np.uint8)
+    maps[:, :5] = 0  # certain background and car: counted without blending
+    maps[:, -5:] = 255
+    mask = (rng.random((40, 60)) < 0.4).astype(np.uint8)
+    combos = weight_grid(n_members, 4 if n_members > 1 else 1)
+    got = image_histograms(maps, mask, combos)
+    flat, truth = maps.reshape(n_members, -1), mask.reshape(-1).astype(np.int64)
+    for i, w in enumerate(combos):
+        want = np.bincount(blend(flat, w.tolist()).astype(np.int64) * 2 + truth, minlength=512).reshape(256, 2)
+        np.testing.assert_array_equal(got[i], want)
