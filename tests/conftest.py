@@ -79,6 +79,19 @@ def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
 
 
 # -- lineage-complete stand-ins for trained runs and recipes (pipeline/provenance.py) ---------------
+def kill_after_first_epoch(trainer) -> None:
+    """Run ``trainer.fit()`` as if the process were killed right after epoch 1's checkpoint and history."""
+    real = trainer._write_history
+
+    def killed():
+        real()
+        raise KeyboardInterrupt
+
+    trainer._write_history = killed
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32, width=48, k=None, folds_sha=None):
     """``runs/<name>/fold<k>/`` as training leaves it: a best.pt, the uint8 maps, oof_dice.csv, oof.json.
 

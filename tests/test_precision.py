@@ -22,7 +22,7 @@ from pipeline.predict import run_predict
 from pipeline.runs import discover
 from pipeline.submission import make_submission
 from pipeline.train import Trainer, run
-from tests.conftest import H, W, fake_fold, tiny_config
+from tests.conftest import H, W, fake_fold, kill_after_first_epoch, tiny_config
 
 # The agreement tests run a ResNet-18 U-Net (the other tests' MobileNetV3 has more pixels near 0.5).
 MODEL = {"model.encoder": "resnet18"}
@@ -274,16 +274,7 @@ def test_submission_workers_default_to_the_configs(tiny_data, tmp_path):
 
 def test_a_run_resumes_in_another_precision(tiny_data, tmp_path):
     """train.amp may change on resume: an fp32 run (its GradScaler disabled, saved empty) goes on in fp16."""
-    first = Trainer(tiny_config(tiny_data, tmp_path / "runs"), quiet=True)
-    real = first._write_history
-
-    def killed_after_epoch_1():
-        real()
-        raise KeyboardInterrupt
-
-    first._write_history = killed_after_epoch_1
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    kill_after_first_epoch(Trainer(tiny_config(tiny_data, tmp_path / "runs"), quiet=True))
     resumed = Trainer(tiny_config(tiny_data, tmp_path / "runs", **{"train.amp": "fp16"}), quiet=True)
     assert resumed.epoch == 1 and resumed.scaler.is_enabled()
     resumed.fit()
