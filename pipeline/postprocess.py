@@ -32,6 +32,9 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from .contours import find_contours, rasterize_contours
+from .snakes import refine
+
 # Thresholds as fractions of the image area (0.0005 of 1918x1280 is 1,227 pixels).
 MIN_BLOB_FRACTION = 0.0005
 MAX_HOLE_FRACTION = 0.0005
@@ -41,8 +44,6 @@ MAX_HOLE_FRACTION = 0.0005
 SIGMA_STEP = 0.5
 SIGMA_MAX = 8.0
 MAX_SHIFT = 0.5
-# Sub-pixel bits for cv2.fillPoly / cv2.polylines (1/256 px); integer points stay exact.
-RASTER_SHIFT = 8
 
 _SIGMAS = np.arange(0.0, SIGMA_MAX + SIGMA_STEP / 2, SIGMA_STEP)
 
@@ -107,41 +108,6 @@ def fill_holes(mask: np.ndarray, max_fraction: float = MAX_HOLE_FRACTION) -> np.
     fill = ~touches & (stats[:, cv2.CC_STAT_AREA] < max_fraction * mask.size)
     fill[0] = False  # label 0 is the foreground of the inverted mask
     return (mask.astype(bool) | fill[labels]).astype(np.uint8)
-
-
-def find_contours(mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """All contours of a 0/1 mask as (n, 2) float64 (x, y) pixel centres, and their depth in the tree.
-
-    Depth 0 is an outer contour, 1 a hole in it, 2 a component inside that hole, and so on.
-    """
-    contours, hierarchy = cv2.findContours(_as_mask(mask), cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
-    if hierarchy is None:
-        return [], np.zeros(0, dtype=int)
-    parent = hierarchy[0][:, 3]
-    depth = np.zeros(len(contours), dtype=int)
-    for i in range(len(contours)):
-        p = parent[i]
-        while p >= 0:
-            depth[i] += 1
-            p = parent[p]
-    return [c[:, 0, :].astype(np.float64) for c in contours], depth
-
-
-def rasterize_contours(contours: Sequence[np.ndarray], depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Fill (x, y) contours (float, sub-pixel) into a 0/1 mask: even depths with 1, odd depths (holes) with 0.
-
-    One polygon per fillPoly call: with several, fillPoly applies the even-odd rule and two smoothed
-    outlines that overlap would cancel. Pixels on a contour are foreground (the findContours convention).
-    """
-    out = np.zeros(shape, dtype=np.uint8)
-    depth = np.asarray(depth)
-    scale = float(1 << RASTER_SHIFT)
-    for d in range(int(depth.max(initial=-1)) + 1):
-        polys = [np.round(contours[i] * scale).astype(np.int32) for i in np.flatnonzero(depth == d)]
-        for poly in polys:
-            cv2.fillPoly(out, [poly], 1 if d % 2 == 0 else 0, lineType=cv2.LINE_8, shift=RASTER_SHIFT)
-        cv2.polylines(out, polys, True, 1, lineType=cv2.LINE_8, shift=RASTER_SHIFT)
-    return out
 
 
 def adaptive_smooth(points: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -268,8 +234,6 @@ def apply(
         if name in PHOTO_STEPS:
             if blended is None or image is None:
                 raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
-            from .snakes import refine  # the only photo step; snakes imports this module
-
             out = refine(out, blended, image, (params or {}).get(name))
         elif name != "none":
             out = POSTPROCESS[name](out)

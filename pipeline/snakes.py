@@ -20,7 +20,7 @@ pulled onto the photo's edges. Here, for every contour of the thresholded mask:
    no per-image normalisation is needed). Semi-implicit steps (A + gamma I) x' = gamma x + kappa dE,
    ``iterations`` times, each point kept within ``max_shift`` pixels of where it started.
 4. The moved stretches replace their points and every contour is rasterised back
-   (``postprocess.rasterize_contours``): the rest of the outline stays pixel-identical.
+   (``contours.rasterize_contours``): the rest of the outline stays pixel-identical.
 
 The step needs the photo and the blended probabilities, not only the mask, so it is not one of the
 mask-only steps of ``postprocess.POSTPROCESS``: ``postprocess.apply(..., blended=, image=, params=)``
@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from scipy.linalg import get_lapack_funcs
 
-from .postprocess import find_contours, rasterize_contours
+from .contours import find_contours, rasterize_contours
 
 STEP = "active_contour"
 # Chosen on the out-of-fold maps of fold 0 of quick real-car models and checked on folds 1-4

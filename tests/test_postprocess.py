@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline import contours as contours_mod
 from pipeline import postprocess as pp
 from pipeline.data import read_mask
 from tests.conftest import REAL, needs_real_data
@@ -168,20 +169,20 @@ def test_unsmoothed_contours_rasterise_back_to_the_same_mask():
     nested[0, :] = 1  # touches the border
     masks += [nested, _jagged_disk(), np.ones((5, 7), np.uint8), np.zeros((5, 7), np.uint8)]
     for m in masks:
-        contours, depth = pp.find_contours(m)
-        np.testing.assert_array_equal(pp.rasterize_contours(contours, depth, m.shape), m)
-    assert sorted(pp.find_contours(nested)[1].tolist()) == [0, 0, 1, 2, 3]  # the border row is its own blob
+        contours, depth = contours_mod.find_contours(m)
+        np.testing.assert_array_equal(contours_mod.rasterize_contours(contours, depth, m.shape), m)
+    assert sorted(contours_mod.find_contours(nested)[1].tolist()) == [0, 0, 1, 2, 3]  # the border row is its own blob
 
 
 def test_sigma_zero_everywhere_is_the_identity():
     """A curve with every point fixed keeps its points: smooth_contour reduces to the exact round trip."""
     m = _jagged_disk()
-    contours, depth = pp.find_contours(m)
+    contours, depth = contours_mod.find_contours(m)
     smoothed = [pp.adaptive_smooth(c, np.ones(len(c), bool)) for c in contours]
     for c, (s, sigma) in zip(contours, smoothed):
         np.testing.assert_array_equal(s, c)
         assert not sigma.any()
-    np.testing.assert_array_equal(pp.rasterize_contours([s for s, _ in smoothed], depth, m.shape), m)
+    np.testing.assert_array_equal(contours_mod.rasterize_contours([s for s, _ in smoothed], depth, m.shape), m)
 
 
 @needs_real_data()
@@ -191,8 +192,8 @@ def test_round_trip_and_smoothing_on_real_masks():
     k = np.ones((3, 3), np.uint8)
     for path in paths:
         m = read_mask(path)
-        contours, depth = pp.find_contours(m)
-        np.testing.assert_array_equal(pp.rasterize_contours(contours, depth, m.shape), m, err_msg=str(path))
+        contours, depth = contours_mod.find_contours(m)
+        np.testing.assert_array_equal(contours_mod.rasterize_contours(contours, depth, m.shape), m, err_msg=str(path))
         # Every contour point moves < 0.5 px, so the smoothed outline re-rasterises to the same pixels up to
         # the rounding of lines between points: a handful of pixels, all on the car's outline.
         changed = pp.smooth_contour(m) != m
