@@ -117,3 +117,29 @@ def test_recipe_with_the_step_needs_valid_parameters(tmp_path):
         with pytest.raises(DataError, match="malformed recipe") as e:
             check_recipe(_recipe(tmp_path / "bad.json", **over))
         assert message in str(e.value), what
+
+
+def test_stretches_of_several_outlines_move_together_each_onto_its_own_edge():
+    """Two cars in one photo, each predicted 3 px off on one soft side (the right of one, the left of
+    the other): all stretches are solved as one system, and each lands on its own car's edge."""
+    photo = np.full((H, 2 * W, 3), 200, np.uint8)
+    truth = np.zeros((H, 2 * W), np.uint8)
+    yy, xx = np.mgrid[:H, : 2 * W].astype(np.float64)
+    prob = np.zeros((H, 2 * W))
+    for x0, x1, soft_left in ((40, 119, False), (200, 279, True)):
+        photo[30:90, x0 : x1 + 1] = 60
+        truth[30:90, x0 : x1 + 1] = 1
+        left, right = (x0 - 3, x1) if soft_left else (x0, x1 + 3)
+        dist = np.maximum.reduce([30 - yy, yy - 89, left - xx, xx - right])
+        p = 1 / (1 + np.exp(dist / 0.7))
+        side = (xx < x0 + 20) if soft_left else (xx > x1 - 20)
+        p[side] = 1 / (1 + np.exp(dist[side] / 4))
+        near = (xx >= x0 - 20) & (xx <= x1 + 20)
+        prob[near] = p[near]
+    blended = np.round(prob * 255).astype(np.uint8)
+    mask = (blended >= 128).astype(np.uint8)
+    assert (mask != truth).sum() == 2 * 180
+    out = snakes.refine(mask, blended, photo)
+    rows = slice(40, 80)
+    assert (out[rows] == truth[rows]).all()
+    assert (out != truth).sum() <= 20
