@@ -278,8 +278,8 @@ class Engine:
     def _host_masks(names, copies, event) -> tuple[list[str], list, np.ndarray | None]:
         if event is not None:
             event.synchronize()
-        per_image = {i: (host[j].numpy(), f) for idx, host, f in copies for j, i in enumerate(idx)}
-        masks = [per_image[i][0] for i in range(len(names))]
+        per_image = {i: host[j].numpy() for idx, host, _ in copies for j, i in enumerate(idx)}
+        masks = [per_image[i] for i in range(len(names))]
         rows = {i: f[j].numpy() for idx, _, f in copies if f is not None for j, i in enumerate(idx)}
         feats = np.stack([rows[i] for i in range(len(names))]) if rows else None
         return names, masks, feats

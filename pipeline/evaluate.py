@@ -83,18 +83,24 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
     maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]
     images = sorted(set.intersection(*(set(b) for b in maps_of)))
     weights = [int(m["weight"]) for m in recipe["members"]]
-    threshold, steps = int(recipe["threshold"]), list(recipe.get("postprocess", []))
-
-    params = recipe.get("postprocess_params")
 
     def one(img: str) -> tuple[dict, dict]:
         maps, mask = load_maps(layout, img, maps_of)
-        blended = blend(maps, weights)
-        photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
-        car = postprocess((blended >= threshold).astype(np.uint8), steps, blended=blended, image=photo, params=params)
-        return score_image(car, mask), review.features_of(maps, weights, threshold)
+        car = recipe_prediction(layout, img, maps, recipe)
+        return score_image(car, mask), review.features_of(maps, weights, int(recipe["threshold"]))
 
     return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet), with_review=True)
+
+
+def recipe_prediction(layout: Layout, img: str, maps: np.ndarray, recipe: dict) -> np.ndarray:
+    """The recipe's uint8 0/1 mask of one train image from its members' (M, H, W) maps, as the submission
+    makes it: the weighted blend, the threshold, then the post-processing (with the photo where a step
+    needs it)."""
+    blended = blend(maps, [int(m["weight"]) for m in recipe["members"]])
+    steps = list(recipe.get("postprocess", []))
+    photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
+    car = (blended >= int(recipe["threshold"])).astype(np.uint8)
+    return postprocess(car, steps, blended=blended, image=photo, params=recipe.get("postprocess_params"))
 
 
 def mask_path(masks_dir: Path, img: str) -> Path | None:

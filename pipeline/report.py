@@ -21,12 +21,9 @@ import pandas as pd
 from . import evaluate, review
 from .checks import check_recipe
 from .data import DataError, Layout, read_image, read_mask
-from .engine import blend
 from .errors import PipelineError
 from .io_utils import check_writable, write_text
 from .metrics import SUMMARY_KEYS, summarize
-from .postprocess import apply as postprocess
-from .postprocess import needs_photo
 from .provenance import trace, verify_recipe_oof
 from .runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
 
@@ -69,11 +66,7 @@ def predicted_mask(source: str, img: str, layout: Layout, runs_dir: Path, recipe
     if source == BLEND:
         found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
         maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
-        blended = blend(maps, [int(m["weight"]) for m in recipe["members"]])
-        steps = recipe.get("postprocess", [])
-        photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
-        car = (blended >= int(recipe["threshold"])).astype(np.uint8)
-        return postprocess(car, steps, blended, photo, recipe.get("postprocess_params")).astype(bool)
+        return evaluate.recipe_prediction(layout, img, maps, recipe).astype(bool)
     folds = discover(runs_dir, [source], allow_incomplete=True)[source]
     (q,), _ = load_maps(layout, img, [member_images(folds)])
     return q >= int(folds[0].get("threshold", 128))

@@ -361,6 +361,11 @@ def make_submission(
                 )
             return done
 
+        def save_progress(rows: int, offset: int, size: list | None, review_bytes: int) -> None:
+            """What a resume keeps: ``rows`` rows, ``offset`` bytes of the part file, the review data's bytes."""
+            progress = {"key": key, "rows": rows, "bytes": offset, "size": size, "review_bytes": review_bytes}
+            write_json(progress_path, progress)
+
         rows_done, size = 0, None
         review = ReviewSidecar(out)  # the review data of the rows on disk, resumed with them
         if part.exists() and progress_path.exists() and not force:
@@ -386,11 +391,7 @@ def make_submission(
                     os.fsync(f.fileno())
             except OSError as e:
                 raise DataError(os_error_message(part, e)) from None
-            review_bytes = review.start()
-            write_json(
-                progress_path,
-                {"key": key, "rows": 0, "bytes": part.stat().st_size, "size": None, "review_bytes": review_bytes},
-            )
+            save_progress(0, part.stat().st_size, None, review.start())
 
         todo = paths[rows_done:]
         if todo:
@@ -403,17 +404,8 @@ def make_submission(
 
             def on_chunk(n: int, offset: int) -> None:
                 state["rows"] += n
-                review_bytes = review.flush(n)  # the same n rows' review data, on disk before the progress says so
-                write_json(
-                    progress_path,
-                    {
-                        "key": key,
-                        "rows": state["rows"],
-                        "bytes": offset,
-                        "size": state["size"],
-                        "review_bytes": review_bytes,
-                    },
-                )
+                # The same n rows' review data is on disk before the progress says so.
+                save_progress(state["rows"], offset, state["size"], review.flush(n))
                 bar.update(n)
 
             with open(part, "ab", buffering=0) as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
