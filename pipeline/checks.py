@@ -64,6 +64,10 @@ def check_train_config(cfg: Config) -> Config:
     unknown = [n for n in cfg.predict.tta if n not in TTAS and n != "none"]
     if unknown:
         raise ConfigError(f"predict.tta={cfg.predict.tta}: unknown {unknown}; available: {sorted(TTAS)} (or [])")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema={t.ema!r}: the decay of the weights' moving average is in [0, 1) (0: off)")
+    if t.progressive_epochs and (len(t.progressive_size) != 2 or min(t.progressive_size) < 32):
+        raise ConfigError(f"train.progressive_size={t.progressive_size!r}: [height, width], each at least 32")
     check_compile(t.compile, "train.compile")
     check_device(cfg.device)
     cfg.model = resolve_model_config(cfg.model)

@@ -78,6 +78,14 @@ class TrainConfig:
     channels_last: bool | str = "auto"  # auto: on CUDA only; true | false on every device
     compile: bool | str = False  # torch.compile the training forward: true (inductor) or a backend name
     early_stopping: int = 8  # epochs without validation improvement; 0 disables
+    # Exponential moving average of the weights (timm's ModelEmaV3, decay warmed up from 0): its
+    # decay, 0 disables. Validation, best.pt and the out-of-fold maps then use the average; the last
+    # validation also scores the raw weights (history.csv: val_dice_raw), so the gain is on record.
+    ema: float = 0.0
+    # Progressive resizing: the first `progressive_epochs` epochs train at `progressive_size`
+    # ([height, width], smaller than image.*: cheaper steps), the rest at image.height x image.width.
+    progressive_epochs: int = 0
+    progressive_size: list[int] = field(default_factory=lambda: [224, 336])
     num_workers: int = 4
     cache_images: bool = False  # keep resized images in RAM: small datasets with num_workers=0 only
     val_every: int = 1

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
@@ -201,6 +202,9 @@ class Trainer:
         self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         # fp16's narrow range needs loss scaling (bf16 has fp32's range); torch has a GradScaler per device type.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        # The weights' moving average (train.ema): what validation, best.pt and out-of-fold use. Its
+        # decay warms up (1 - (1 + step)^-3/4, capped at train.ema), so short runs average over fewer steps.
+        self.ema = ModelEmaV3(self.model, decay=t.ema, use_warmup=True, warmup_power=0.75) if t.ema else None
         self.epoch = 0
         self.best = -1.0
         self.bad_epochs = 0
@@ -221,6 +225,16 @@ class Trainer:
             transform=self.transform,
             cache=t.cache_images,
         )
+        # Progressive resizing: the same images and augmentation at the smaller size, first epochs only.
+        self.small_ds = None
+        if t.progressive_epochs:
+            self.small_ds = SegmentationDataset(
+                self.train_ds.images,
+                self.train_ds.masks,
+                *t.progressive_size,
+                transform=self.transform,
+                cache=t.cache_images,
+            )
         self.val_ds = SegmentationDataset(
             [self.layout.train_image(i) for i in self.val_df.img],
             [self.layout.mask(i) for i in self.val_df.img],
@@ -260,6 +274,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "best": self.best,
             "bad_epochs": self.bad_epochs,
@@ -283,6 +298,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty: saved by a disabled scaler (bf16/fp32); resumed in fp16, scaling starts anew
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:  # a run that had no average yet (ema turned on at resume) starts it from here
+            self.ema.module.load_state_dict(ckpt.get("ema") or self.model.state_dict())
         self.epoch, self.best, self.bad_epochs = ckpt["epoch"], ckpt["best"], ckpt["bad_epochs"]
         self.finished, self.history = ckpt["finished"], ckpt["history"]
         rng = ckpt["rng"]
@@ -304,14 +321,16 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         t = self.cfg.train
         g = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.epoch)
-        sampler = RandomSampler(self.train_ds, num_samples=self.steps_per_epoch * t.batch_size, generator=g)
+        small = self.small_ds is not None and self.epoch < t.progressive_epochs
+        dataset = self.small_ds if small else self.train_ds
+        sampler = RandomSampler(dataset, num_samples=self.steps_per_epoch * t.batch_size, generator=g)
         if self.dist.world > 1:  # DDP: this rank's share of the epoch; its own augmentation streams
             seed, r = self.cfg.seed * 1000 + self.epoch, self.dist.rank
             sampler = RankSampler(len(self.train_ds), self.steps_per_epoch * t.batch_size, seed, r, self.dist.world)
             g = torch.Generator().manual_seed(seed + 1_000_003 * r)
             self.transform.set_random_seed(seed + 1_000_003 * r)
         return DataLoader(
-            self.train_ds,
+            dataset,
             batch_size=t.batch_size,
             sampler=sampler,
             drop_last=True,
@@ -322,12 +341,15 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, batch: dict, model: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, target, input) of a batch, under AMP and channels_last where configured."""
         x = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        model = self.train_model if torch.is_grad_enabled() else self.model
+        if model is None:
+            model = self.train_model if torch.is_grad_enabled() else self.model
         with autocast(self.device, self.precision):
             logits = model(x)
         return logits, batch["mask"].to(self.device, non_blocking=True), x
@@ -354,6 +376,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.scheduler.last_epoch)
             losses.append(loss.detach())
             if len(losses) % LOSS_SYNC_EVERY == 0:
                 recent = torch.stack(losses[-LOSS_SYNC_EVERY:]).mean().item()
@@ -365,10 +389,16 @@ class Trainer:
         _check_finite(mean, "the training loss", self.run_dir, self.epoch)
         return mean
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated, saved as best.pt and predicted with: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     @torch.no_grad()
-    def validate(self) -> tuple[float, float, float]:
+    def validate(self, model: torch.nn.Module | None = None) -> tuple[float, float, float]:
         """Mean loss, Dice and IoU (threshold 0.5, per image) on the held-out cars, at training resolution."""
-        self.model.eval()
+        model = model or self.eval_model
+        model.eval()
         t = self.cfg.train
         val_ds = (
             self.val_ds
@@ -386,7 +416,7 @@ class Trainer:
             )
         losses, dices = [], []  # kept on the device, read on the host once after the loop
         for batch in tqdm(self._val_loader, desc="validate", leave=False, disable=self._bars_off):
-            logits, y, x = self._forward(batch)
+            logits, y, x = self._forward(batch, model)
             losses.append(self.loss_fn(logits, y, x).detach().double() * len(y))
             dices.append(dice_batch(logits.float() > 0, y > 0.5))
         n = len(self.val_ds)
@@ -423,13 +453,15 @@ class Trainer:
             if self.epoch % t.val_every == 0 or self.epoch == t.epochs:
                 with self.probe("validate"):
                     row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
+                    if self.ema is not None and self.epoch == t.epochs:  # the average's gain, on record
+                        row["val_dice_raw"] = self.validate(self.model)[1]
                 if row["val_dice"] > self.best:
                     self.best, self.bad_epochs = row["val_dice"], 0
                     _save(
                         self.run_dir / "best.pt",
                         {
                             "config": self.cfg.to_dict(),
-                            "model": self.model.state_dict(),
+                            "model": self.eval_model.state_dict(),
                             "epoch": self.epoch,
                             "val_dice": self.best,
                             "folds": self.folds_id,

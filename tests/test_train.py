@@ -56,3 +56,48 @@ def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
     again = Trainer(cfg, quiet=True)  # a finished run is not trained further when re-run
     again.fit()
     assert again.epoch == 2
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(tiny_data, tmp_path):
+    over = {"train.ema": 0.9, "train.epochs": 2}
+    a = Trainer(tiny_config(tiny_data, tmp_path / "a", **over), quiet=True)
+    a.fit()
+    best = torch.load(a.run_dir / "best.pt", weights_only=False)
+    last = torch.load(a.run_dir / "last.pt", weights_only=False)
+    ema, raw = a.ema.module.state_dict(), a.model.state_dict()
+    # best.pt holds the average (the last epoch, or the better first one), never the raw weights.
+    saved = best["model"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert all(torch.equal(last["ema"][k], ema[k]) for k in ema)
+    assert all(torch.equal(last["model"][k], raw[k]) for k in raw)
+    if best["epoch"] == 2:
+        assert all(torch.equal(saved[k], ema[k]) for k in ema)
+    # The last validation also scores the raw weights; its row says so.
+    assert "val_dice_raw" in a.history[-1] and "val_dice_raw" not in a.history[0]
+    # Killed after epoch 1 and resumed: the average continues exactly.
+    kill_after_first_epoch(Trainer(tiny_config(tiny_data, tmp_path / "b", **over), quiet=True))
+    b = Trainer(tiny_config(tiny_data, tmp_path / "b", **over), quiet=True)
+    b.fit()
+    for k, v in b.ema.module.state_dict().items():
+        assert torch.equal(v, ema[k]), f"{k}: the moving average differs after resume"
+
+
+def test_progressive_resizing_trains_first_epochs_small(tiny_data, tmp_path):
+    cfg = tiny_config(
+        tiny_data,
+        tmp_path / "runs",
+        **{"train.epochs": 3, "train.progressive_epochs": 2, "train.progressive_size": "[32,32]"},
+    )
+    t = Trainer(cfg, quiet=True)
+    seen = []
+    real = t._train_loader
+
+    def loader():
+        dl = real()
+        seen.append(tuple(next(iter(dl))["image"].shape[-2:]))
+        return dl
+
+    t._train_loader = loader
+    t.fit()
+    assert seen == [(32, 32), (32, 32), (32, 48)]
+    assert t.history[-1]["val_dice"] >= 0  # validated at the full training size
