@@ -171,10 +171,9 @@ class Engine:
         if self.channels_last:  # (B,H,W,3) from the workers: NCHW with channels_last strides, no copy
             x = x.permute(0, 3, 1, 2)
         views = resolve(member.tta)
-        if self.views_in_one_call and len(views) > 1:
-            inputs = [torch.cat([forward(x) for forward, _ in views])]  # (V*B, 3, h, w), view-major
-        else:
-            inputs = [forward(x) for forward, _ in views]
+        inputs = [forward(x) for forward, _ in views]
+        if self.views_in_one_call and len(views) > 1 and len({v.shape for v in inputs}) == 1:
+            inputs = [torch.cat(inputs)]  # (V*B, 3, h, w), view-major; views of other sizes go one by one
         if self.channels_last:
             inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
         total = None

@@ -4,8 +4,10 @@ and the inverse applied to the logits, so predictions are averaged in the origin
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 Pair = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -18,9 +20,25 @@ def _hflip(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1)
 
 
+def _rescale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """The batch at ``factor`` times its size (bilinear; the model pads to a multiple of 32 itself)."""
+    h, w = x.shape[-2:]
+    return F.interpolate(x, size=(round(h * factor), round(w * factor)), mode="bilinear", align_corners=False)
+
+
+def _scaled(factor: float) -> Pair:
+    # The inverse maps the logits back by 1/factor: exact sizes for the factors below on sizes that are
+    # multiples of 4 (320x480 -> 400x600 -> 320x480).
+    return partial(_rescale, factor=factor), partial(_rescale, factor=1 / factor)
+
+
 # The untransformed image is always predicted; names listed in the config add views to it.
+# Multi-scale views (scale<f>) see the photo at another size: a finer look at edges (1.25) or more
+# context (0.75), at f^2 the cost of a view.
 TTAS: dict[str, Pair] = {
     "hflip": (_hflip, _hflip),
+    "scale0.75": _scaled(0.75),
+    "scale1.25": _scaled(1.25),
 }
 
 
