@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from pipeline.checks import check_train_config
 from pipeline.config import ConfigError, load_config
 from pipeline.data import DataError, read_image, read_mask
 
@@ -15,6 +18,19 @@ def test_overrides_are_typed_and_unknown_keys_fail(tmp_path):
         load_config(path, ["train.learning_rate=1"])
     with pytest.raises(ConfigError, match="expected int"):
         load_config(path, ["train.batch_size=big"])
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_pass_the_training_checks(path):
+    cfg = check_train_config(load_config(path, ["model.encoder_weights=none"]))
+    assert cfg.train.progressive_epochs < cfg.train.epochs  # the last epochs train at the full size
+
+
+def test_bad_average_and_progressive_settings_are_named():
+    with pytest.raises(ConfigError, match="train.ema"):
+        check_train_config(load_config(None, ["train.ema=1.5"]))
+    with pytest.raises(ConfigError, match="train.progressive_size"):
+        check_train_config(load_config(None, ["train.progressive_epochs=2", "train.progressive_size=[224]"]))
 
 
 def test_corrupt_image_named(tmp_path):

@@ -279,3 +279,20 @@ def test_a_run_resumes_in_another_precision(tiny_data, tmp_path):
     assert resumed.epoch == 1 and resumed.scaler.is_enabled()
     resumed.fit()
     assert resumed.finished and np.isfinite(resumed.history[-1]["train_loss"])
+
+
+def test_cpu_processes_keep_freed_memory(monkeypatch):
+    # glibc returns big freed blocks to the OS by default, and CPU steps then page-fault their activations
+    # anew each time; use_device("cpu") keeps them (pipeline.engine.keep_freed_memory), unless turned off.
+    import platform
+
+    from pipeline.engine import keep_freed_memory, use_device
+
+    keep_freed_memory.cache_clear()
+    monkeypatch.setenv("PIPELINE_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    keep_freed_memory.cache_clear()
+    monkeypatch.delenv("PIPELINE_KEEP_FREED_MEMORY")
+    use_device(torch.device("cpu"))
+    assert keep_freed_memory.cache_info().currsize == 1
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
