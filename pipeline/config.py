@@ -79,8 +79,8 @@ class TrainConfig:
     compile: bool | str = False  # torch.compile the training forward: true (inductor) or a backend name
     early_stopping: int = 8  # epochs without validation improvement; 0 disables
     # Exponential moving average of the weights (timm's ModelEmaV3, decay warmed up from 0): its
-    # decay, 0 disables. Validation, best.pt and the out-of-fold maps then use the average; the last
-    # validation also scores the raw weights (history.csv: val_dice_raw), so the gain is on record.
+    # decay, 0 disables. Validation, best.pt and the out-of-fold maps then use the average; the final
+    # epoch's validation also scores the raw weights (history.csv: val_dice_raw), so the gain is on record.
     ema: float = 0.0
     # Progressive resizing: the first `progressive_epochs` epochs train at `progressive_size`
     # ([height, width], smaller than image.*: cheaper steps), the rest at image.height x image.width.
