@@ -59,19 +59,18 @@ def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
 
 
 def test_weight_average_is_what_is_validated_saved_and_resumed(tiny_data, tmp_path):
-    over = {"train.ema": 0.9, "train.epochs": 2}
+    over = {"train.ema": 0.9, "train.epochs": 2, "train.val_every": 2}  # one validation: best.pt is epoch 2
     a = Trainer(tiny_config(tiny_data, tmp_path / "a", **over), quiet=True)
     a.fit()
     best = torch.load(a.run_dir / "best.pt", weights_only=False)
     last = torch.load(a.run_dir / "last.pt", weights_only=False)
     ema, raw = a.ema.module.state_dict(), a.model.state_dict()
-    # best.pt holds the average (the last epoch, or the better first one), never the raw weights.
-    saved = best["model"]
+    # best.pt holds the average, never the raw weights; last.pt holds both.
+    assert best["epoch"] == 2
     assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert all(torch.equal(best["model"][k], ema[k]) for k in ema)
     assert all(torch.equal(last["ema"][k], ema[k]) for k in ema)
     assert all(torch.equal(last["model"][k], raw[k]) for k in raw)
-    if best["epoch"] == 2:
-        assert all(torch.equal(saved[k], ema[k]) for k in ema)
     # The last validation also scores the raw weights; its row says so.
     assert "val_dice_raw" in a.history[-1] and "val_dice_raw" not in a.history[0]
     # Killed after epoch 1 and resumed: the average continues exactly.
