@@ -8,13 +8,16 @@ import sys
 import time
 
 
-def _folds_arg(value: str) -> list[int] | None:
-    from .config import ConfigError
+def _folds_arg(value: str) -> list[int | str] | None:
+    """``all`` (None: every fold of the CSV), ``full`` (every car, no held-out fold), a number or a comma list."""
+    from .config import FULL, ConfigError
 
     try:
-        return None if value == "all" else [int(v) for v in value.split(",")]
+        return None if value == "all" else [v if v == FULL else int(v) for v in value.split(",")]
     except ValueError:
-        raise ConfigError(f"--fold {value!r}: expected a fold number, a comma list (0,2) or 'all'") from None
+        raise ConfigError(
+            f"--fold {value!r}: expected a fold number, a comma list (0,2), 'all' or 'full' (train on every car)"
+        ) from None
 
 
 def _at_least(option: str, value: int, low: int) -> None:
@@ -369,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
     s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
-    s.add_argument("--fold", default="0", help="fold number, comma list, or 'all'")
+    s.add_argument(
+        "--fold", default="0", help="fold number, comma list, 'all' (each fold), or 'full' (one model on every car)"
+    )
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set train.lr=1e-4")
     s.add_argument("--data", help="override data_dir")
     s.add_argument("--folds-csv", help="override folds_csv")

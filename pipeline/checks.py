@@ -75,8 +75,8 @@ def check_train_config(cfg: Config) -> Config:
 
 
 def check_fold(cfg: Config, folds: list[int]) -> None:
-    if cfg.fold not in folds:
-        raise ConfigError(f"fold {cfg.fold}: not in {cfg.folds_csv}, which has folds {folds}")
+    if not cfg.full and cfg.fold not in folds:
+        raise ConfigError(f"fold {cfg.fold}: not in {cfg.folds_csv}, which has folds {folds} (or 'full': every car)")
 
 
 def _int(value) -> bool:

@@ -22,6 +22,11 @@ class ConfigError(PipelineError, ValueError):
     """A config file, ``--set`` override or option with a value that is not allowed; names it."""
 
 
+# ``fold: full``: train the config on every car of the folds CSV (the final model of a recipe, after
+# cross-validation): no held-out cars, so no validation and no out-of-fold maps.
+FULL = "full"
+
+
 @dataclass
 class ModelConfig:
     arch: str = "Unet"  # any segmentation_models_pytorch architecture class name
@@ -109,7 +114,7 @@ class Config:
     data_dir: str = "data"
     folds_csv: str = "folds/folds.csv"
     runs_dir: str = "runs"
-    fold: int = 0
+    fold: int | str = 0  # the held-out fold, or "full" (FULL): train on every car
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -119,8 +124,13 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     @property
+    def full(self) -> bool:
+        """Trained on every car of the split (``fold: full``): no held-out cars."""
+        return self.fold == FULL
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name / f"fold{self.fold}"
+        return Path(self.runs_dir) / self.name / (FULL if self.full else f"fold{self.fold}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,7 +299,6 @@ def _check_choices(cfg: Config) -> None:
 _MINIMUM = {
     "image.height": 1,
     "image.width": 1,
-    "fold": 0,
     "train.epochs": 1,
     "train.batch_size": 1,
     "train.steps_per_epoch": 0,
@@ -304,6 +313,8 @@ _MINIMUM = {
 
 
 def _check_ranges(cfg: Config) -> None:
+    if cfg.fold != FULL and not (isinstance(cfg.fold, int) and cfg.fold >= 0):
+        raise ConfigError(f"fold={cfg.fold!r}: a fold number (0, 1, ...) or {FULL!r} (train on every car)")
     for key, low in _MINIMUM.items():
         section, _, name = key.rpartition(".")
         value = getattr(getattr(cfg, section) if section else cfg, name)

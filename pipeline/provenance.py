@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
+from .config import FULL
 from .errors import PipelineError
 
 
@@ -66,25 +67,37 @@ def text_sha(text: str) -> str:
 def code_version() -> dict:
     """The code that made an artifact: the package version and, in a git checkout, the commit."""
     here = Path(__file__).resolve().parent
-    commit = None
+    commit, dirty = None, None
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
         )
         commit = out.stdout.strip() or None if out.returncode == 0 else None
+        if commit:  # uncommitted changes to the package: the commit alone does not say what ran
+            out = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+            dirty = bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"pipeline": __version__, "commit": commit}
+    return {"pipeline": __version__, "commit": commit, "dirty": dirty}
 
 
 # -- link 1: folds CSV -> checkpoints --------------------------------------------------------------
-def folds_fingerprint(folds: pd.DataFrame, fold: int) -> dict:
-    """Identity of the split: all (img, fold) pairs, and this fold's held-out set and cars."""
+def folds_fingerprint(folds: pd.DataFrame, fold: int | str) -> dict:
+    """Identity of the split: all (img, fold) pairs, and this fold's held-out set and cars.
+
+    ``fold="full"`` (trained on every car): nothing is held out.
+    """
 
     def sha(lines) -> str:
         return text_sha("\n".join(sorted(lines)))
 
-    held = folds.fold == fold
+    held = folds.fold == fold if fold != FULL else pd.Series(False, index=folds.index)
     return {
         "folds_sha": sha(f"{i},{f}" for i, f in zip(folds.img, folds.fold)),
         "fold_sha": sha(f"{i},{int(h)}" for i, h in zip(folds.img, held)),
@@ -259,12 +272,14 @@ def _trace_folds(path: Path, fold: int | None, recorded: dict | None, depth: int
         )
         links.append(Link(depth + 1, True, "group integrity: every car in one fold, folds 0..k-1, no repeated image"))
     if fold is not None and recorded is not None:
-        now = folds_fingerprint(folds, fold) if fold in set(folds.fold) else {"fold_sha": None}
+        now = folds_fingerprint(folds, fold) if fold in set(folds.fold) or fold == FULL else {"fold_sha": None}
         links.append(
             Link(
                 depth,
                 now["fold_sha"] == recorded.get("fold_sha"),
-                f"{path.name} fold {fold} holds out the cars the checkpoint was trained without",
+                f"{path.name}: the checkpoint was trained on all its cars (fold full)"
+                if fold == FULL
+                else f"{path.name} fold {fold} holds out the cars the checkpoint was trained without",
                 "restore the folds CSV it was trained on, or retrain the fold (`make train ... ARGS=--fresh`)",
             )
         )

@@ -27,9 +27,15 @@ FOLD_DIR_RE = re.compile(r"fold(\d+)")
 _OOF_KEYS = {"fold": int, "tta": list, "height": int, "width": int, "checkpoint": str}
 
 
+# A full run (``fold: full``, every car trained on) writes final.pt (the last epoch's model) and
+# full.json last, its "complete" mark and record; it has no out-of-fold maps, so it is never a fold.
+FINAL = "final.pt"
+FULL_SUMMARY = "full.json"
+
+
 def clear_fold_outputs(run_dir: Path) -> None:
     """``--fresh``: remove everything a previous run of this fold wrote (the maps included)."""
-    for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv"):
+    for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv", FINAL, FULL_SUMMARY):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "oof", ignore_errors=True)
 
@@ -80,7 +86,7 @@ def _not_a_run(summary: Path) -> str | None:
     return None
 
 
-def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomplete: bool) -> None:
+def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomplete: bool, quiet: bool = False) -> None:
     """Every member must have every fold: of its folds CSV (recorded ``k``) and of the other members."""
     union = {f["fold"] for folds in found.values() for f in folds}
     problems = []
@@ -102,7 +108,7 @@ def _check_complete(runs_dir: Path, found: dict[str, list[dict]], allow_incomple
             f"{runs_dir}: incomplete member(s): {'; '.join(problems)}. Train the missing folds, or pass "
             "--allow-incomplete to tune on the images all members cover"
         )
-    for p in problems:
+    for p in problems if not quiet else ():
         tqdm.write(f"warning: {p} (--allow-incomplete)", file=sys.stderr)
 
 
@@ -148,8 +154,47 @@ def discover(
                 f"{runs_dir / name}: folds' out-of-fold maps were predicted in different precisions ({shown}); "
                 "re-run the odd folds' training command with the same predict.amp (and device) to re-predict them"
             )
-    _check_complete(runs_dir, found, allow_incomplete)
+    _check_complete(runs_dir, found, allow_incomplete, quiet)
     return found
+
+
+# The config sections that make two runs "the same recipe" (paths, device and fold may differ).
+RECIPE_SECTIONS = ("seed", "model", "image", "augment", "train", "predict")
+
+
+def same_recipe(a: dict, b: dict) -> list[str]:
+    """The config sections in which two runs' configs (dicts) differ: [] when one recipe made both."""
+    return [k for k in RECIPE_SECTIONS if a.get(k) != b.get(k)]
+
+
+def cross_validation(runs_dir: str | Path, name: str, config: dict, folds_sha: str) -> dict | None:
+    """The completed folds of ``name`` beside a full run, trained with its config on its split: what
+    their out-of-fold figures say the full run is worth (None when there are none)."""
+    from .models import read_checkpoint
+
+    try:
+        found = discover(runs_dir, [name], allow_incomplete=True, quiet=True)[name]
+    except DataError:
+        return None
+    folds, shas, per_fold, n, total = [], [], {}, 0, 0.0
+    for f in found:
+        run_dir = Path(f["run_dir"])
+        ckpt_config = read_checkpoint(run_dir / f["checkpoint"], mmap=True)["config"]
+        if (f.get("folds") or {}).get("folds_sha") != folds_sha or same_recipe(ckpt_config, config):
+            continue  # another split or another config under the same name: not this recipe's evidence
+        folds.append(f["fold"])
+        shas.append(file_sha256(run_dir / "oof.json"))
+        per_fold[str(f["fold"])] = f["mean_dice"]
+        n += f["n_images"]
+        total += f["mean_dice"] * f["n_images"]
+    if not folds:
+        return None
+    return {
+        "runs": str(Path(runs_dir) / name),
+        "folds": folds,
+        "oof_sha256": shas,
+        "oof_dice_at_0.5": {"mean": total / n, "per_fold": per_fold, "n_images": n},
+    }
 
 
 def no_runs_message(runs_dir: Path) -> str:

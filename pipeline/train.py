@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import math
 import random
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -39,13 +41,14 @@ from .distributed import RankSampler
 from .engine import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from .errors import CheckpointError, TrainingError
 from .folds import load_folds
-from .io_utils import OutputLock, atomic_path, check_writable, write_text
+from .io_utils import OutputLock, atomic_path, check_writable, write_json, write_text
 from .losses import get_loss
+from .measure import machine
 from .metrics import dice_batch
 from .models import build_model, read_checkpoint
 from .oof import predict_oof
-from .provenance import ResumeError, check_same_folds, checkpoint_lineage, folds_fingerprint
-from .runs import clear_fold_outputs
+from .provenance import ResumeError, check_same_folds, checkpoint_lineage, code_version, file_sha256, folds_fingerprint
+from .runs import FINAL, FULL_SUMMARY, clear_fold_outputs, cross_validation
 
 # Config sections that must not change when resuming a run.
 _FIXED_ON_RESUME = ("model", "image", "fold", "name")
@@ -167,8 +170,10 @@ class Trainer:
         folds = load_folds(cfg.folds_csv)
         check_fold(cfg, sorted(set(folds.fold)))
         self.folds_id = folds_fingerprint(folds, cfg.fold)
-        self.train_df = folds[folds.fold != cfg.fold].reset_index(drop=True)
-        self.val_df = folds[folds.fold == cfg.fold].reset_index(drop=True)
+        # fold "full": every car trains, none is held out (so no validation and no out-of-fold maps).
+        held = folds.fold == cfg.fold if not cfg.full else pd.Series(False, index=folds.index)
+        self.train_df = folds[~held].reset_index(drop=True)
+        self.val_df = folds[held].reset_index(drop=True)
         check_writable(self.run_dir, "run folder")
         distributed.barrier()  # DDP: every rank sees what rank 0 finished writing before deciding to resume
         resume = (self.run_dir / "last.pt").exists() and not fresh
@@ -213,7 +218,8 @@ class Trainer:
         if resume:
             self._load(self.run_dir / "last.pt")
         if not self.finished:  # training goes on: the fold is not complete until predict_oof says so
-            (self.run_dir / "oof.json").unlink(missing_ok=True)
+            for mark in ("oof.json", FULL_SUMMARY):
+                (self.run_dir / mark).unlink(missing_ok=True)
 
         self.transform = train_transform(cfg.augment, seed=cfg.seed)
         h, w = cfg.image.height, cfg.image.width
@@ -235,7 +241,7 @@ class Trainer:
                 transform=self.transform,
                 cache=t.cache_images,
             )
-        self.val_ds = SegmentationDataset(
+        self.val_ds = SegmentationDataset(  # empty for a full run
             [self.layout.train_image(i) for i in self.val_df.img],
             [self.layout.mask(i) for i in self.val_df.img],
             h,
@@ -266,6 +272,16 @@ class Trainer:
                 f"{self.run_dir / 'last.pt'}: the existing run was trained with a different {', '.join(changed)}. "
                 "Use another name, or --fresh to start this run over."
             )
+
+    def _model_state(self) -> dict:
+        """best.pt (or a full run's final.pt): the config, the model to predict with, and its lineage."""
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.eval_model.state_dict(),
+            "epoch": self.epoch,
+            "folds": self.folds_id,
+            "lineage": checkpoint_lineage(self.cfg.folds_csv),
+        }
 
     def _state(self) -> dict:
         return {
@@ -316,7 +332,7 @@ class Trainer:
 
     def _log(self, msg: str) -> None:
         if not self._bars_off:
-            tqdm.write(f"[{self.cfg.name}/fold{self.cfg.fold}] {msg}")
+            tqdm.write(f"[{self.cfg.name}/{self.run_dir.name}] {msg}")
 
     def _train_loader(self) -> DataLoader:
         t = self.cfg.train
@@ -450,24 +466,14 @@ class Trainer:
                 "val_dice": float("nan"),
                 "val_iou": float("nan"),
             }
-            if self.epoch % t.val_every == 0 or self.epoch == t.epochs:
+            if not self.cfg.full and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                 with self.probe("validate"):
                     row["val_loss"], row["val_dice"], row["val_iou"] = self.validate()
                     if self.ema is not None and self.epoch == t.epochs:  # the average's gain, on record
                         row["val_dice_raw"] = self.validate(self.model)[1]
                 if row["val_dice"] > self.best:
                     self.best, self.bad_epochs = row["val_dice"], 0
-                    _save(
-                        self.run_dir / "best.pt",
-                        {
-                            "config": self.cfg.to_dict(),
-                            "model": self.eval_model.state_dict(),
-                            "epoch": self.epoch,
-                            "val_dice": self.best,
-                            "folds": self.folds_id,
-                            "lineage": checkpoint_lineage(self.cfg.folds_csv),
-                        },
-                    )
+                    _save(self.run_dir / "best.pt", {**self._model_state(), "val_dice": self.best})
                 else:
                     self.bad_epochs += 1
             row["seconds"] = round(time.time() - start, 2)
@@ -475,6 +481,8 @@ class Trainer:
             self.history.append(row)
             if self.epoch >= t.epochs or (t.early_stopping and self.bad_epochs >= t.early_stopping):
                 self.finished = True
+            if self.finished and self.cfg.full:  # no validation to pick a best epoch: the model is the last one
+                _save(self.run_dir / FINAL, self._model_state())
             _save(self.run_dir / "last.pt", self._state())
             self._write_history()
             self._tensorboard(row)
@@ -509,6 +517,43 @@ class Trainer:
             pd.DataFrame(self.history).to_csv(tmp, index=False)
 
 
+def _command() -> str:
+    """The command line this process runs, as a user would type it (for records)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv = ["python", "-m", "pipeline", *argv[1:]]
+    return shlex.join(argv)
+
+
+def finish_full(trainer: Trainer) -> dict:
+    """A full run's record, ``full.json`` (written last: the run is complete): final.pt by content, the
+    split it was trained on (every car), the time it took and where, and the out-of-fold figures of the
+    folds of the same config and split beside it, which are what stand for it."""
+    cfg, run_dir = trainer.cfg, trainer.run_dir
+    folds = trainer.train_df
+    summary = {
+        "name": cfg.name,
+        "fold": cfg.fold,
+        "checkpoint": FINAL,
+        "checkpoint_sha256": file_sha256(run_dir / FINAL),
+        "epochs": trainer.epoch,
+        "trained_on": {
+            "all_cars": True,
+            "n_images": len(folds),
+            "n_cars": int(folds.car_id.nunique()),
+            "folds_csv": str(cfg.folds_csv),
+            "folds": {k: trainer.folds_id[k] for k in ("folds_sha", "fold_sha", "k")},
+        },
+        "cross_validation": cross_validation(cfg.runs_dir, cfg.name, cfg.to_dict(), trainer.folds_id["folds_sha"]),
+        "train_seconds": round(sum(float(r.get("seconds", 0)) for r in trainer.history), 1),
+        "machine": machine(trainer.device),
+        "command": _command(),
+        "code": code_version(),
+    }
+    write_json(run_dir / FULL_SUMMARY, summary)
+    return summary
+
+
 def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
     """Train (or resume) one fold, then predict its out-of-fold maps; one process per fold folder at a time."""
     cfg = check_train_config(cfg)  # a typo or a leaking folds CSV fails before the run folder or its lock is made
@@ -520,6 +565,20 @@ def run(cfg: Config, fresh: bool = False, quiet: bool = False) -> dict:
         trainer.fit()
         if not distributed.is_main():  # DDP: rank 0 predicts out-of-fold and reports
             return {}
+        if cfg.full:
+            summary = finish_full(trainer)
+            if not quiet:
+                cv = summary["cross_validation"]
+                stands = (
+                    f"out-of-fold Dice {cv['oof_dice_at_0.5']['mean']:.5f} of folds {cv['folds']} stands for it"
+                    if cv
+                    else f"no folds of {cfg.name} on this split beside it: `make train FOLD=all` measures it"
+                )
+                tqdm.write(
+                    f"[{cfg.name}/full] trained on all {summary['trained_on']['n_images']} images "
+                    f"({summary['trained_on']['n_cars']} cars); {stands} -> {cfg.run_dir / FINAL}"
+                )
+            return summary
         if not (cfg.run_dir / "best.pt").exists():
             raise TrainingError(f"{cfg.run_dir}: training ended without a validated checkpoint")
         summary = predict_oof(cfg, quiet=quiet)
