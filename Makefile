@@ -13,6 +13,9 @@ MODEL ?= vgg11
 FOLD ?= 0
 DEVICE ?= auto
 RECIPE ?= submissions/recipe.json
+# An exported model folder (make export; models/carvana-unet-mobilenetv2 ships) or a Hugging Face hub id:
+# predict, submission, evaluate and report use it instead of a recipe (MODEL picks a config to train).
+PRETRAINED ?=
 SUBMISSION ?= submissions/submission.csv.gz
 ARGS ?=
 INDEX ?=
@@ -50,6 +53,10 @@ help:
 	@echo "make download | submit MESSAGE= the Kaggle round trip (official kaggle CLI)"
 	@echo "make folds INDEX=index.csv      folds from a train-set index instead of the images"
 	@echo "make train MODEL=cpu FOLD=0     no GPU: MobileNetV2 U-Net at 320x480 (configs/cpu.yaml)"
+	@echo "make train MODEL=cpu FOLD=full  one model on every car (after cross-validation) -> $(RUNS)/cpu/full/final.pt"
+	@echo "make export MODEL=cpu EXPORT_RECIPE=...  that model as a folder smp.from_pretrained loads -> models/cpu"
+	@echo "make predict IN=photo.jpg PRETRAINED=models/carvana-unet-mobilenetv2   the shipped model, no training"
+	@echo "make submission PRETRAINED=models/carvana-unet-mobilenetv2             a Kaggle CSV from it"
 	@echo "make lint | format              ruff"
 
 $(STAMP): requirements.txt
@@ -61,14 +68,14 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 folds: $(STAMP)
-	$(PY) -m pipeline folds --data $(DATA) --out $(FOLDS_CSV) $(if $(INDEX),--index $(INDEX))
+	$(PY) -m pipeline folds --data "$(DATA)" --out "$(FOLDS_CSV)" $(if $(INDEX),--index "$(INDEX)")
 
 train: $(STAMP)
-	$(PY) -m pipeline train --config configs/$(MODEL).yaml --fold $(FOLD) --data $(DATA) \
-		--folds-csv $(FOLDS_CSV) --runs $(RUNS) --device $(DEVICE) $(ARGS)
+	$(PY) -m pipeline train --config "configs/$(MODEL).yaml" --fold "$(FOLD)" --data "$(DATA)" \
+		--folds-csv "$(FOLDS_CSV)" --runs "$(RUNS)" --device "$(DEVICE)" $(ARGS)
 
 ensemble: $(STAMP)
-	$(PY) -m pipeline ensemble --runs $(RUNS) --data $(DATA) --out $(RECIPE) $(ARGS)
+	$(PY) -m pipeline ensemble --runs "$(RUNS)" --data "$(DATA)" --out "$(RECIPE)" $(ARGS)
 
 # SHARD=i/N: one contiguous slice of the test set into its own resumable shard file (then `make merge`).
 # GPUS=G: torchrun with G processes on this host (one GPU each); rank 0 merges the shards.
@@ -76,18 +83,20 @@ SHARD ?=
 GPUS ?=
 submission: $(STAMP)
 	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m pipeline submission \
-		--recipe $(RECIPE) --data $(DATA) --out $(SUBMISSION) --device $(DEVICE) $(if $(SHARD),--shard=$(SHARD)) $(ARGS)
+		--recipe "$(RECIPE)" --data "$(DATA)" --out "$(SUBMISSION)" --device "$(DEVICE)" $(if $(SHARD),--shard="$(SHARD)") \
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m pipeline evaluate --runs $(RUNS) --data $(DATA) $(if $(wildcard $(RECIPE)),--recipe $(RECIPE)) $(ARGS)
+	$(PY) -m pipeline evaluate --data "$(DATA)" $(if $(PRETRAINED),--pretrained "$(PRETRAINED)",--runs "$(RUNS)" \
+		$(if $(wildcard $(RECIPE)),--recipe "$(RECIPE)")) $(ARGS)
 
 validate: $(STAMP)
-	$(PY) -m pipeline validate $(SUBMISSION) --data $(DATA)
+	$(PY) -m pipeline validate "$(SUBMISSION)" --data "$(DATA)"
 
 # FILE=...: the chain behind a submission (default), recipe, checkpoint or folds CSV, each link checked.
 FILE ?= $(SUBMISSION)
 lineage: $(STAMP)
-	$(PY) -m pipeline lineage $(FILE)
+	$(PY) -m pipeline lineage "$(FILE)"
 
 # The two demo members train side by side, one core each (small models use two threads poorly):
 # the first one's progress is shown, the second's goes to a log whose summary is printed after.
@@ -134,14 +143,14 @@ bench: $(STAMP)
 	$(PY) -m pipeline.bench
 
 smoke: $(STAMP)
-	$(PY) -m pipeline smoke --config configs/$(MODEL).yaml --data $(DATA) --device $(DEVICE) $(ARGS)
+	$(PY) -m pipeline smoke --config "configs/$(MODEL).yaml" --data "$(DATA)" --device "$(DEVICE)" $(ARGS)
 
 gpu-check: $(STAMP)
-	$(PY) scripts/gpu_check.py --data $(DATA) --device $(DEVICE) $(ARGS)
+	$(PY) scripts/gpu_check.py --data "$(DATA)" --device "$(DEVICE)" $(ARGS)
 
 merge: $(STAMP)
-	$(PY) -m pipeline merge --data $(DATA) --out $(SUBMISSION) --shards-of submissions/submission.csv.gz \
-		$(if $(wildcard $(RECIPE)),--recipe $(RECIPE))
+	$(PY) -m pipeline merge --data "$(DATA)" --out "$(SUBMISSION)" --shards-of submissions/submission.csv.gz \
+		$(if $(wildcard $(RECIPE)),--recipe "$(RECIPE)")
 
 # One fold per GPU, in parallel: fold k on the k-th GPU of GPUS (FOLDS=... to choose other folds).
 # Logs in $(RUNS)/logs/; fails if any fold fails (after all have ended).
@@ -153,8 +162,8 @@ train-folds: $(STAMP)
 	for g in $$gpus; do \
 		f=$${1:-$$k}; [ $$# -gt 0 ] && shift; log=$(RUNS)/logs/$(MODEL)-fold$$f.log; \
 		echo "fold $$f on GPU $$g -> $$log"; \
-		CUDA_VISIBLE_DEVICES=$$g $(PY) -m pipeline train --config configs/$(MODEL).yaml --fold $$f --data $(DATA) \
-			--folds-csv $(FOLDS_CSV) --runs $(RUNS) --device $(DEVICE) $(ARGS) > $$log 2>&1 & pids="$$pids $$!:$$f"; \
+		CUDA_VISIBLE_DEVICES=$$g $(PY) -m pipeline train --config "configs/$(MODEL).yaml" --fold $$f --data "$(DATA)" \
+			--folds-csv "$(FOLDS_CSV)" --runs "$(RUNS)" --device "$(DEVICE)" $(ARGS) > "$$log" 2>&1 & pids="$$pids $$!:$$f"; \
 		k=$$((k+1)); \
 	done; \
 	fail=0; for p in $$pids; do \
@@ -168,16 +177,26 @@ IN ?= data/test
 OUT ?= predictions
 MESSAGE ?=
 
-.PHONY: predict report download submit
+.PHONY: predict report download submit export
+
+# A trained model as one folder: segmentation-models-pytorch's format, pipeline.json and a model card.
+CHECKPOINT ?= $(RUNS)/$(MODEL)/full/final.pt
+EXPORT_DIR ?= models/$(MODEL)
+EXPORT_RECIPE ?=
+export: $(STAMP)
+	$(PY) -m pipeline export --checkpoint "$(CHECKPOINT)" --out "$(EXPORT_DIR)" \
+		$(if $(EXPORT_RECIPE),--recipe "$(EXPORT_RECIPE)") $(ARGS)
 predict: $(STAMP)
-	$(PY) -m pipeline predict $(IN) --out $(OUT) --recipe $(RECIPE) --device $(DEVICE) $(ARGS)
+	$(PY) -m pipeline predict "$(IN)" --out "$(OUT)" --recipe "$(RECIPE)" --device "$(DEVICE)" \
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
 
 REPORT ?= reports
 report: $(STAMP)
-	$(PY) -m pipeline report --runs $(RUNS) --data $(DATA) --recipe $(RECIPE) --out $(REPORT) $(ARGS)
+	$(PY) -m pipeline report --runs "$(RUNS)" --data "$(DATA)" --recipe "$(RECIPE)" --out "$(REPORT)" \
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
 
 download: $(STAMP)
-	$(PY) -m pipeline download --data $(DATA) $(ARGS)
+	$(PY) -m pipeline download --data "$(DATA)" $(ARGS)
 
 submit: $(STAMP)
-	$(PY) -m pipeline submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)
+	$(PY) -m pipeline submit "$(SUBMISSION)" --message "$(MESSAGE)" --data "$(DATA)"

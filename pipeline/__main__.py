@@ -40,6 +40,19 @@ def _precision(a) -> str | None:
     return "fp32"
 
 
+def _check_backend(a) -> None:
+    """An ONNX Runtime / OpenVINO run: the package installed, on the CPU, in fp32, without torch.compile."""
+    from .backends import check_backend
+    from .config import ConfigError
+
+    check_backend(a.backend)
+    if a.backend == "torch":
+        return
+    if a.device not in ("cpu", "auto") or a.compile or a.precision not in (None, "fp32"):
+        raise ConfigError(f"--backend {a.backend}: runs on the CPU in fp32 without --compile (--device cpu)")
+    a.device = "cpu"
+
+
 def _channels_last(value: str) -> bool | str:
     return {"true": True, "false": False}.get(value, value)
 
@@ -56,6 +69,12 @@ def _add_compile_option(s, what: str) -> None:
 
 
 def _add_inference_options(s) -> None:
+    s.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino"),
+        help="the runtime on the CPU: PyTorch, or the same model exported to ONNX Runtime / OpenVINO (fp32)",
+    )
     s.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
@@ -155,11 +174,20 @@ def cmd_submission(a) -> None:
 
     check_device(a.device, "--device")
     check_compile(a.compile, "--compile")
+    _check_backend(a)
     _at_least("--batch-size", a.batch_size, 1)
     if a.num_workers is not None:
         _at_least("--num-workers", a.num_workers, 0)
     if a.limit is not None:
         _at_least("--limit", a.limit, 1)
+    if a.pretrained:  # an exported model (make export, or the one shipped): a recipe of that one member
+        from pathlib import Path
+
+        from .export import check_folder, fetch, pretrained_recipe
+
+        name = check_folder(fetch(a.pretrained), a.pretrained)["name"]
+        a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent / f"recipe-{name}.json")
+        print(f"submission from the exported model {a.pretrained}: recipe {a.recipe}")
     check_recipe(a.recipe)
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
@@ -187,6 +215,7 @@ def cmd_submission(a) -> None:
             compile=a.compile,
             channels_last=_channels_last(a.channels_last),
             quiet=info.world > 1 and not info.is_main,  # torchrun: rank 0 alone shows progress
+            backend=a.backend,
         )
         if info.world > 1:
             distributed.barrier()
@@ -203,10 +232,12 @@ def cmd_merge(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    from .checks import check_device
     from .evaluate import evaluate, format_table, json_payload, review_lines
     from .io_utils import atomic_path, write_json
 
     _check_jobs(a.jobs)
+    check_device(a.device, "--device")
     summaries, per_image = evaluate(
         runs=a.runs,
         recipe=a.recipe,
@@ -216,6 +247,8 @@ def cmd_evaluate(a) -> None:
         pred_dir=a.pred_dir,
         masks=a.masks,
         n_jobs=a.jobs,
+        pretrained=a.pretrained,
+        device=a.device,
     )
     print(format_table(summaries))
     for name, s in summaries.items():
@@ -243,7 +276,8 @@ def cmd_lineage(a) -> int:
     if broken:
         print(f"{len(broken)} of {len(checked)} links broken: {a.file} is not what its inputs make now")
         return 1
-    print(f"all {len(checked)} links hold")
+    if checked:  # a file that is not a link of a chain (a summary, a lock) was described in one line
+        print(f"all {len(checked)} links hold")
     return 0
 
 
@@ -273,11 +307,13 @@ def cmd_predict(a) -> None:
     check_device(a.device, "--device")
     _at_least("--batch-size", a.batch_size, 1)
     check_compile(a.compile, "--compile")
+    _check_backend(a)
     run_predict(
         a.input,
         a.out,
         recipe=a.recipe,
         checkpoint=a.checkpoint,
+        pretrained=a.pretrained,
         background=a.background,
         feather=a.feather,
         device=a.device,
@@ -286,6 +322,7 @@ def cmd_predict(a) -> None:
         resume=a.resume,
         channels_last=_channels_last(a.channels_last),
         compile=a.compile,
+        backend=a.backend,
     )
 
 
@@ -309,15 +346,45 @@ def cmd_report(a) -> None:
     _check_jobs(a.jobs)
     _at_least("--worst", a.worst, 0)
     members = a.members.split(",") if a.members else None
-    make_report(a.runs, a.data, a.out, recipe_path=a.recipe, names=members, n_worst=a.worst, n_jobs=a.jobs)
+    make_report(
+        a.runs, a.data, a.out, recipe_path=a.recipe, names=members, n_worst=a.worst, n_jobs=a.jobs,
+        pretrained=a.pretrained,
+    )  # fmt: skip
+
+
+def cmd_export(a) -> None:
+    from .export import export_model
+
+    out = a.out or f"models/{a.name or 'model'}"
+    export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name)
 
 
 def add_user_stages(sub) -> None:
+    s = sub.add_parser(
+        "export", help="a trained model as one folder: smp's format (smp.from_pretrained), pipeline.json, model card"
+    )
+    s.add_argument("--checkpoint", required=True, help="a full run's final.pt (make train FOLD=full), or a best.pt")
+    s.add_argument(
+        "--recipe",
+        help="a recipe of the same config's folds: its threshold, TTA, post-processing and out-of-fold figures "
+        "go with the model (make ensemble ARGS='--members NAME' RECIPE=...)",
+    )
+    s.add_argument("--out", help="the folder to write (default models/<name>)")
+    s.add_argument("--name", help="the model's name (default: the folder's)")
+    s.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="the weights as stored (fp16: half size)")
+    s.set_defaults(func=cmd_export)
+
     s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")
     s.add_argument("--out", default="predictions", help="output folder")
     s.add_argument("--recipe", default="submissions/recipe.json", help="ensemble recipe (default)")
     s.add_argument("--checkpoint", help="one checkpoint instead of the recipe (threshold 0.5)")
+    s.add_argument(
+        "--pretrained",
+        metavar="DIR_OR_HUB_ID",
+        help="an exported model folder (make export) or a Hugging Face hub id; default when there is no recipe: "
+        "the model this project ships (models/)",
+    )
     s.add_argument("--background", help="composite onto an image file or a colour #rrggbb")
     s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
     s.add_argument("--device", default="auto")
@@ -333,6 +400,9 @@ def add_user_stages(sub) -> None:
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--out", default="reports", help="folder for index.html and its pictures")
     s.add_argument("--worst", type=int, default=6, help="how many of the worst images to show")
+    s.add_argument(
+        "--pretrained", metavar="DIR_OR_HUB_ID", help="also score an exported model on every train image of --data"
+    )
     s.add_argument("--jobs", type=int, default=-1, help="processes for scoring (-1: all cores)")
     s.set_defaults(func=cmd_report)
 
@@ -420,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--submission", help="score a submission .csv/.csv.gz (needs --masks)")
     s.add_argument("--pred-dir", help="score a folder of predicted mask PNGs (needs --masks)")
     s.add_argument("--masks", help="ground-truth folder of <stem>_mask.gif/.png, e.g. data/train_masks")
+    s.add_argument(
+        "--pretrained", metavar="DIR_OR_HUB_ID", help="score an exported model on every train image of --data"
+    )
+    s.add_argument("--device", default="auto", help="for --pretrained: auto | cpu | cuda | cuda:N")
     s.add_argument("--data", default="data", help="data root whose train_masks/ --runs and --recipe use")
     s.add_argument("--json", help="write the summary (one source: an object; several: {source: object})")
     s.add_argument("--per-image", help="write one CSV row per source and image")
@@ -428,13 +502,20 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("submission", help="predict test images with the recipe -> Kaggle .csv.gz (resumable)")
     s.add_argument("--recipe", default="submissions/recipe.json")
+    s.add_argument(
+        "--pretrained",
+        metavar="DIR_OR_HUB_ID",
+        help="an exported model folder or hub id instead of the recipe (writes recipe-<name>.json beside --out)",
+    )
     s.add_argument("--data", default="data")
     s.add_argument("--out", default="submissions/submission.csv.gz")
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--num-workers", type=int, help="DataLoader workers (default: the members' predict.num_workers)")
     _add_inference_options(s)
-    s.add_argument("--force", action="store_true", help="redo a submission that is already complete")
+    s.add_argument(
+        "--force", action="store_true", help="redo a complete submission, or replace one made from another recipe"
+    )
     s.add_argument("--limit", type=int, help="only the first N rows, to <out stem>.limit<N>-trial.csv.gz (a trial)")
     s.add_argument("--shard", metavar="I/N", help="compute only slice I of N (contiguous) into its own file; see merge")
     s.set_defaults(func=cmd_submission)

@@ -135,11 +135,14 @@ def trivial_recipe(root: Path, height: int, width: int) -> Path:
 
     ckpt = root / "trivial.pt"
     ckpt.write_bytes(b"stand-in: the trivial model is built by pipeline.bench.load_trivial")
+    oof = root / "oof.json"  # and a stand-in of the out-of-fold summary it was "tuned" on
+    oof.write_text('{"stand_in": "pipeline.bench.trivial_recipe"}\n')
     member = {
         "name": "trivial",
         "weight": 1,
         "checkpoints": [str(ckpt)],
         "checkpoint_sha256": [file_sha256(ckpt)],
+        "oof_sha256": [file_sha256(oof)],
         "height": height,
         "width": width,
         "tta": [],

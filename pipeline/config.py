@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,24 @@ from .errors import PipelineError
 
 class ConfigError(PipelineError, ValueError):
     """A config file, ``--set`` override or option with a value that is not allowed; names it."""
+
+
+# A run name becomes a folder (<runs_dir>/<name>/), a file name in reports and an ensemble member's
+# label beside the fixed labels below: a plain, short name, checked wherever one is read.
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_NAMES = ("blend", "recipe", "img")  # the labels of the ensemble's and evaluate's other columns
+
+
+def run_name_problem(name) -> str | None:
+    """Why ``name`` cannot be a run (member) name, or None."""
+    if not isinstance(name, str) or not RUN_NAME_RE.fullmatch(name):
+        return (
+            f"{name!r} is not a plain run name: letters, digits, '_', '.' and '-', starting with a letter or digit, "
+            "at most 64 characters (it becomes a folder name)"
+        )
+    if name.lower() in RESERVED_NAMES:
+        return f"{name!r} is reserved for the ensemble's own columns ({', '.join(RESERVED_NAMES)}); pick another name"
+    return None
 
 
 # ``fold: full``: train the config on every car of the folds CSV (the final model of a recipe, after
@@ -239,7 +258,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         data = loaded
     if overrides:
         data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return config_from_dict(data)
+    cfg = config_from_dict(data)
+    # Checked where a config is read for a new run (not when a saved checkpoint's config is rebuilt).
+    problem = run_name_problem(cfg.name)
+    if problem:
+        raise ConfigError(f"{path or 'config'}: name: {problem}")
+    return cfg
 
 
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")

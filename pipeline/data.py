@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, printable
 
 __all__ = ["DataError", "Layout", "parse_name", "image_size", "check_jpeg_complete", "read_image", "read_mask"]
 
@@ -63,10 +63,16 @@ class Layout:
     def require(self, *paths: Path) -> None:
         for p in paths:
             if not p.exists():
+                demo = Path("demo/data")
+                hint = (
+                    "the demo's data is in demo/data: add DATA=demo/data RUNS=demo/runs"
+                    if (demo / "train").is_dir() and self.root.resolve() != demo.resolve()
+                    else "run `make demo` for the demo data"
+                )
                 raise DataError(
                     f"{p}: not found. Expected the Kaggle layout under {self.root} "
-                    "(train/, train_masks/, test/, metadata.csv, sample_submission.csv); "
-                    "set DATA=/path/to/carvana or run `make demo` for the demo data."
+                    f"(train/, train_masks/, test/, metadata.csv, sample_submission.csv); "
+                    f"set DATA=/path/to/carvana, or {hint}."
                 )
 
 
@@ -120,6 +126,26 @@ def check_jpeg_complete(path: str | Path) -> None:
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
+def shown(path: str | Path) -> str:
+    """A path as it can be printed: bytes of a file name that are not UTF-8 show as \\xNN escapes."""
+    return printable(str(path))
+
+
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    """``cv2.imread`` from the file's bytes: OpenCV is never handed the name itself (a file name that is
+    not valid UTF-8 crashes it), and DCT-scaled decoding (IMREAD_REDUCED_*) works the same. None if the
+    bytes are not an image."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{shown(path)}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, flags)
+
+
 def read_image(path: str | Path, height: int | None = None, width: int | None = None) -> np.ndarray:
     """Decode an RGB uint8 image, resized to (height, width) when given.
 
@@ -136,9 +162,9 @@ def read_image(path: str | Path, height: int | None = None, width: int | None = 
             if -(-w0 // f) >= width and -(-h0 // f) >= height:
                 flag = reduced
                 break
-    img = cv2.imread(path, flag)
+    img = decode_file(path, flag)
     if img is None:
-        raise DataError(f"{path}: cannot decode image (missing, truncated or not an image)")
+        raise DataError(f"{shown(path)}: cannot decode image (missing, truncated or not an image)")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if height and width and img.shape[:2] != (height, width):
         # After DCT scaling the remaining factor is usually in (0.5, 1]: bilinear is alias-free

@@ -11,16 +11,19 @@ follow the real column layout.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 from PIL import Image
 from tqdm import tqdm
 
 from . import CARVANA_HEIGHT, CARVANA_WIDTH
+from .io_utils import atomic_path, write_bytes, write_text
+from .parallel import parallel
 
 N_VIEWS = 16
 SHIFT = 4  # sub-pixel precision bits for cv2 polygon drawing
@@ -172,13 +175,13 @@ def _write_car(out: Path, car: str, split: str, seed: int, width: int, height: i
     for view in range(1, N_VIEWS + 1):
         img, mask = render_view(params, view, width, height, rng)
         name = f"{car}_{view:02d}"
-        cv2.imwrite(
-            str(out / split / f"{name}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
-        )
+        _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        write_bytes(out / split / f"{name}.jpg", jpeg.tobytes())
         if split == "train":
             gif = Image.fromarray(mask, mode="L").convert("P")
             gif.putpalette([0, 0, 0, 255, 255, 255])
-            gif.save(out / "train_masks" / f"{name}_mask.gif")
+            with atomic_path(out / "train_masks" / f"{name}_mask.gif") as tmp:
+                gif.save(tmp, format="GIF")
 
 
 def generate(
@@ -199,18 +202,16 @@ def generate(
     rng.shuffle(ids)
     train, test = sorted(ids[:n_train_cars]), sorted(ids[n_train_cars:])
     jobs = [(c, "train") for c in train] + [(c, "test") for c in test]
-    Parallel(n_jobs=n_jobs)(
+    parallel(n_jobs)(
         delayed(_write_car)(out, c, split, seed, width, height) for c, split in tqdm(jobs, desc="demo cars", unit="car")
     )
-    with open(out / "metadata.csv", "w", newline="") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        w.writerow(["id", "year", "make", "model", "trim1", "trim2"])
-        for i, car in enumerate(sorted(ids)):
-            make, model = MAKES[i % len(MAKES)]
-            w.writerow([car, 2014 + i % 4, make, model, model, ""])
-    with open(out / "sample_submission.csv", "w") as f:
-        f.write("img,rle_mask\n")
-        for car in test:
-            for view in range(1, N_VIEWS + 1):
-                f.write(f"{car}_{view:02d}.jpg,1 1\n")
+    metadata = io.StringIO()
+    w = csv.writer(metadata, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    w.writerow(["id", "year", "make", "model", "trim1", "trim2"])
+    for i, car in enumerate(sorted(ids)):
+        make, model = MAKES[i % len(MAKES)]
+        w.writerow([car, 2014 + i % 4, make, model, model, ""])
+    write_text(out / "metadata.csv", metadata.getvalue())
+    rows = "".join(f"{car}_{view:02d}.jpg,1 1\n" for car in test for view in range(1, N_VIEWS + 1))
+    write_text(out / "sample_submission.csv", "img,rle_mask\n" + rows)
     return out

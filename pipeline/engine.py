@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .backends import runtime
 from .datasets import InferenceDataset
 from .models import SegModel
 from .tta import resolve
@@ -156,10 +157,12 @@ class Engine:
         num_workers: int = 2,
         compile: bool | str | Callable = False,
         views_in_one_call: bool = True,
+        backend: str = "torch",
     ):
         """``precision``: None runs each member in its own (``Member.precision``); a setting
         (auto|bf16|fp16|off|fp32) runs all of them in it. ``compile``: True (inductor) or a
-        ``torch.compile`` backend."""
+        ``torch.compile`` backend. ``backend``: torch, or onnxruntime / openvino on the CPU
+        (pipeline/backends.py; fp32)."""
         self.members = members
         self.device = device
         use_device(device)
@@ -171,6 +174,10 @@ class Engine:
         if device.type == "cuda":
             # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
+        runtime_name = backend
+        if runtime_name != "torch" and (device.type != "cpu" or compile):
+            raise ValueError(f"backend {runtime_name}: runs on the CPU, without --compile")
+        self.backend = runtime_name
         self.compiled = bool(compile)
         backend = "inductor" if compile is True else compile
         self._forward: dict[int, list] = {}
@@ -181,6 +188,10 @@ class Engine:
                     model.to(memory_format=torch.channels_last)
             # torch.compile is off by default: it costs minutes of compilation per model and has
             # not been measured to pay off here (make bench, docs/benchmarks.md).
+            if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model in fp32 on the CPU
+                self._forward[id(m)] = [runtime(model, runtime_name) for model in m.models]
+                self.precisions[id(m)] = "fp32"
+                continue
             self._forward[id(m)] = [
                 torch.compile(model, dynamic=False, backend=backend) if compile else model for model in m.models
             ]

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from tqdm import tqdm
 
+from .checks import RECIPE_FORMAT
 from .data import DataError, Layout, read_image
 from .engine import blend
-from .io_utils import atomic_path, check_writable, write_json
+from .io_utils import atomic_path, check_writable, stored_path, write_json
 from .metrics import dice, dice_from_counts
+from .parallel import parallel
 from .postprocess import apply as postprocess
 from .postprocess import needs_photo, parse_steps
 from .provenance import code_version, recipe_fold
@@ -179,9 +181,7 @@ def tune(
             )
     combos = weight_grid(len(members), steps if len(members) > 1 else 1)
     chunks = [common[i : i + 16] for i in range(0, len(common), 16)]
-    parts = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_chunk_scores)(layout, c, maps_of, combos) for c in chunks
-    )
+    parts = parallel(n_jobs, return_as="generator")(delayed(_chunk_scores)(layout, c, maps_of, combos) for c in chunks)
     total = np.zeros((len(combos), 256))
     for p in tqdm(parts, total=len(chunks), desc="ensemble search", unit="chunk", disable=quiet):
         total += p
@@ -194,7 +194,7 @@ def tune(
     problem = params_problem(params[ACTIVE_CONTOUR])
     if problem:
         raise DataError(f"{ACTIVE_CONTOUR} parameters: {problem}")
-    per_image = Parallel(n_jobs=n_jobs)(
+    per_image = parallel(n_jobs)(
         delayed(_per_image)(layout, img, maps_of, weights, int(threshold), candidates, params)
         for img in tqdm(common, desc="score recipe", unit="img", disable=quiet)
     )
@@ -215,9 +215,9 @@ def tune(
     steps_total = int(combos[0].sum())
     vertex = {m["name"]: int(np.flatnonzero(combos[:, j] == steps_total)[0]) for j, m in enumerate(members)}
     recipe = {
-        "format": 2,
+        "format": RECIPE_FORMAT,  # paths relative to the recipe's folder: copies of the project keep every link
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "runs_dir": str(runs_dir),
+        "runs_dir": stored_path(runs_dir, out),
         "threshold": int(threshold),
         "threshold_probability": round(int(threshold) / 255, 6),
         "postprocess": chosen,
@@ -233,7 +233,7 @@ def tune(
                 "folds": [f["fold"] for f in m["folds"]],
                 # Lineage (pipeline/provenance.py): each fold's checkpoint and out-of-fold summary by
                 # content; submission and predict refuse checkpoints that changed since.
-                "checkpoints": [rf["checkpoint"] for rf in m["lineage"]],
+                "checkpoints": [stored_path(rf["checkpoint"], out) for rf in m["lineage"]],
                 "checkpoint_sha256": [rf["checkpoint_sha256"] for rf in m["lineage"]],
                 "oof_sha256": [rf["oof_sha256"] for rf in m["lineage"]],
                 "tta": m["folds"][0]["tta"],

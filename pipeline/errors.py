@@ -37,6 +37,15 @@ def _os_message(exc: OSError) -> str:
     return f"{where}: {exc.strerror or exc}{hint}"
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal: bytes of a file name that are not UTF-8 (which Python
+    keeps as lone surrogates) show as \\xNN escapes instead of failing the print."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def user_message(exc: BaseException) -> str:
     """The message to show for ``exc``, without the traceback text DataLoader workers wrap it in.
 
@@ -45,8 +54,8 @@ def user_message(exc: BaseException) -> str:
     ``<type>: `` line.
     """
     if isinstance(exc, OSError) and not isinstance(exc, PipelineError):
-        return _os_message(exc)
-    msg = str(exc)
+        return printable(_os_message(exc))
+    msg = printable(str(exc))
     if "DataLoader worker" in msg and "Original Traceback" in msg:
         name = type(exc).__name__
         lines = msg.rstrip().splitlines()

@@ -19,15 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from tqdm import tqdm
 
 from . import review, rle
 from .checks import check_recipe
-from .data import DataError, Layout, read_image, read_mask
+from .data import DataError, Layout, decode_file, list_images, read_image, read_mask
 from .engine import blend
 from .io_utils import plain_name
 from .metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
+from .parallel import parallel
 from .postprocess import apply as postprocess
 from .postprocess import needs_photo
 from .provenance import verify_recipe_oof
@@ -48,7 +49,7 @@ def _table(images: list[str], rows: list, with_review: bool = False) -> pd.DataF
 
 def _parallel(fn, items: list, n_jobs: int, desc: str, quiet: bool) -> list:
     bar = tqdm(items, desc=desc, unit="img", disable=quiet)
-    return Parallel(n_jobs=n_jobs, batch_size=8)(delayed(fn)(i) for i in bar)
+    return parallel(n_jobs, batch_size=8)(delayed(fn)(i) for i in bar)
 
 
 def score_runs(
@@ -90,6 +91,52 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
         return score_image(car, mask), review.features_of(maps, weights, int(recipe["threshold"]))
 
     return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet), with_review=True)
+
+
+def pretrained_predictions(pretrained, images: list[Path], device: str = "auto", batch_size: int = 4):
+    """Yield (name, uint8 map (1, H, W) as NumPy, 0/1 mask after the model's threshold and
+    post-processing, the photo's path) for ``images`` with an exported model (pipeline/export.py)."""
+    from .engine import Engine, Member, pick_device
+
+    dev = pick_device(device)
+    spec = pretrained.spec
+    member = Member(
+        pretrained.name, [pretrained.model], spec["input"]["height"], spec["input"]["width"], list(spec["tta"]),
+        spec.get("precision", "fp32"),
+    )  # fmt: skip
+    engine = Engine([member], dev, batch_size=batch_size, num_workers=0)
+    by_name = {p.name: p for p in images}
+    steps, params = list(spec.get("postprocess", [])), spec.get("postprocess_params", {})
+    for name, q in engine.predict(images):
+        maps = q.cpu().numpy()
+        car = (maps[0] >= int(spec["threshold"])).astype(np.uint8)
+        photo = read_image(by_name[name]) if needs_photo(steps) else None
+        yield name, maps, postprocess(car, steps, blended=maps[0], image=photo, params=params), by_name[name]
+
+
+def score_pretrained(
+    source: str | Path, data_dir: str | Path, device: str = "auto", quiet: bool = True, pretrained=None
+) -> pd.DataFrame:
+    """Per-image table of an exported model (folder or hub id) on every train image of ``data_dir``
+    that has a mask, at full resolution, with its threshold, TTA and post-processing; and the review score."""
+    from .export import load_pretrained
+
+    layout = Layout(data_dir)
+    layout.require(layout.train_dir, layout.masks_dir)
+    pretrained = pretrained or load_pretrained(source, "cpu")
+    images = [layout.train_image(i) for i in list_images(layout.train_dir) if layout.mask(i).is_file()]
+    if not images:
+        raise DataError(f"{layout.train_dir}: no image with a mask in {layout.masks_dir} to score")
+    rows, names = [], []
+    threshold = int(pretrained.spec["threshold"])
+    predictions = pretrained_predictions(pretrained, images, device)
+    for name, maps, car, _ in tqdm(predictions, total=len(images), desc="evaluate model", unit="img", disable=quiet):
+        mask = read_mask(layout.mask(name))
+        if mask.shape != car.shape:
+            raise DataError(f"{layout.mask(name)}: mask {mask.shape} vs photo {car.shape}")
+        rows.append((score_image(car, mask), review.features_of(maps, [1], threshold)))
+        names.append(name)
+    return _table(names, rows, with_review=True)
 
 
 def recipe_prediction(layout: Layout, img: str, maps: np.ndarray, recipe: dict) -> np.ndarray:
@@ -191,7 +238,7 @@ def read_prediction(path: Path) -> np.ndarray:
     channels must agree (a grey picture); an alpha channel must be opaque, or be the mask itself
     with black colour channels (a cut-out's alpha). Anything else is refused, naming the file.
     """
-    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    im = decode_file(path, cv2.IMREAD_UNCHANGED)
     if im is None:
         raise DataError(f"{path}: cannot decode predicted mask")
     if im.dtype not in (np.uint8, np.uint16) or im.ndim not in (2, 3):
@@ -250,6 +297,8 @@ def evaluate(
     masks: str | None = None,
     n_jobs: int = -1,
     quiet: bool = False,
+    pretrained: str | None = None,
+    device: str = "auto",
 ) -> tuple[dict[str, dict], pd.DataFrame]:
     """Score every requested source; return ({source: summary}, per-image table with a source column)."""
     if (submission or pred_dir) and not masks:
@@ -263,8 +312,13 @@ def evaluate(
         tables[Path(submission).name] = score_submission(submission, masks, n_jobs, quiet)
     if pred_dir:
         tables[Path(pred_dir).name] = score_pred_dir(pred_dir, masks, n_jobs, quiet)
+    if pretrained:
+        from .export import load_pretrained
+
+        model = load_pretrained(pretrained, "cpu")
+        tables[model.name] = score_pretrained(pretrained, data, device, quiet, pretrained=model)
     if not tables:
-        raise DataError("nothing to evaluate: give --runs, --recipe, --submission or --pred-dir")
+        raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}
     per_image = pd.concat([t.assign(source=name) for name, t in tables.items()], ignore_index=True)
     if "review_score" not in per_image:  # no source with probabilities (submissions, mask folders)

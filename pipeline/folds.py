@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import delayed
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from .data import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
 from .io_utils import atomic_path, check_csv_name, plain_name
+from .parallel import parallel
 
 COLUMNS = ["img", "car_id", "view", "fold", "mask_area", "width", "height"]
 N_VIEWS = 16  # Carvana photographs every car from 16 angles, views 01..16
@@ -53,9 +54,7 @@ def scan_train(layout: Layout, n_jobs: int = -1) -> pd.DataFrame:
     if orphans:
         raise DataError(f"{layout.masks_dir / orphans[0]}: mask without a train image ({len(orphans)} such masks)")
     rows = [(img, *parse_name(img)) for img in images]
-    stats = Parallel(n_jobs=n_jobs)(
-        delayed(_inspect)(layout, img) for img in tqdm(images, desc="check masks", unit="img")
-    )
+    stats = parallel(n_jobs)(delayed(_inspect)(layout, img) for img in tqdm(images, desc="check masks", unit="img"))
     df = pd.DataFrame(rows, columns=["img", "car_id", "view"])
     df[["mask_area", "width", "height"]] = pd.DataFrame(stats, columns=["mask_area", "width", "height"])
     # Rounded as folds.csv and the published index store it, so both give the same folds.

@@ -6,6 +6,10 @@
 - ``check_writable``: an output folder that cannot be written is found before the work starts.
 - ``plain_name``: a name read from a file (an image name in a CSV, a checkpoint name in a JSON) is
   joined onto a folder only if it is a plain file name, never ``../x`` or ``/x``.
+- ``open_nofollow`` / ``fresh_file``: the auxiliary files a stage keeps beside its output (locks,
+  ``.part`` files, logs) are opened without following a symbolic link standing at their path, so
+  no stage ever truncates or appends to a file elsewhere; every write of the pipeline goes through
+  these, ``atomic_path`` (a new temporary file, renamed over the link itself), or a folder it made.
 """
 
 from __future__ import annotations
@@ -63,9 +67,49 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def _not_followed(path: Path, e: OSError) -> DataError:
+    if e.errno == errno.ELOOP:
+        return DataError(
+            f"{path}: is a symbolic link; the pipeline never writes through one (it would change the file it "
+            "points to). Remove the link, or choose another output"
+        )
+    return DataError(os_error_message(path, e))
+
+
+def open_nofollow(path: str | os.PathLike, mode: str = "a", perm: int = 0o666):
+    """``open(path, mode)`` for writing (``w``/``a``/``r+``, ``b`` for bytes), refusing a symbolic link at ``path``.
+
+    The file is created if needed (except ``r+``); a link there is a DataError, never followed.
+    """
+    path = Path(path)
+    base = mode.replace("b", "")
+    flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}.get(
+        base, os.O_RDWR if base == "r+" else None
+    )
+    if flags is None:
+        raise ValueError(f"open_nofollow: mode {mode!r}; use w, a or r+ (with b for bytes)")
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
+    except OSError as e:
+        raise _not_followed(path, e) from None
+    return os.fdopen(fd, mode, buffering=0 if "b" in mode else -1)  # bytes unbuffered: a failed write raises here
+
+
+def fresh_file(path: str | os.PathLike) -> None:
+    """An empty new file at ``path``, made under a temporary name and renamed there: whatever stood at
+    ``path`` (an old file of ours, or a symbolic link) is replaced, and nothing it pointed to is touched."""
+    with atomic_path(path):
+        pass
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -109,6 +153,29 @@ def plain_name(name, where: str) -> str:
     return name
 
 
+# Paths an artifact records (a recipe's checkpoints, a summary's recipe, a checkpoint's folds CSV)
+# are stored relative to the folder of the file that holds them, so a project copied elsewhere, or
+# attached read-only and used from another working directory, keeps every link.
+RELATIVE_TO_FILE = "relative to this file"
+
+
+def stored_path(path: str | os.PathLike, holder: str | os.PathLike) -> str:
+    """``path`` as ``holder`` (a file) records it: relative to the holder's folder (absolute across drives)."""
+    try:
+        return Path(os.path.relpath(Path(path).absolute(), Path(holder).absolute().parent)).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return str(Path(path).absolute())
+
+
+def resolve_stored(stored: str, holder: str | os.PathLike, relative_to_file: bool = True) -> Path:
+    """The path a file recorded, as a usable path: from the holder's folder (``stored_path``), or as it was
+    written (relative to the working directory) for files of earlier versions (``relative_to_file=False``)."""
+    p = Path(stored)
+    if p.is_absolute() or not relative_to_file:
+        return p
+    return Path(os.path.normpath(Path(holder).parent / p))
+
+
 class OutputLock:
     """Exclusive ``flock`` on ``<target>.lock`` for as long as a run writes ``target``.
 
@@ -126,9 +193,9 @@ class OutputLock:
     def __enter__(self) -> OutputLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise DataError(os_error_message(self.path, e)) from None
+            raise _not_followed(self.path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

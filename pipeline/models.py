@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
+import io
 import pickle
 from pathlib import Path
 
@@ -212,19 +214,21 @@ def _numpy_globals() -> list:
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> dict:
+def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = False, data: bytes | None = None) -> dict:
     """Load a pipeline checkpoint safely; CheckpointError naming the path if it is not one.
 
     ``weights_only=True``: only tensors, containers and plain values are unpickled (plus the numpy
     array types older checkpoints hold, allowed by name), so a crafted ``.pt`` cannot run code.
-    ``mmap=True`` maps the tensors instead of reading them (to look at the config only).
+    ``mmap=True`` maps the tensors instead of reading them (to look at the config only). ``data``: the
+    file's bytes, already read (``load_checkpoint`` hashes the very bytes it loads).
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            source = io.BytesIO(data) if data is not None else path
+            ckpt = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap and data is None)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise CheckpointError(f"{path}: unreadable {what}, truncated or not a torch file ({e})") from None
@@ -244,10 +248,49 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", mmap: bool = Fal
     return ckpt
 
 
+def read_bytes(path: str | Path, what: str = "checkpoint") -> tuple[bytes, str]:
+    """A file's bytes and their sha256 (16 hex digits, as provenance.file_sha256): one read for both, so
+    what is hashed is what is loaded, even if the file is replaced meanwhile (a retrain finishing)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a {what} file") from None
+    return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", expect_sha: str | None = None
+) -> tuple[SegModel, Config, str, dict]:
+    """(model, config, sha256 of the bytes loaded, the checkpoint's other fields) from one read of ``path``.
+
+    ``expect_sha``: the content hash a record holds for it (a recipe, oof.json); other bytes are a
+    LineageError naming the file, however recently they were swapped in.
+    """
+    path = Path(path)
+    data, sha = read_bytes(path)
+    if expect_sha is not None and sha != expect_sha:
+        from .provenance import LineageError
+
+        raise LineageError(
+            f"{path}: changed since it was recorded (sha256 {expect_sha} then, {sha} now: retrained, replaced or "
+            "copied over); re-run `make ensemble` to tune for the checkpoints there now"
+        )
+    ckpt = read_checkpoint(path, data=data)
+    model, cfg = _build_from(ckpt, path, device)
+    meta = {k: v for k, v in ckpt.items() if k != "model"}
+    return model, cfg, sha, meta
+
+
 def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegModel, Config]:
     """Rebuild a trained model from a checkpoint (no encoder download: the weights are inside)."""
-    path = Path(path)
-    ckpt = read_checkpoint(path)
+    model, cfg, _, _ = load_checkpoint(path, device)
+    return model, cfg
+
+
+def _build_from(ckpt: dict, path: Path, device) -> tuple[SegModel, Config]:
     cfg = config_from_dict(ckpt["config"])
     cfg.model.encoder_weights = "none"
     if "decoder_channels" not in inspect.signature(_arch_class(cfg.model.arch).__init__).parameters:

@@ -9,7 +9,6 @@ deleted and predicted again, since only missing maps are predicted.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +20,13 @@ from tqdm import tqdm
 
 from .checks import check_fold
 from .config import Config
-from .data import Layout, read_mask
+from .data import Layout, decode_file, read_mask
 from .engine import Engine, Member, pick_device, resolve_precision
 from .errors import PipelineError
 from .folds import load_folds
 from .io_utils import atomic_path, read_json, write_json
 from .metrics import dice
-from .models import load_checkpoint_model, read_checkpoint
+from .models import load_checkpoint
 from .provenance import check_same_folds, code_version, folds_fingerprint, oof_source
 
 
@@ -48,10 +47,11 @@ def _fresh_maps(run_dir: Path, source: dict) -> None:
 
 
 def _write_map(target: Path, q) -> None:
-    tmp = target.with_name(f".tmp.{target.name}")
-    if not cv2.imwrite(str(tmp), q):
-        raise PipelineError(f"{tmp}: could not write the out-of-fold map")
-    os.replace(tmp, target)
+    ok, png = cv2.imencode(".png", q)
+    if not ok:
+        raise PipelineError(f"{target}: could not encode the out-of-fold map")
+    with atomic_path(target) as tmp:  # a fresh temporary name, never a link someone left there
+        tmp.write_bytes(png.tobytes())
 
 
 def predict_oof(cfg: Config, quiet: bool = False) -> dict:
@@ -61,13 +61,13 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     folds = load_folds(cfg.folds_csv)
     check_fold(cfg, sorted(set(folds.fold)))
     folds_id = folds_fingerprint(folds, cfg.fold)
-    best = read_checkpoint(run_dir / "best.pt", "best.pt")
+    # One read of best.pt: the maps are recorded as made by the bytes that made them.
+    model, mcfg, best_sha, best = load_checkpoint(run_dir / "best.pt", device)
     check_same_folds(best.get("folds"), folds_id, run_dir / "best.pt", cfg.folds_csv, "write out-of-fold maps")
     # The inference precision (predict.amp), not training's: the recipe applies the member in it.
     precision = resolve_precision(cfg.predict.amp, device)
-    source = oof_source(run_dir / "best.pt", cfg.predict.tta, folds_id["fold_sha"], precision)
+    source = oof_source(best_sha, cfg.predict.tta, folds_id["fold_sha"], precision)
     _fresh_maps(run_dir, source)
-    model, mcfg = load_checkpoint_model(run_dir / "best.pt", device)
     val = folds[folds.fold == cfg.fold].reset_index(drop=True)
     layout = Layout(cfg.data_dir)
     oof_dir = run_dir / "oof"
@@ -97,7 +97,7 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
             future.result()
     rows = []
     for img in tqdm(val.img, desc="out-of-fold dice", unit="img", disable=quiet):
-        q = cv2.imread(str(oof_dir / f"{Path(img).stem}.png"), cv2.IMREAD_UNCHANGED)
+        q = decode_file(oof_dir / f"{Path(img).stem}.png", cv2.IMREAD_UNCHANGED)
         rows.append((img, dice(q >= 128, read_mask(layout.mask(img)))))
     scores = pd.DataFrame(rows, columns=["img", "dice"])
     with atomic_path(run_dir / "oof_dice.csv") as tmp:

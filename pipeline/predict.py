@@ -34,10 +34,11 @@ from tqdm import tqdm
 
 from .data import DataError, image_size, read_image
 from .engine import Engine, Member, blend, pick_device, resolve_precision
-from .io_utils import atomic_path, check_writable, os_error_message
-from .models import load_checkpoint_model
+from .errors import printable
+from .io_utils import atomic_path, check_writable, open_nofollow, os_error_message
+from .models import load_checkpoint
 from .postprocess import apply as postprocess
-from .provenance import file_sha256, load_recipe, rows_source, text_sha
+from .provenance import load_recipe, rows_source, text_sha
 from .review import DEVICE_FEATURES, image_features, review_table, write_review
 from .submission import load_members, member_precisions
 
@@ -60,6 +61,22 @@ class Predictor:
     postprocess_params: dict = field(default_factory=dict)  # the recipe's parameters of photo steps (active_contour)
 
 
+def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
+    """(recipe, checkpoint, pretrained) as predict will use them: what was given, else the recipe if it
+    exists, else the model this project ships (models/), so a fresh clone cuts out real photos."""
+    from .export import SHIPPED
+
+    given = [x for x in (checkpoint, pretrained) if x is not None]
+    if len(given) > 1:
+        raise DataError("--checkpoint and --pretrained each name the model: give one of them")
+    if given:
+        return None, checkpoint, pretrained
+    recipe = Path(recipe or "submissions/recipe.json")
+    if recipe.is_file() or not (SHIPPED / "pipeline.json").is_file():
+        return recipe, None, None
+    return None, None, SHIPPED
+
+
 def load_predictor(
     recipe: str | Path | None = None,
     checkpoint: str | Path | None = None,
@@ -68,40 +85,70 @@ def load_predictor(
     batch_size: int = 4,
     channels_last: bool | str = "auto",
     compile: bool | str = False,
+    pretrained: str | Path | None = None,
+    backend: str = "torch",
 ) -> Predictor:
-    """The recipe's ensemble, or one checkpoint when given (it takes precedence).
+    """The recipe's ensemble, one checkpoint, or an exported model folder / hub id (``pretrained``).
 
     Each member runs in its recorded precision (a checkpoint: its config's ``predict.amp``, as its
-    out-of-fold maps), or in ``precision`` for all when given; the outputs' key records it.
+    out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
+    the outputs' key records it.
     """
     dev = pick_device(device)
-    if checkpoint is not None:
-        model, cfg = load_checkpoint_model(checkpoint, dev)
+    if backend != "torch":
+        precision = "fp32"  # ONNX Runtime and OpenVINO run the exported graph in fp32
+    if pretrained is not None:
+        from .export import load_pretrained
+
+        pre = load_pretrained(pretrained, dev)
+        spec = pre.spec
+        own = resolve_precision(precision or spec.get("precision", "fp32"), dev)
+        inp = spec["input"]
+        members = [Member(pre.name, [pre.model], inp["height"], inp["width"], list(spec["tta"]), own)]
+        weights, threshold, source = [1], int(spec["threshold"]), f"{pre.name} ({pretrained})"
+        steps, params = list(spec.get("postprocess", [])), dict(spec.get("postprocess_params", {}))
+        lineage = {"pretrained": pre.sha, "tta": list(spec["tta"]), "precision": own}
+    elif checkpoint is not None:
+        model, cfg, sha, _ = load_checkpoint(checkpoint, dev)  # the outputs' key holds the hash of what was loaded
         own = resolve_precision(precision or cfg.predict.amp, dev)
         members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta), own)]
         weights, threshold, source, steps, params = [1], CHECKPOINT_THRESHOLD, str(checkpoint), [], {}
-        lineage = {"checkpoint": file_sha256(checkpoint), "tta": list(cfg.predict.tta), "precision": own}
+        lineage = {"checkpoint": sha, "tta": list(cfg.predict.tta), "precision": own}
     else:
         recipe = Path(recipe or "submissions/recipe.json")
         if not recipe.is_file():
-            raise DataError(f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH")
+            raise DataError(
+                f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH or --pretrained DIR"
+            )
         spec, shas = load_recipe(recipe)  # checked exactly as the submission checks it
         members, weights = load_members(spec, dev)
         threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
         params = spec.get("postprocess_params", {})
-        lineage = rows_source(spec, shas, member_precisions(spec, dev, precision))
+        lineage = rows_source(spec, shas, member_precisions(spec, dev, precision), backend)
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
-    engine = Engine(members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile)
+    if backend != "torch":
+        lineage = {**lineage, "backend": backend}
+    engine = Engine(
+        members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile, backend=backend
+    )
     return Predictor(engine, weights, threshold, source, steps, batch_size, lineage, params)
 
 
 def list_inputs(path: str | Path) -> list[Path]:
-    """An image file, or the image files of a folder (not recursive), sorted by name."""
+    """An image file, or the image files of a folder (not recursive), sorted by name.
+
+    A folder predict wrote into before (its ``lineage.jsonl``) holds masks, cut-outs and composites
+    beside any photos: the files that log lists are predict's outputs, never photos to cut out.
+    """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        ours = set(OutputLog(path).files) if (path / LOG).is_file() else set()
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in ours
+        )
         if not files:
-            raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            what = " besides predict's own outputs" if ours else ""
+            raise DataError(f"{path}: no image files{what} ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
     if not path.exists():
         raise DataError(f"{path}: not found")
@@ -207,7 +254,7 @@ class OutputLog:
             json.dumps({"file": p.name, "key": key, "state": state, **x}) + "\n" for p, x in zip(paths, extra)
         )
         try:
-            with open(self.path, "a") as f:
+            with open_nofollow(self.path, "a") as f:
                 f.write(lines)
                 f.flush()
                 os.fsync(f.fileno())
@@ -322,7 +369,7 @@ def predict_images(
                     stored = image_size(p)
                 except DataError as e:
                     skipped[str(p)] = str(e)
-                    tqdm.write(f"skipped {e}")
+                    tqdm.write(printable(f"skipped {e}"))
                     bar.update(1)
                     continue
                 path = p
@@ -365,7 +412,8 @@ def predict_images(
     rows = [
         [p.name, *log.review[mask.name]]
         for p in inputs
-        if log.done(mask := output_paths(out_dir, p, bg is not None)["mask"], keys[p]) and mask.name in log.review
+        if log.done(mask := output_paths(out_dir, p, bg is not None)["mask"], keys[p])
+        and len(log.review.get(mask.name, ())) == len(DEVICE_FEATURES)  # not those of an older version's log
     ]
     review = None
     if rows:
@@ -390,15 +438,25 @@ def run_predict(
     quiet: bool = False,
     channels_last: bool | str = "auto",
     compile: bool | str = False,
+    pretrained: str | Path | None = None,
+    backend: str = "torch",
 ) -> dict:
     """The CLI stage; raises DataError at the end (non-zero exit) if any input was unreadable."""
     if feather < 0:
         raise DataError(f"--feather {feather}: must be 0 or more pixels")
     inputs = list_inputs(input_path)
     bg = parse_background(background) if background else None  # a bad background fails before any model loads
+    asked = pretrained
+    recipe, checkpoint, pretrained = choose_model(recipe, checkpoint, pretrained)
+    from .backends import check_backend
+
+    check_backend(backend)
+    if pretrained is not None and asked is None and not quiet:
+        print(f"no recipe (make ensemble) or --checkpoint: using the model this project ships, {pretrained}")
     predictor = load_predictor(
-        recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile
-    )
+        recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile,
+        pretrained=pretrained, backend=backend,
+    )  # fmt: skip
     result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
     if not quiet:
         print(

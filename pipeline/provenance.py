@@ -119,15 +119,39 @@ def check_same_folds(recorded: dict | None, current: dict, path: Path, folds_csv
     )
 
 
-def checkpoint_lineage(folds_csv: str | Path) -> dict:
-    """What a checkpoint records of its making beside its config and split fingerprint: the folds file and code."""
-    return {"folds_csv": str(folds_csv), "code": code_version()}
+def checkpoint_lineage(folds_csv: str | Path, checkpoint: str | Path) -> dict:
+    """What a checkpoint records of its making beside its config and split fingerprint: the folds file
+    (relative to the checkpoint's folder) and the code."""
+    from .io_utils import RELATIVE_TO_FILE, stored_path
+
+    return {
+        "folds_csv": stored_path(folds_csv, checkpoint),
+        "paths": RELATIVE_TO_FILE,
+        # where it was when the checkpoint was written: found there if the runs moved and the CSV did not
+        "folds_csv_absolute": str(Path(folds_csv).absolute()),
+        "code": code_version(),
+    }
+
+
+def lineage_folds_csv(ckpt: dict, checkpoint: str | Path) -> Path | None:
+    """The folds CSV a checkpoint records, as a usable path (as written, for checkpoints of earlier versions)."""
+    from .io_utils import RELATIVE_TO_FILE, resolve_stored
+
+    lineage = ckpt.get("lineage") or {}
+    stored = lineage.get("folds_csv") or (ckpt.get("config") or {}).get("folds_csv")
+    if not stored:
+        return None
+    path = resolve_stored(stored, checkpoint, lineage.get("paths") == RELATIVE_TO_FILE)
+    fallback = lineage.get("folds_csv_absolute")
+    if not path.is_file() and fallback and Path(fallback).is_file():  # the runs moved, the folds CSV did not
+        return Path(fallback)
+    return path
 
 
 # -- link 2: best.pt -> out-of-fold maps -------------------------------------------------------------
-def oof_source(best: Path, tta: list[str], fold_sha: str, precision: str) -> dict:
+def oof_source(checkpoint_sha: str, tta: list[str], fold_sha: str, precision: str) -> dict:
     """What a fold's out-of-fold maps are made from; ``oof/source.json`` holds it beside the maps."""
-    return {"checkpoint_sha256": file_sha256(best), "tta": list(tta), "fold_sha": fold_sha, "precision": precision}
+    return {"checkpoint_sha256": checkpoint_sha, "tta": list(tta), "fold_sha": fold_sha, "precision": precision}
 
 
 # -- link 3: out-of-fold maps -> recipe --------------------------------------------------------------
@@ -158,6 +182,9 @@ def verify_recipe_checkpoints(recipe: dict, recipe_path: str | Path) -> list[str
     """
     shas = []
     for m in recipe["members"]:
+        if "model" in m:  # an exported model folder: the hash of its pipeline.json (which holds its files' hashes)
+            shas.append(_verify_model_member(m, recipe_path))
+            continue
         for ckpt, want in zip(m["checkpoints"], m["checkpoint_sha256"]):
             ckpt = Path(ckpt)
             if not ckpt.is_file():
@@ -174,9 +201,28 @@ def verify_recipe_checkpoints(recipe: dict, recipe_path: str | Path) -> list[str
     return shas
 
 
+def _verify_model_member(m: dict, recipe_path: str | Path) -> str:
+    from .export import PIPELINE_JSON, ModelFolderError, fetch, folder_sha256
+
+    try:
+        folder = fetch(m["model"])
+    except ModelFolderError as e:
+        raise LineageError(f"{recipe_path}: member {m['name']!r}: {e}") from None
+    got = folder_sha256(folder) if (folder / PIPELINE_JSON).is_file() else None
+    if got != m["model_sha256"]:
+        raise LineageError(
+            f"{recipe_path}: member {m['name']!r}: model folder {m['model']} is not the one the recipe was made for "
+            f"(hash {m['model_sha256']} then, {got} now); re-run `make submission PRETRAINED={m['model']}`"
+        )
+    return got
+
+
 def verify_recipe_oof(recipe: dict, recipe_path: str | Path) -> None:
-    """The out-of-fold summaries (and so the maps) the recipe was tuned on are still the ones in the runs."""
+    """The out-of-fold summaries (and so the maps) the recipe was tuned on are still the ones in the runs.
+    (An exported model's figures are part of its folder, bound by the folder's hash.)"""
     for m in recipe["members"]:
+        if "model" in m:
+            continue
         for ckpt, want in zip(m["checkpoints"], m.get("oof_sha256") or [None] * len(m["checkpoints"])):
             oof = Path(ckpt).parent / "oof.json"
             if want is None or not oof.is_file() or file_sha256(oof) != want:
@@ -190,14 +236,21 @@ def verify_recipe_oof(recipe: dict, recipe_path: str | Path) -> None:
 # -- link 4: recipe -> submission rows, shards, predict outputs ----------------------------------------
 def recipe_hash(recipe: dict) -> str:
     # What the rows depend on; the recipe's timestamps and code record are left out so a re-tuned
-    # identical recipe matches (the checkpoints' own hashes are part of the rows' key).
-    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds", "code")}
+    # identical recipe matches, and so are its paths (the checkpoints are bound by their content
+    # hashes, which are part of the rows' key): a moved or copied project keeps its keys.
+    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds", "code", "runs_dir", "format")}
+    stable["members"] = [
+        {k: v for k, v in m.items() if k not in ("checkpoints", "model") or m.get("model_hub")}
+        for m in recipe["members"]
+    ]
     return text_sha(json.dumps(stable, sort_keys=True))
 
 
-def rows_source(recipe: dict, checkpoint_shas: list[str], precision: str) -> dict:
-    """What every predicted row depends on: the recipe, the checkpoints' contents and the precision."""
-    return {"recipe": recipe_hash(recipe), "checkpoints": list(checkpoint_shas), "precision": precision}
+def rows_source(recipe: dict, checkpoint_shas: list[str], precision: str, backend: str = "torch") -> dict:
+    """What every predicted row depends on: the recipe, the checkpoints' contents, the precision and the
+    runtime (another runtime's masks agree to about 1e-4 of pixels, not exactly)."""
+    source = {"recipe": recipe_hash(recipe), "checkpoints": list(checkpoint_shas), "precision": precision}
+    return {**source, "backend": backend}
 
 
 def files_fingerprint(paths: list[Path]) -> str:
@@ -222,15 +275,30 @@ def submission_key(
     }
 
 
+def summary_recipe(summary: dict, summary_path: str | Path) -> Path | None:
+    """The recipe a submission's (or shard's) summary names, as a usable path (stored relative to the
+    summary's folder; as written, relative to the working directory, by earlier versions)."""
+    from .io_utils import RELATIVE_TO_FILE, resolve_stored
+
+    stored = summary.get("recipe")
+    if not isinstance(stored, str) or not stored:
+        return None
+    return resolve_stored(stored, summary_path, summary.get("paths") == RELATIVE_TO_FILE)
+
+
 def load_recipe(path: str | Path) -> tuple[dict, list[str]]:
     """A recipe checked completely (pipeline/checks.py), and its checkpoints' verified content hashes.
 
-    What the submission, its shards, ``merge`` and ``predict`` all read a recipe through.
+    What the submission, its shards, ``merge`` and ``predict`` all read a recipe through. It checks
+    the links ``lineage`` prints: each checkpoint, and the out-of-fold summary (so the maps) its
+    weights and threshold were tuned on.
     """
     from .checks import check_recipe
 
     recipe = check_recipe(path)
-    return recipe, verify_recipe_checkpoints(recipe, path)
+    shas = verify_recipe_checkpoints(recipe, path)
+    verify_recipe_oof(recipe, path)
+    return recipe, shas
 
 
 # -- the chain shown to the user: `python -m pipeline lineage FILE` ----------------------------------
@@ -314,8 +382,10 @@ def _trace_checkpoint(path: Path, depth: int, seen: set, want_sha: str | None = 
     )
     oof = path.parent / "oof.json"
     if path.name == "best.pt" and oof.is_file():
+        from .runs import oof_disagreement
+
         info, err = _safe(lambda p: json.loads(p.read_text()), oof)
-        same = not err and info.get("checkpoint_sha256") == file_sha256(path)
+        same = not err and isinstance(info, dict) and info.get("checkpoint_sha256") == file_sha256(path)
         links.append(
             Link(
                 depth + 1,
@@ -324,11 +394,130 @@ def _trace_checkpoint(path: Path, depth: int, seen: set, want_sha: str | None = 
                 "re-run the fold's `make train`",
             )
         )
-    folds_csv = (ckpt.get("lineage") or {}).get("folds_csv") or cfg.get("folds_csv")
+        if same:  # what it says of the maps is what made them (oof/source.json), as every reader checks
+            problem, err = _safe(oof_disagreement, oof, info)
+            links.append(
+                Link(
+                    depth + 1,
+                    not (problem or err),
+                    f"{oof}: its TTA, precision, threshold and size are those of its maps"
+                    + (f" ({problem or err})" if problem or err else ""),
+                    "re-run the fold's `make train` to rewrite it",
+                )
+            )
+    full = path.parent / "full.json"
+    if path.name == "final.pt" and full.is_file():
+        links += _trace_full(full, path, depth + 1)
+    folds_csv = lineage_folds_csv(ckpt, path)
     if ckpt.get("folds") is None:
         links.append(Link(depth + 1, None, "no split fingerprint (written by an older version)"))
     elif folds_csv:
-        links += _trace_folds(Path(folds_csv), cfg.get("fold"), ckpt["folds"], depth + 1, seen)
+        links += _trace_folds(folds_csv, cfg.get("fold"), ckpt["folds"], depth + 1, seen)
+    return links
+
+
+def _trace_full(full: Path, checkpoint: Path, depth: int) -> list[Link]:
+    """A full run's record (full.json): that it names this final.pt, and the folds that stand for it."""
+    from .io_utils import RELATIVE_TO_FILE, resolve_stored
+
+    info, err = _safe(lambda p: json.loads(p.read_text()), full)
+    if err or not isinstance(info, dict):
+        return [Link(depth, False, f"{full}: unreadable ({err})", "re-run the full run's `make train ... FOLD=full`")]
+    links = [
+        Link(
+            depth,
+            info.get("checkpoint_sha256") == file_sha256(checkpoint),
+            f"{full}: the full run's record names this checkpoint",
+            "re-run the full run's `make train ... FOLD=full`",
+        )
+    ]
+    trained = info.get("trained_on") or {}
+    cv = info.get("cross_validation")
+    links.append(
+        Link(
+            depth,
+            None,
+            f"trained on all {trained.get('n_images')} images ({trained.get('n_cars')} cars) of its folds CSV; "
+            + (
+                f"folds {cv['folds']} of the same config stand for it (out-of-fold Dice at 0.5 "
+                f"{cv['oof_dice_at_0.5']['mean']:.5f})"
+                if isinstance(cv, dict)
+                else "no cross-validation of its config was beside it"
+            ),
+        )
+    )
+    if isinstance(cv, dict):
+        runs = resolve_stored(cv.get("runs", ""), full, info.get("paths") == RELATIVE_TO_FILE)
+        for fold, sha in zip(cv.get("folds", []), cv.get("oof_sha256", [])):
+            oof = runs / f"fold{fold}" / "oof.json"
+            got = file_sha256(oof) if oof.is_file() else None
+            links.append(
+                Link(
+                    depth + 1,
+                    got == sha,
+                    f"{oof}: the out-of-fold summary that stands for it",
+                    "re-run the full run's `make train ... FOLD=full` after the folds it stands on",
+                )
+            )
+    return links
+
+
+def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> list[Link]:
+    """An exported model folder: that it is the one recorded, that its files are those its pipeline.json
+    names, and its model card's training record."""
+    from .export import check_folder, fetch, folder_sha256
+
+    folder, err = _safe(fetch, source)
+    if err:
+        return [Link(depth, False, f"model {source}: {err}", "restore the folder, or `make export` it again")]
+    sha = folder_sha256(folder) if (folder / "pipeline.json").is_file() else None
+    links = [
+        Link(
+            depth,
+            None if want_sha is None else sha == want_sha,
+            f"model folder {source} (hash {sha}" + ("" if want_sha in (None, sha) else f", recorded {want_sha}") + ")",
+            f"re-run `make submission PRETRAINED={source}`",
+        )
+    ]
+    spec, err = _safe(check_folder, folder, str(source))
+    links.append(
+        Link(
+            depth + 1,
+            not err,
+            "its config.json and model.safetensors are the files its pipeline.json names"
+            + (f" ({err})" if err else ""),
+            "`make export` it again",
+        )
+    )
+    if err:
+        return links
+    src = spec.get("source") or {}
+    trained, figures = src.get("trained") or {}, src.get("recipe")
+    on, code = trained.get("trained_on") or {}, trained.get("code") or spec.get("code") or {}
+    what = (
+        f"trained on all {on.get('n_images')} images ({on.get('n_cars')} cars) of split "
+        f"{(on.get('folds') or {}).get('folds_sha')}"
+        if trained
+        else f"from checkpoint {src.get('checkpoint')}"
+    )
+    links.append(
+        Link(
+            depth + 1,
+            None,
+            f"{what}, epoch {src.get('epoch')}, checkpoint sha256 {src.get('checkpoint_sha256')}, "
+            f"code {code.get('pipeline', '?')} {(code.get('commit') or '')[:10]}",
+        )
+    )
+    links.append(
+        Link(
+            depth + 1,
+            None,
+            f"out-of-fold Dice {figures['mean_dice']:.5f} on {figures['n_images']} images (folds {figures['folds']} of "
+            f"member {figures['member']}, recipe hash {figures['recipe_hash']}) stands for it"
+            if isinstance(figures, dict) and isinstance(figures.get("mean_dice"), float)
+            else "no out-of-fold figures stand for it (exported without a recipe)",
+        )
+    )
     return links
 
 
@@ -364,6 +553,9 @@ def _trace_recipe(path: Path, depth: int, seen: set, want_hash: str | None = Non
                 depth + 1, None, f"member {m['name']}: weight {m['weight']}, {m['height']}x{m['width']}, TTA {m['tta']}"
             )
         )
+        if "model" in m:  # an exported model folder
+            links += _trace_pretrained(m["model"], depth + 2, m["model_sha256"])
+            continue
         oofs = m.get("oof_sha256") or [None] * len(m["checkpoints"])
         for ckpt, sha, oof_sha in zip(m["checkpoints"], m["checkpoint_sha256"], oofs):
             links += _trace_checkpoint(Path(ckpt), depth + 2, seen, sha)
@@ -405,9 +597,11 @@ def _trace_submission(path: Path, depth: int, seen: set) -> list[Link]:
         return links + [
             Link(depth + 1, False, "no checkpoint hashes in its key (an older version)", "re-run `make submission`")
         ]
-    recipe_path = Path(summary.get("recipe") or "")
+    recipe_path = summary_recipe(summary, summary_path) or Path("")
     links += _trace_recipe(recipe_path, depth + 1, seen, key.get("recipe"))
-    recipe, err = _safe(lambda p: json.loads(p.read_text()), recipe_path)
+    from .checks import check_recipe
+
+    recipe, err = _safe(check_recipe, recipe_path)
     if not err:
         now, err = _safe(verify_recipe_checkpoints, recipe, recipe_path)
         links.append(
@@ -421,20 +615,80 @@ def _trace_submission(path: Path, depth: int, seen: set) -> list[Link]:
     return links
 
 
+def _csv_header(path: Path) -> list[str]:
+    """The first line of a CSV, plain or gzipped (by content), as its column names."""
+    import gzip
+
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rt", errors="replace") if gz else open(path, errors="replace") as f:
+            return f.readline().strip().split(",")
+    except (OSError, EOFError):
+        return []
+
+
+def _about(path: Path, what: str) -> list[Link]:
+    """A file of the pipeline's that is not itself a link of a chain: one line saying what it is."""
+    return [Link(0, None, f"{path}: {what}")]
+
+
 def trace(path: str | Path) -> list[Link]:
-    """The chain behind a submission (or shard), recipe, checkpoint, oof.json or folds CSV."""
+    """The chain behind a submission (or shard), recipe, checkpoint, oof.json, full.json or folds CSV;
+    for the pipeline's other files (summaries, progress, .part, locks, logs), one line saying what it is."""
     path = Path(path)
     if not path.exists():
         raise LineageError(f"{path}: not found")
     name, seen = path.name, set()
+    if path.is_dir() and (path / "pipeline.json").is_file():
+        return _trace_pretrained(str(path), 0)
+    if path.is_dir():
+        raise LineageError(
+            f"{path}: a folder; give one of its files: a submission, recipe.json, a checkpoint (best.pt, final.pt), "
+            "oof.json, full.json or a folds CSV"
+        )
+    for suffix in (".csv.gz", ".csv"):
+        if name.endswith(suffix + ".json"):
+            output = path.with_name(name[: -len(".json")])
+            return _about(path, f"the summary of submission {output.name} (its key, hash and recipe)") + (
+                _trace_submission(output, 1, seen) if output.is_file() else []
+            )
+        for aux, what in (
+            (".part", "an unfinished submission: re-running its `make submission` resumes it"),
+            (".progress.json", "the progress record of an unfinished submission (the rows on disk)"),
+            (".review.csv", "the review list of a submission (the masks to look at first)"),
+            (".review.part", "the review data of an unfinished submission's rows"),
+            (".lock", "the lock a running submission holds on its output"),
+        ):
+            if name.endswith(suffix + aux):
+                return _about(path, f"{what}; `lineage` traces the finished {name[: -len(aux)]}")
     if name.endswith((".csv.gz", ".csv")) and path.with_name(name + ".json").is_file():
         return _trace_submission(path, 0, seen)
-    if name.endswith(".csv") and "fold" in path.open(errors="replace").readline().strip().split(","):
+    if name.endswith((".csv", ".csv.gz")) and "fold" in _csv_header(path):
         return _trace_folds(path, None, None, 0, seen)
+    if name.endswith(".lock"):
+        return _about(path, "a lock that a running stage holds (released when it ends, even if killed)")
+    if name == "lineage.jsonl":
+        return _about(path, "predict's record of the files it wrote in this folder and what made each")
     if name.endswith((".pt", ".pth")):
         return _trace_checkpoint(path, 0, seen)
+    if name == "source.json" and path.parent.name == "oof":
+        return _about(path, "the record of what made the out-of-fold maps beside it") + _trace_checkpoint(
+            path.parent.parent / "best.pt", 1, seen
+        )
     if name == "oof.json":
         return _trace_checkpoint(path.parent / "best.pt", 0, seen)
+    if name == "full.json":
+        return _trace_checkpoint(path.parent / "final.pt", 0, seen)
     if name.endswith(".json"):
-        return _trace_recipe(path, 0, seen)
-    raise LineageError(f"{path}: not a submission, recipe, checkpoint, oof.json or folds CSV of this pipeline")
+        try:
+            content = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            content = None
+        if isinstance(content, dict) and "members" in content:
+            return _trace_recipe(path, 0, seen)
+        keys = sorted(content)[:6] if isinstance(content, dict) else type(content).__name__
+        raise LineageError(f"{path}: a JSON file that is not a recipe or a record of this pipeline (holds {keys})")
+    raise LineageError(
+        f"{path}: not a submission, recipe, checkpoint, oof.json, full.json or folds CSV of this pipeline"
+    )

@@ -10,7 +10,8 @@ Plots use matplotlib's Agg renderer through ``Figure`` objects: no display and n
 
 from __future__ import annotations
 
-import html
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import pandas as pd
 
 from . import evaluate, review
 from .checks import check_recipe
+from .config import run_name_problem
 from .data import DataError, Layout, read_image, read_mask
 from .errors import PipelineError
-from .io_utils import check_writable, write_text
+from .io_utils import OutputLock, check_writable, plain_name, write_json, write_text
 from .metrics import SUMMARY_KEYS, summarize
 from .provenance import trace, verify_recipe_oof
 from .runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
@@ -38,15 +40,23 @@ BLEND = "blend"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice")
 
 
-def load_histories(runs_dir: Path, names: list[str] | None = None) -> dict[str, dict[int, pd.DataFrame]]:
+def load_histories(
+    runs_dir: Path, names: list[str] | None = None, notes: list[str] | None = None
+) -> dict[str, dict[int, pd.DataFrame]]:
     """{member: {fold: history.csv}} for the run folders (``fold<k>`` only) that have epochs recorded.
 
     Runs in any state count: still training (no oof.json yet) or stopped. A folder killed before
-    its first epoch (empty or header-only history.csv) and copies such as ``fold0.bak`` are skipped.
+    its first epoch (empty or header-only history.csv) and copies such as ``fold0.bak`` are skipped,
+    and so is a folder whose name is not a run name (``notes`` says so).
     """
     out: dict[str, dict[int, pd.DataFrame]] = {}
     members = names if names is not None else sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
     for name in members:
+        problem = run_name_problem(name)
+        if problem:
+            if notes is not None and any((runs_dir / name).glob("fold*/history.csv")):
+                notes.append(f"{runs_dir / name}: skipped, {problem}")
+            continue
         for path in sorted((runs_dir / name).glob("fold*/history.csv")):
             m = FOLD_DIR_RE.fullmatch(path.parent.name)
             if m is None:
@@ -61,8 +71,13 @@ def load_histories(runs_dir: Path, names: list[str] | None = None) -> dict[str, 
     return out
 
 
-def predicted_mask(source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None) -> np.ndarray:
-    """The binary out-of-fold prediction that ``evaluate`` scored for ``source`` (a member or the blend)."""
+def predicted_mask(
+    source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None, pretrained=None
+) -> np.ndarray:
+    """The binary prediction that ``evaluate`` scored for ``source`` (a member, the blend, or an exported model)."""
+    if pretrained is not None and source == pretrained.name:
+        ((_, _, car, _),) = evaluate.pretrained_predictions(pretrained, [layout.train_image(img)])
+        return car.astype(bool)
     if source == BLEND:
         found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
         maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
@@ -79,8 +94,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _label(text: str) -> str:
+    """Text as matplotlib shows it literally: a ``$`` would start mathtext (and a stray one fails to draw)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_curves(name: str, histories: dict[int, pd.DataFrame], path: Path) -> None:
     """Loss (train solid, validation dashed), validation Dice and IoU per epoch; one colour per fold."""
+    name = _label(name)
     fig = _figure(13, 3.4)
     axes = fig.subplots(1, 3)
     for fold, h in sorted(histories.items()):
@@ -113,7 +134,8 @@ def plot_dice_histogram(tables: dict[str, pd.DataFrame], path: Path) -> None:
     lo = min(float(t.dice.min()) for t in tables.values())
     bins = np.linspace(max(0.0, lo - 1e-3), 1.0, 41)
     for i, (name, t) in enumerate(tables.items()):
-        ax.hist(t.dice, bins=bins, histtype="step", linewidth=2 if name == BLEND else 1.2, color=f"C{i}", label=name)
+        width = 2 if name == BLEND else 1.2
+        ax.hist(t.dice, bins=bins, histtype="step", linewidth=width, color=f"C{i}", label=_label(name))
     ax.set_xlabel("per-image Dice (out-of-fold, full resolution)")
     ax.set_ylabel("images")
     ax.grid(alpha=0.3)
@@ -131,9 +153,10 @@ def plot_review_gain(tables: dict[str, pd.DataFrame], path: Path) -> None:
         order = np.lexsort((t.img.to_numpy(str), -t.review_score.to_numpy(np.float64)))
         x = np.arange(len(t) + 1) / len(t)
         total = max(errors.sum(), 1)
-        ax.plot(x, np.r_[0, np.cumsum(errors[order])] / total, color=f"C{i}", label=f"{name}: by review score")
+        label = _label(name)
+        ax.plot(x, np.r_[0, np.cumsum(errors[order])] / total, color=f"C{i}", label=f"{label}: by review score")
         if i == 0:
-            ax.plot(x, np.r_[0, np.cumsum(np.sort(errors)[::-1])] / total, "k:", label=f"{name}: best possible")
+            ax.plot(x, np.r_[0, np.cumsum(np.sort(errors)[::-1])] / total, "k:", label=f"{label}: best possible")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="random")
     ax.axvline(review.TOP_SHARE, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("share of images looked at")
@@ -227,36 +250,89 @@ pre.lineage { font-size: 12px; background: #f7f7f7; padding: 8px; overflow-x: au
 .legend span { display: inline-block; padding: 1px 8px; margin-right: 6px; color: #fff; border-radius: 3px; }
 """
 
+# Jinja2 with autoescaping: every value (run and image names, paths, notes, lineage lines) is escaped
+# for the context it lands in, so a name read from a folder or a config can never become markup.
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title><style>{{ css | safe }}</style></head><body>
+<h1>{{ title }}</h1><p class=meta>{{ meta }}</p>
+{% for note in notes %}<p class=note>{{ note }}</p>
+{% endfor %}
+{%- if metrics %}
+<h2>Out-of-fold metrics at full resolution</h2>
+<table><tr><th>source</th>{% for c in metric_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in metrics %}<tr{% if row.blend %} class="blend"{% endif %}><td>{{ row.name }}</td>
+{%- for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p>{{ metrics_note }}</p>
+<h2>Per-image Dice</h2><img src="{{ assets }}/dice_hist.png" alt="histogram of per-image Dice">
+{%- endif %}
+{%- if review_rows %}
+<h2>Which masks to look at: the review score</h2>
+<p>Each image's review score comes from the model's own probabilities, without the truth (the submission writes it
+to <code>&lt;out&gt;.review.csv</code>). Looking at the top {{ top_share }} of images by score shows this share of all
+error pixels (false positives plus false negatives), out-of-fold:</p>
+<table><tr>{% for c in review_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in review_rows %}<tr{% if row.blend %} class="blend"{% endif %}><td>{{ row.name }}</td>
+{%- for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<img src="{{ assets }}/review_gain.png" alt="share of error pixels against share of images looked at">
+{%- endif %}
+<h2>Training curves</h2>
+{% for c in curves %}<h3>{{ c.name }}{{ c.state }}</h3>
+<img src="{{ assets }}/{{ c.file }}" alt="training curves of {{ c.name }}">
+{% endfor %}
+{%- if worst %}
+<h2>Worst out-of-fold images ({{ worst_source }})</h2>
+<p class="legend"><span style="background:rgb(0,160,0)">true positive</span><span style="background:rgb(255,0,0)">false
+positive</span><span style="background:rgb(0,90,255)">false negative</span> Yellow boxes: the largest error regions,
+zoomed below each image.</p>
+{% for w in worst %}<div class="worst"><h3>{{ w.k }}. {{ w.img }}: Dice {{ w.dice }}, IoU {{ w.iou }} ({{ w.fp }} false
+positive, {{ w.fn }} false negative pixels)</h3><img src="{{ assets }}/{{ w.overlay }}" alt="overlay of {{ w.img }}">
+<div class="crops">{% for c in w.crops %}<figure><img src="{{ assets }}/{{ c.file }}" alt="error region {{ loop.index }}
+of {{ w.img }}"><figcaption>{{ loop.index }}: {{ c.area }} error pixels</figcaption></figure>{% endfor %}</div></div>
+{% endfor %}
+{%- endif %}
+{%- if lineage %}
+<h2>Lineage of the recipe ({{ lineage.verdict }})</h2><pre class=lineage>{{ lineage.text }}</pre>
+{%- endif %}
+</body></html>
+"""
 
-def _table_html(summaries: dict[str, dict]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in ("source", *TABLE_COLUMNS))
-    rows = []
-    for name, s in summaries.items():
-        cells = "".join(f"<td>{s[c]}</td>" if c == "n_images" else f"<td>{s[c]:.5f}</td>" for c in TABLE_COLUMNS)
-        cls = ' class="blend"' if name == BLEND else ""
-        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+def _render(**values) -> str:
+    import jinja2  # lazy: only the report needs it
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(PAGE).render(css=CSS, **values)
 
 
-def _lineage_html(recipe_path) -> list[str]:
-    """The chain behind the recipe (python -m pipeline lineage), each link marked as holding or broken."""
-    links = trace(recipe_path)
-    broken = sum(k.holds is False for k in links)
-    verdict = f"{broken} broken link(s)" if broken else f"all {sum(k.holds is not None for k in links)} links hold"
-    text = "\n".join(html.escape(k.line()) for k in links)
-    return [f"<h2>Lineage of the recipe ({verdict})</h2>", f"<pre class=lineage>{text}</pre>"]
+def _metric_rows(summaries: dict[str, dict]) -> list[dict]:
+    return [
+        {
+            "name": name,
+            "blend": name == BLEND,
+            "cells": [s[c] if c == "n_images" else f"{s[c]:.5f}" for c in TABLE_COLUMNS],
+        }
+        for name, s in summaries.items()
+    ]
 
 
-def _review_section(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[str]:
-    """The review list's figures (pipeline/review.py) on out-of-fold images, and the gain curve."""
+REVIEW_COLUMNS = (
+    "source",
+    "images looked at",
+    "their share of error pixels",
+    "random",
+    "random, 95th pct.",
+    "best possible",
+    "Spearman (score, 1 - Dice)",
+)
+
+
+def _review_rows(tables: dict[str, pd.DataFrame], assets: Path) -> list[dict]:
+    """The review list's figures (pipeline/review.py) on out-of-fold images; draws the gain curve."""
     scored = {n: t for n, t in tables.items() if "review_score" in t and t.review_score.notna().all()}
     if not scored:
         return []
-    head = "".join(
-        f"<th>{c}</th>"
-        for c in ("source", "images looked at", "their share of error pixels", "random", "random, 95th pct.")
-        + ("best possible", "Spearman (score, 1 - Dice)")
-    )
     rows = []
     for name, t in scored.items():
         f = review.review_figures(t)
@@ -268,27 +344,92 @@ def _review_section(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[str]
             f"{f['error_share_best']:.1%}",
             f"{f['spearman']:.3f}",
         )
-        cls = ' class="blend"' if name == BLEND else ""
-        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    plot_review_gain(scored, out_dir / "review_gain.png")
-    return [
-        "<h2>Which masks to look at: the review score</h2>",
-        "<p>Each image's review score comes from the model's own probabilities, without the truth (the "
-        "submission writes it to <code>&lt;out&gt;.review.csv</code>). Looking at the top "
-        f"{review.TOP_SHARE:.0%} of images by score shows this share of all error pixels (false positives "
-        "plus false negatives), out-of-fold:</p>",
-        f"<table><tr>{head}</tr>{''.join(rows)}</table>",
-        '<img src="review_gain.png" alt="share of error pixels against share of images looked at">',
-    ]
+        rows.append({"name": name, "blend": name == BLEND, "cells": cells})
+    plot_review_gain(scored, assets / "review_gain.png")
+    return rows
 
 
-def _page(title: str, meta: str, sections: list[str]) -> str:
-    body = "\n".join(sections)
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1><p class=meta>{meta}</p>\n{body}\n"
-        "</body></html>\n"
-    )
+def _lineage(recipe_path) -> dict:
+    """The chain behind the recipe (python -m pipeline lineage), each link marked as holding or broken."""
+    links = trace(recipe_path)
+    broken = sum(k.holds is False for k in links)
+    verdict = f"{broken} broken link(s)" if broken else f"all {sum(k.holds is not None for k in links)} links hold"
+    return {"verdict": verdict, "text": "\n".join(k.line() for k in links)}
+
+
+# -- the folder: built aside, swapped in, only its own files touched ----------------------------------
+MANIFEST = ".report-manifest.json"  # what this folder's reports wrote: the only files a report removes
+INDEX = "index.html"
+_TITLE = "Carvana pipeline report"
+
+
+class ReportFolder:
+    """``out/index.html`` and one folder of pictures per report, ``out/report-<stamp>/``.
+
+    A new report draws into a new pictures folder (recorded in ``.report-manifest.json`` before it is
+    made), then replaces ``index.html`` in one rename, and only then removes the pictures folders of
+    earlier reports, which the manifest lists: a report that fails or is stopped leaves the last one
+    whole, and nothing in the folder that a report did not write is ever removed or overwritten.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.out = out_dir
+        self.manifest = read_manifest(out_dir)
+        index = out_dir / INDEX
+        if (index.exists() or index.is_symlink()) and not self.manifest["folders"] and not _old_report(index):
+            raise DataError(
+                f"{index}: exists and was not written by `report`; refusing to replace it. "
+                "Move it, or use another --out"
+            )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name, n = f"report-{stamp}", 1
+        while (out_dir / name).exists() or (out_dir / name).is_symlink() or name in self.manifest["folders"]:
+            n += 1
+            name = f"report-{stamp}-{n}"
+        self.assets = out_dir / name
+        # Recorded before it exists, so a report killed while drawing leaves nothing the next one does not know.
+        self._write_manifest(self.manifest["folders"] + [name], self.manifest.get("current"))
+        self.assets.mkdir()
+
+    def _write_manifest(self, folders: list[str], current: str | None) -> None:
+        write_json(self.out / MANIFEST, {"folders": folders, "current": current})
+
+    def commit(self, page: str) -> Path:
+        """Swap the new report in: index.html first (one rename), then earlier reports' pictures go."""
+        index = self.out / INDEX
+        write_text(index, page)
+        for name in self.manifest["folders"]:
+            old = self.out / name
+            if name != self.assets.name and old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+        self._write_manifest([self.assets.name], self.assets.name)
+        return index
+
+    def abandon(self) -> None:
+        """A report that failed or was stopped: its own pictures go, the last report stays as it was."""
+        shutil.rmtree(self.assets, ignore_errors=True)
+        self._write_manifest([f for f in self.manifest["folders"] if f != self.assets.name], self.manifest["current"])
+
+
+def read_manifest(out_dir: Path) -> dict:
+    """The folder's manifest: {"folders": pictures folders reports wrote there, "current": index.html's}."""
+    path = out_dir / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        return {"folders": [], "current": None}
+    try:
+        data = json.loads(path.read_text())
+        folders = [plain_name(f, str(path)) for f in data["folders"]]
+        return {"folders": folders, "current": data.get("current")}
+    except (ValueError, KeyError, TypeError, PipelineError):
+        raise DataError(f"{path}: not a report manifest (edited?); remove it to let the report start afresh") from None
+
+
+def _old_report(index: Path) -> bool:
+    """An index.html written by an earlier version of ``report`` (no manifest then): replaced, its pictures left."""
+    try:
+        return not index.is_symlink() and f"<title>{_TITLE}</title>" in index.read_text(errors="replace")[:2000]
+    except OSError:
+        return False
 
 
 def make_report(
@@ -300,11 +441,13 @@ def make_report(
     n_worst: int = 6,
     n_jobs: int = 1,
     quiet: bool = False,
+    pretrained: str | Path | None = None,
 ) -> Path:
-    """Write ``out_dir/index.html`` and its pictures; return the index path."""
+    """Write ``out_dir/index.html`` and its pictures; return the index path. ``pretrained``: also score an
+    exported model (folder or hub id) on every train image of ``data_dir`` that has a mask."""
     start = time.time()
     runs_dir, out_dir, layout = Path(runs_dir), Path(out_dir), Layout(data_dir)
-    if not runs_dir.is_dir():
+    if not runs_dir.is_dir() and pretrained is None:
         raise DataError(no_runs_message(runs_dir))
     layout.require(layout.masks_dir, layout.train_dir)  # inputs first: nothing is written for a wrong --data
     notes = []
@@ -320,85 +463,101 @@ def make_report(
         notes.append(
             f"{recipe_path}: no recipe there; the report shows the members only (`make ensemble` for the blend)."
         )
-    out_dir = check_writable(out_dir, "report")
-    for old in out_dir.glob("*.png"):  # pictures of an earlier report (it may have had more images)
-        if old.name.startswith(("curves_", "worst_", "dice_hist", "review_gain")):
-            old.unlink()
+    model = None
+    if pretrained is not None:
+        from .export import load_pretrained
 
-    histories = load_histories(runs_dir, names)
+        model = load_pretrained(pretrained, "cpu")
+    out_dir = check_writable(out_dir, "report")
+    with OutputLock(out_dir / INDEX, "writing a report there"):
+        folder = ReportFolder(out_dir)
+        try:
+            page, n_sources, n_worst_shown = _draw(
+                folder.assets, runs_dir, layout, data_dir, recipe, recipe_path, names, n_worst, n_jobs, notes, quiet,
+                model,
+            )  # fmt: skip
+            meta = (
+                f"runs {runs_dir} · data {data_dir}"
+                + (f" · recipe {recipe_path}" if recipe else "")
+                + f" · written {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - start:.0f} s"
+            )
+            index = folder.commit(_render(title=_TITLE, meta=meta, assets=folder.assets.name, **page))
+        except BaseException:
+            folder.abandon()
+            raise
+    if not quiet:
+        print(f"{index}: {n_sources} source(s), {n_worst_shown} worst images; open it in a browser")
+    return index
+
+
+def _draw(assets, runs_dir, layout, data_dir, recipe, recipe_path, names, n_worst, n_jobs, notes, quiet, model):
+    """Every picture into ``assets``; the page's values, the number of sources and of worst images shown."""
+    histories = load_histories(runs_dir, names, notes) if runs_dir.is_dir() else {}
     try:
-        tables = evaluate.score_runs(runs_dir, data_dir, names, n_jobs=n_jobs, quiet=quiet)
+        tables = (
+            evaluate.score_runs(runs_dir, data_dir, names, n_jobs=n_jobs, quiet=quiet) if histories or not model else {}
+        )
     except DataError as e:
-        if not histories or "no completed training run" not in str(e):
+        if not (histories or model) or "no completed training run" not in str(e):
             raise
         tables = {}  # runs still training or stopped early: their curves are what there is to show
         notes.append(f"No completed run yet (none has out-of-fold maps): {e}")
     if recipe is not None:
         tables[BLEND] = evaluate.score_recipe(recipe_path, data_dir, n_jobs=n_jobs, quiet=quiet)
+    if model is not None:  # an exported model on this data's train images (not out-of-fold: see its card)
+        tables[model.name] = evaluate.score_pretrained(model.source, data_dir, quiet=quiet, pretrained=model)
     summaries = {name: summarize(t) for name, t in tables.items()}
     for note in notes:
         if not quiet:
             print(note)
 
-    sections = [f"<p class=note>{html.escape(n)}</p>" for n in notes]
-    worst = pd.DataFrame()
+    page = {
+        "notes": notes,
+        "metric_columns": TABLE_COLUMNS,
+        "metrics": _metric_rows(summaries),
+        "metrics_note": "Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
+        + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
+        + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
+        + ".",
+        "review_columns": REVIEW_COLUMNS,
+        "review_rows": [],
+        "top_share": f"{review.TOP_SHARE:.0%}",
+        "curves": [],
+        "worst": [],
+        "worst_source": None,
+        "lineage": None,
+    }
     if tables:
-        sections += ["<h2>Out-of-fold metrics at full resolution</h2>", _table_html(summaries)]
-        sections.append(
-            "<p>Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
-            + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
-            + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
-            + ".</p>"
-        )
-        plot_dice_histogram(tables, out_dir / "dice_hist.png")
-        sections += ["<h2>Per-image Dice</h2>", '<img src="dice_hist.png" alt="histogram of per-image Dice">']
-        sections += _review_section(tables, out_dir)
-
-    sections.append("<h2>Training curves</h2>")
-    for name, member_histories in histories.items():
-        file = f"curves_{name}.png"
-        plot_curves(name, member_histories, out_dir / file)
+        plot_dice_histogram(tables, assets / "dice_hist.png")
+        page["review_rows"] = _review_rows(tables, assets)
+    for i, (name, member_histories) in enumerate(histories.items(), 1):
+        file = f"curves_{i}.png"
+        plot_curves(name, member_histories, assets / file)
         state = "" if name in tables else " (no completed fold yet: still training, or stopped)"
-        sections.append(
-            f'<h3>{html.escape(name)}{state}</h3><img src="{file}" alt="training curves of {html.escape(name)}">'
-        )
+        page["curves"].append({"name": name, "state": state, "file": file})
 
+    worst = pd.DataFrame()
     if tables:
         # The worst images of what gets submitted: the blend, or else the best member.
         source = BLEND if BLEND in tables else max(summaries, key=lambda n: summaries[n]["mean_dice"])
         worst = tables[source].sort_values(["dice", "img"]).head(n_worst)
-        sections.append(f"<h2>Worst out-of-fold images ({html.escape(source)})</h2>")
-        sections.append(
-            '<p class="legend"><span style="background:rgb(0,160,0)">true positive</span>'
-            '<span style="background:rgb(255,0,0)">false positive</span>'
-            '<span style="background:rgb(0,90,255)">false negative</span> '
-            "Yellow boxes: the largest error regions, zoomed below each image.</p>"
-        )
+        page["worst_source"] = source
     for k, row in enumerate(worst.itertuples(), 1):
-        pred = predicted_mask(source, row.img, layout, runs_dir, recipe)
+        pred = predicted_mask(source, row.img, layout, runs_dir, recipe, model)
         truth = read_mask(layout.mask(row.img)).astype(bool)
-        shown = render_worst(row.img, pred, truth, read_image(layout.train_image(row.img)), out_dir, f"worst_{k}")
-        crops = "".join(
-            f'<figure><img src="{c["file"]}" alt="error region {j} of {html.escape(row.img)}">'
-            f"<figcaption>{j}: {c['area']} error pixels</figcaption></figure>"
-            for j, c in enumerate(shown["crops"], 1)
-        )
-        sections.append(
-            f'<div class="worst"><h3>{k}. {html.escape(row.img)}: Dice {row.dice:.5f}, IoU {row.iou:.5f} '
-            f"({row.fp} false positive, {row.fn} false negative pixels)</h3>"
-            f'<img src="{shown["overlay"]}" alt="overlay of {html.escape(row.img)}">'
-            f'<div class="crops">{crops}</div></div>'
+        shown = render_worst(row.img, pred, truth, read_image(layout.train_image(row.img)), assets, f"worst_{k}")
+        page["worst"].append(
+            {
+                "k": k,
+                "img": row.img,
+                "dice": f"{row.dice:.5f}",
+                "iou": f"{row.iou:.5f}",
+                "fp": row.fp,
+                "fn": row.fn,
+                "overlay": shown["overlay"],
+                "crops": shown["crops"],
+            }
         )
     if recipe_path is not None and Path(recipe_path).is_file():
-        sections += _lineage_html(recipe_path)
-
-    meta = (
-        f"runs {html.escape(str(runs_dir))} · data {html.escape(str(data_dir))}"
-        + (f" · recipe {html.escape(str(recipe_path))}" if recipe else "")
-        + f" · written {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - start:.0f} s"
-    )
-    index = out_dir / "index.html"
-    write_text(index, _page("Carvana pipeline report", meta, sections))
-    if not quiet:
-        print(f"{index}: {len(tables)} source(s), {len(worst)} worst images; open it in a browser")
-    return index
+        page["lineage"] = _lineage(recipe_path)
+    return page, len(tables), len(worst)

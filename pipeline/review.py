@@ -21,6 +21,8 @@ random 5 % holds, and the Spearman rank correlation between score and 1 - Dice.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -31,15 +33,36 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .io_utils import atomic_path, os_error_message
+from .io_utils import atomic_path, open_nofollow, os_error_message
 
-# Device features, in the order of image_features' columns (all exact integers on any device).
-DEVICE_FEATURES = ("area", "perimeter", "soft_error", "uncertain", "disagreement")
+# Device features, in the order of image_features' columns (all exact integers on any device): the car's
+# area and outline, the uncertain pixels and the expected errors among them, the members' disagreement,
+# the image's size and the car's bounding box (top, bottom, left, right; -1 for an empty mask).
+DEVICE_FEATURES = (
+    "area",
+    "perimeter",
+    "soft_error",
+    "uncertain",
+    "disagreement",
+    "height",
+    "width",
+    "top",
+    "bottom",
+    "left",
+    "right",
+)
+# The mask's shape as shares of the image, held against what the train set's cars look like
+# (car_shapes.json): a confident mask of something that is not a car has no uncertain pixels, but
+# its area or box lies far outside every car's.
+SHAPE_FEATURES = ("area", "box_width", "box_height", "box_cx", "box_cy", "fill")
+# How far outside the train cars' range (in units of that range) a shape feature may lie before the
+# mask counts as implausible; at 1 + SHAPE_TOLERANCE range widths out, all of it is expected wrong.
+SHAPE_TOLERANCE = 0.25
 # A pixel is uncertain when its blended value is within [UNCERTAIN_LO, UNCERTAIN_HI] (probability 0.25..0.75).
 # Not wider: a model trained briefly leaves much of the background at 0.05..0.2, which says little about
 # errors (docs/accuracy.md, "Review list").
 UNCERTAIN_LO, UNCERTAIN_HI = 64, 191
-COLUMNS = ("img", "score", "view_area_dev", *DEVICE_FEATURES)
+COLUMNS = ("img", "score", "shape_dev", "view_area_dev", *DEVICE_FEATURES)
 _CAR_VIEW_RE = re.compile(r"^([0-9a-f]{12})_(\d{2})\.\w+$")
 TOP_SHARE = 0.05  # the share of images a reviewer looks at, for review_figures
 
@@ -70,7 +93,14 @@ def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) ->
     uncertain = torch.count_nonzero(unsure, dim=(-2, -1))
     votes = (maps >= threshold).sum(0, dtype=torch.uint8)
     disagreement = torch.count_nonzero((votes > 0) & (votes < maps.shape[0]), dim=(-2, -1))
-    return torch.stack([area, perimeter, soft, uncertain, disagreement], dim=1).to(torch.int64)
+    # Bounding box: the first and last row and column holding a car pixel (-1 when there is none).
+    rows, cols = car.any(-1).to(torch.uint8), car.any(-2).to(torch.uint8)
+    empty = area == 0
+    top, left = rows.argmax(-1), cols.argmax(-1)
+    bottom, right = h - 1 - rows.flip(-1).argmax(-1), w - 1 - cols.flip(-1).argmax(-1)
+    box = [torch.where(empty, -1, v) for v in (top, bottom, left, right)]
+    size = [torch.full_like(area, h), torch.full_like(area, w)]
+    return torch.stack([area, perimeter, soft, uncertain, disagreement, *size, *box], dim=1).to(torch.int64)
 
 
 def features_of(maps: np.ndarray, weights: list[int], threshold: int) -> dict[str, int]:
@@ -110,9 +140,70 @@ def view_area_dev(images: list[str], area: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.cache
+def car_shapes() -> dict:
+    """The train cars' shape ranges per view (``car_shapes.json``, made by docs/scripts/car_shapes.py)."""
+    return json.loads((Path(__file__).with_name("car_shapes.json")).read_text())["ranges"]
+
+
+def shape_features(t: pd.DataFrame) -> pd.DataFrame:
+    """SHAPE_FEATURES of each row of a table with ``area, height, width, top, bottom, left, right`` (NaN
+    where the mask is empty)."""
+    h, w = t["height"].to_numpy(np.float64), t["width"].to_numpy(np.float64)
+    area = t["area"].to_numpy(np.float64)
+    bh = t["bottom"].to_numpy(np.float64) - t["top"].to_numpy(np.float64) + 1
+    bw = t["right"].to_numpy(np.float64) - t["left"].to_numpy(np.float64) + 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pd.DataFrame(
+            {
+                "area": area / (h * w),
+                "box_width": bw / w,
+                "box_height": bh / h,
+                "box_cx": (t["left"].to_numpy(np.float64) + bw / 2) / w,
+                "box_cy": (t["top"].to_numpy(np.float64) + bh / 2) / h,
+                "fill": area / (bw * bh),
+            },
+            index=t.index,
+        )
+    out[area == 0] = np.nan
+    out.loc[area == 0, "area"] = 0.0
+    return out
+
+
+def shape_dev(t: pd.DataFrame) -> np.ndarray:
+    """Per row: how far the mask's shape lies outside the train cars' range of its view (all views for
+    another name), in units of that range, over the worst of SHAPE_FEATURES; 0 inside every range, 1
+    for an empty mask (a car photo where no car was found)."""
+    ranges = car_shapes()
+    feats = shape_features(t)
+    keys = [car_view(i) for i in t["img"]]
+    out = np.zeros(len(t))
+    for j, (k, row) in enumerate(zip(keys, feats.itertuples(index=False))):
+        r = ranges[str(k[1])] if k is not None and str(k[1]) in ranges else ranges["all"]
+        if row.area == 0:
+            out[j] = 1.0
+            continue
+        worst = 0.0
+        for name, value in zip(SHAPE_FEATURES, row):
+            lo, hi = r[name]
+            span = max(hi - lo, 1e-6)
+            worst = max(worst, (value - hi) / span, (lo - value) / span)
+        out[j] = worst
+    return out
+
+
 def score(features: pd.DataFrame) -> np.ndarray:
-    """The review score of each row of a features table (``DEVICE_FEATURES`` and ``view_area_dev``)."""
-    return features["soft_error"].to_numpy(dtype=np.float64) / 255
+    """The review score of each row of a features table (``DEVICE_FEATURES``, ``shape_dev``): the expected
+    number of wrong pixels. Among the uncertain pixels, their probability of being wrong (``soft_error``);
+    and for a mask whose shape is implausible for a car (``shape_dev`` past SHAPE_TOLERANCE), the whole mask
+    (or, for an empty one, a typical car's area), in proportion to how implausible: confident mistakes
+    have no uncertain pixels."""
+    soft = features["soft_error"].to_numpy(dtype=np.float64) / 255
+    weight = np.clip((features["shape_dev"].to_numpy(np.float64) - SHAPE_TOLERANCE) / (1 - SHAPE_TOLERANCE), 0, 1)
+    pixels = features["height"].to_numpy(np.float64) * features["width"].to_numpy(np.float64)
+    lo, hi = car_shapes()["all"]["area"]
+    typical = pixels * (lo + hi) / 2
+    return soft + weight * np.maximum(features["area"].to_numpy(np.float64), typical)
 
 
 def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
@@ -126,6 +217,7 @@ def review_table(features: pd.DataFrame) -> pd.DataFrame:
     """``img`` + DEVICE_FEATURES rows (any order) -> the review list: COLUMNS, worst (highest score) first."""
     t = features[["img", *DEVICE_FEATURES]].copy()
     t["view_area_dev"] = view_area_dev(t["img"].tolist(), t["area"].to_numpy())
+    t["shape_dev"] = shape_dev(t)
     t["score"] = score(t)
     return t.sort_values(["score", "img"], ascending=[False, True], kind="stable")[list(COLUMNS)].reset_index(drop=True)
 
@@ -137,8 +229,8 @@ def review_path(out: str | Path) -> Path:
 
 
 def write_review(path: str | Path, table: pd.DataFrame) -> Path:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(path) as tmp:  # a photo name that is not UTF-8 (predict) is listed with \xNN escapes
+        table.to_csv(tmp, index=False, float_format="%.6g", errors="backslashreplace")
     return Path(path)
 
 
@@ -170,11 +262,12 @@ class ReviewSidecar:
         self.pending: list[tuple[str, np.ndarray]] = []
 
     def start(self) -> int:
-        self._append(self.HEADER, mode="w")
+        with atomic_path(self.path) as tmp:  # a new file, never through a link at the sidecar's name
+            tmp.write_text(self.HEADER)
         return self.path.stat().st_size
 
     def resume(self, size: int) -> None:
-        with open(self.path, "r+b") as f:
+        with open_nofollow(self.path, "r+b") as f:
             f.truncate(size)
 
     def add(self, names: list[str], features: np.ndarray) -> None:
@@ -186,9 +279,9 @@ class ReviewSidecar:
         self._append("".join(name + "," + ",".join(str(int(v)) for v in f) + "\n" for name, f in done))
         return self.path.stat().st_size
 
-    def _append(self, text: str, mode: str = "a") -> None:
+    def _append(self, text: str) -> None:
         try:
-            with open(self.path, mode) as f:
+            with open_nofollow(self.path, "a") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .data import DataError, Layout, read_mask
-from .io_utils import check_csv_name, plain_name, read_json
+from .config import run_name_problem
+from .data import DataError, Layout, decode_file, read_mask
+from .io_utils import check_csv_name, plain_name, read_json, stored_path
 from .provenance import file_sha256
 
 FOLD_DIR_RE = re.compile(r"fold(\d+)")
@@ -38,6 +39,54 @@ def clear_fold_outputs(run_dir: Path) -> None:
     for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv", FINAL, FULL_SUMMARY):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "oof", ignore_errors=True)
+
+
+OOF_THRESHOLD = 128  # out-of-fold Dice and evaluate's member scores: probability 0.5 on the uint8 scale
+
+
+def oof_disagreement(path: Path, info: dict) -> str | None:
+    """How a fold's ``oof.json`` disagrees with what made its maps, or None.
+
+    ``oof/source.json`` (written before the maps) is the record of what they were predicted with;
+    oof.json repeats its TTA, precision and checkpoint for readers, and its input size is the
+    checkpoint's. A hand-edited oof.json would be tuned on, submitted and scored with settings the
+    maps were not made with: every reader (and ``lineage``) checks both agree.
+    """
+    marker = path.parent / "oof" / "source.json"
+    if not marker.is_file():
+        return f"{marker} not found, so nothing says what its maps were predicted with"
+    try:
+        source = read_json(marker)
+    except DataError as e:
+        return str(e)
+    if not isinstance(source, dict):
+        return f"{marker}: not a record of the maps"
+    differ = [
+        k
+        for k, theirs in (
+            ("checkpoint_sha256", source.get("checkpoint_sha256")),
+            ("tta", source.get("tta")),
+            ("precision", source.get("precision", info.get("precision"))),
+        )
+        if info.get(k) != theirs
+    ]
+    recorded_fold = (info.get("folds") or {}).get("fold_sha")
+    if recorded_fold is not None and recorded_fold != source.get("fold_sha"):
+        differ.append("folds")
+    if info.get("threshold", OOF_THRESHOLD) != OOF_THRESHOLD:
+        differ.append("threshold")
+    if differ:
+        return f"its {', '.join(differ)} disagree(s) with {marker}, which its maps were made with (edited?)"
+    from .models import read_checkpoint
+
+    ckpt = path.parent / info["checkpoint"]
+    image = read_checkpoint(ckpt, mmap=True)["config"].get("image", {})
+    if (image.get("height"), image.get("width")) != (info["height"], info["width"]):
+        return (
+            f"its input size {info['height']}x{info['width']} is not its checkpoint's "
+            f"{image.get('height')}x{image.get('width')} (edited?)"
+        )
+    return None
 
 
 def read_oof_summary(path: Path) -> dict:
@@ -59,6 +108,9 @@ def read_oof_summary(path: Path) -> dict:
             f"{path}: written for another {info['checkpoint']} than the one beside it (retrained or copied); "
             "re-run that fold's training command to re-predict its out-of-fold maps"
         )
+    problem = oof_disagreement(path, info)
+    if problem:
+        raise DataError(f"{path}: {problem}; re-run that fold's training command to re-predict and rewrite it")
     return info
 
 
@@ -72,6 +124,9 @@ def _not_a_run(summary: Path) -> str | None:
     m = FOLD_DIR_RE.fullmatch(fold_dir.name)
     if m is None:
         return "its folder is not named fold<k> (a copy or backup?)"
+    problem = run_name_problem(member_dir.name)
+    if problem:
+        return f"its member folder's name {problem.split(' ', 1)[1]}"
     try:
         info = read_json(summary)
     except DataError:
@@ -167,9 +222,10 @@ def same_recipe(a: dict, b: dict) -> list[str]:
     return [k for k in RECIPE_SECTIONS if a.get(k) != b.get(k)]
 
 
-def cross_validation(runs_dir: str | Path, name: str, config: dict, folds_sha: str) -> dict | None:
+def cross_validation(runs_dir: str | Path, name: str, config: dict, folds_sha: str, holder: Path) -> dict | None:
     """The completed folds of ``name`` beside a full run, trained with its config on its split: what
-    their out-of-fold figures say the full run is worth (None when there are none)."""
+    their out-of-fold figures say the full run is worth (None when there are none). Paths are stored
+    relative to ``holder``, the file the record goes into."""
     from .models import read_checkpoint
 
     try:
@@ -190,7 +246,7 @@ def cross_validation(runs_dir: str | Path, name: str, config: dict, folds_sha: s
     if not folds:
         return None
     return {
-        "runs": str(Path(runs_dir) / name),
+        "runs": stored_path(Path(runs_dir) / name, holder),
         "folds": folds,
         "oof_sha256": shas,
         "oof_dice_at_0.5": {"mean": total / n, "per_fold": per_fold, "n_images": n},
@@ -210,7 +266,7 @@ def oof_path(run_dir: str | Path, img: str) -> Path:
 
 
 def _read_q(path: Path) -> np.ndarray:
-    q = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    q = decode_file(path, cv2.IMREAD_UNCHANGED) if path.is_file() else None
     if q is None:
         raise DataError(f"{path}: out-of-fold map missing or unreadable; re-run that fold's training")
     if q.dtype != np.uint8 or q.ndim != 2:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_device, check_train_config
 from .config import Config, load_config
 from .data import DataError, Layout, list_images, parse_name
 from .engine import pick_device, resolve_channels_last, resolve_precision
@@ -114,15 +117,23 @@ def run_smoke(
     from .train import Trainer
 
     start = time.time()
+    # Everything the user chose is checked before a scratch folder is made.
     cfg: Config = load_config(config, ["train.batch_size=1", "predict.batch_size=1", *(overrides or [])])
     if device is not None:
+        check_device(device, "--device")
         cfg.device = device
+    cfg = check_train_config(cfg)
+    layout = Layout(data)
+    layout.require(layout.train_dir, layout.masks_dir)
     dev = pick_device(cfg.device)
     t = cfg.train
     keep = workdir is not None
     if keep and Path(workdir).exists() and any(Path(workdir).iterdir()):
         raise DataError(f"--workdir {workdir}: not empty; smoke writes a scratch dataset and runs there")
-    root = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="smoke-"))
+    remove_stale_scratch()
+    root = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    if not keep:  # whose it is, for the next smoke to clean up after a kill -9
+        (root / SCRATCH_MARK).write_text(f"{os.getpid()}\n")
     try:
         scratch = prepare(data, root, max(TRAIN_IMAGES, t.batch_size))
         cfg.data_dir, cfg.folds_csv, cfg.runs_dir, cfg.fold = str(scratch.data), str(scratch.folds_csv), str(root), 0
@@ -233,8 +244,34 @@ def run_smoke(
     return result
 
 
+SCRATCH_PREFIX, SCRATCH_MARK = "smoke-", ".smoke-scratch"
+
+
+def remove_stale_scratch() -> list[Path]:
+    """Scratch folders of earlier smoke runs that were killed (kill -9 runs no cleanup): each holds the
+    pid of its run in its mark file; those whose process is gone are removed. Nothing else is touched."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        mark = folder / SCRATCH_MARK
+        try:
+            if folder.is_symlink() or not mark.is_file():
+                continue
+            pid = int(mark.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the scratch folder's cleanup, as Ctrl-C does
+
+
 def main_smoke(a) -> None:
     """``python -m pipeline smoke`` (see pipeline/__main__.py)."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     result = run_smoke(a.config, a.data, a.set, device=a.device, workdir=a.workdir, quiet=not a.verbose)
     if a.json:
         write_json(a.json, result)

@@ -43,12 +43,24 @@ from tqdm import tqdm
 from . import rle
 from .data import DataError, Layout, read_image
 from .engine import Engine, Member, pick_device, precision_label, resolve_precision
-from .io_utils import OutputLock, check_writable, os_error_message, plain_name, read_json, write_json
-from .models import load_checkpoint_model, read_checkpoint
+from .io_utils import (
+    RELATIVE_TO_FILE,
+    OutputLock,
+    atomic_path,
+    check_writable,
+    fresh_file,
+    open_nofollow,
+    os_error_message,
+    plain_name,
+    read_json,
+    stored_path,
+    write_json,
+)
+from .models import load_checkpoint, read_checkpoint
 from .postprocess import apply as postprocess
 from .postprocess import needs_photo
-from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key
-from .review import ReviewSidecar, image_features, merge_reviews, review_path
+from .provenance import LineageError, file_sha256, load_recipe, rows_source, submission_key, summary_recipe
+from .review import DEVICE_FEATURES, ReviewSidecar, image_features, merge_reviews, review_path
 from .validate import SubmissionError, read_sample_names, validate_submission
 
 HEADER = "img,rle_mask\n"
@@ -216,7 +228,7 @@ def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list
     if not active:
         raise SubmissionError("recipe has no member with a positive weight")
     for m in active:
-        for c in m["checkpoints"]:
+        for c in m.get("checkpoints", []):
             image = read_checkpoint(c, mmap=True)["config"].get("image", {})
             if (image.get("height"), image.get("width")) != (m["height"], m["width"]):
                 raise LineageError(
@@ -225,7 +237,17 @@ def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list
                 )
     members, weights = [], []
     for m in active:
-        models = [load_checkpoint_model(c, device)[0] for c in m["checkpoints"]]
+        if "model" in m:  # an exported model folder, checked against the hash the recipe holds
+            from .export import load_pretrained
+
+            pretrained = load_pretrained(m["model"], device, m["model_sha256"])
+            inp = pretrained.spec["input"]
+            if (inp["height"], inp["width"]) != (m["height"], m["width"]):
+                raise LineageError(f"{m['model']}: input {inp['height']}x{inp['width']}, the recipe says otherwise")
+            models = [pretrained.model]
+        else:
+            # The bytes loaded are the bytes the recipe recorded (hashed as read, not in a second read).
+            models = [load_checkpoint(c, device, sha)[0] for c, sha in zip(m["checkpoints"], m["checkpoint_sha256"])]
         members.append(Member(m["name"], models, m["height"], m["width"], m["tta"], m.get("precision", "auto")))
         weights.append(int(m["weight"]))
     return members, weights
@@ -245,7 +267,7 @@ def configured_workers(recipe: dict, default: int = 2) -> int:
     """DataLoader workers from the members' configs (``predict.num_workers``, the largest), else ``default``."""
     counts = []
     for m in recipe["members"]:
-        if m["weight"] > 0 and m["checkpoints"]:
+        if m["weight"] > 0 and m.get("checkpoints"):
             config = read_checkpoint(m["checkpoints"][0], mmap=True)["config"]
             counts.append(int(config.get("predict", {}).get("num_workers", default)))
     return max(counts, default=default)
@@ -280,6 +302,26 @@ def _complete(out: Path, summary_path: Path, key: dict) -> dict | None:
     return None
 
 
+def _other_output(out: Path, summary_path: Path, key: dict) -> str:
+    """Why a file standing at ``out`` is not this run's to replace (a finished submission is hours of work)."""
+    try:
+        recorded = read_json(summary_path).get("key") if summary_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        what = "exists and has no summary of `make submission` beside it (not written by it?)"
+    else:
+        fields = {"recipe": "recipe", "checkpoints": "checkpoints", "precision": "precision", "sample": "sample"}
+        fields.update(test_files="test files", shard="shard", limit="limit")
+        differ = [label for k, label in fields.items() if recorded.get(k) != key.get(k)]
+        what = (
+            f"a complete submission made with another {', '.join(differ)} is there"
+            if differ
+            else "its content is not what its summary validated (edited since?)"
+        )
+    return f"{what}; refusing to replace it. Write to another --out, or add --force to replace it"
+
+
 def test_names(layout: Layout) -> list[str]:
     """The sample's image names, each a plain file name (never joined onto test/ as ``../x``)."""
     names = read_sample_names(layout.sample_submission)
@@ -305,6 +347,7 @@ def make_submission(
     rle_threads: int = 2,
     load=load_members,
     channels_last: bool | str = "auto",
+    backend: str = "torch",
 ) -> dict:
     """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
 
@@ -344,7 +387,9 @@ def make_submission(
     dev = pick_device(device)
     if num_workers is None:
         num_workers = configured_workers(recipe)
-    source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision))
+    if backend != "torch":
+        precision = "fp32"  # ONNX Runtime and OpenVINO run the exported graph in fp32
+    source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision), backend)
     key = submission_key(source, names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     summary_path = out.with_name(out.name + ".json")
     part = out.with_name(out.name + ".part")
@@ -360,19 +405,23 @@ def make_submission(
                     "--force to redo"
                 )
             return done
+        if not force and (out.exists() or out.is_symlink()):
+            raise SubmissionError(f"{out}: {_other_output(out, summary_path, key)}")
 
         def save_progress(rows: int, offset: int, size: list | None, review_bytes: int) -> None:
             """What a resume keeps: ``rows`` rows, ``offset`` bytes of the part file, the review data's bytes."""
             progress = {"key": key, "rows": rows, "bytes": offset, "size": size, "review_bytes": review_bytes}
+            progress["review_columns"] = list(DEVICE_FEATURES)  # the sidecar's columns (a newer version adds some)
             write_json(progress_path, progress)
 
         rows_done, size = 0, None
         review = ReviewSidecar(out)  # the review data of the rows on disk, resumed with them
         if part.exists() and progress_path.exists() and not force:
             progress = read_json(progress_path)
-            if progress.get("key") == key and "review_bytes" in progress and review.path.exists():
+            same_review = progress.get("review_columns") == list(DEVICE_FEATURES) and review.path.exists()
+            if progress.get("key") == key and "review_bytes" in progress and same_review:
                 rows_done, size = progress["rows"], progress["size"]
-                with open(part, "r+b") as f:
+                with open_nofollow(part, "r+b") as f:
                     f.truncate(progress["bytes"])  # drop a chunk that was being written when it stopped
                 review.resume(progress["review_bytes"])
                 if not quiet:
@@ -384,21 +433,17 @@ def make_submission(
         compress = _compressor(suffix)
         _check_space(out.parent, len(names) - rows_done, suffix)
         if rows_done == 0:
-            try:
-                with open(part, "wb") as f:
-                    f.write(compress(HEADER))
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                raise DataError(os_error_message(part, e)) from None
+            with atomic_path(part) as tmp:  # a new file: a link left at the .part's name is replaced, not followed
+                tmp.write_bytes(compress(HEADER))
             save_progress(0, part.stat().st_size, None, review.start())
 
         todo = paths[rows_done:]
         if todo:
             members, weights = load(recipe, dev)
             engine = Engine(
-                members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers, compile=compile
-            )
+                members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers,
+                compile=compile, backend=backend,
+            )  # fmt: skip
             bar = tqdm(total=len(names), initial=rows_done, desc=out.name, unit="img", disable=quiet, smoothing=0.05)
             state = {"rows": rows_done, "size": size}
 
@@ -408,7 +453,7 @@ def make_submission(
                 save_progress(state["rows"], offset, state["size"], review.flush(n))
                 bar.update(n)
 
-            with open(part, "ab", buffering=0) as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
+            with open_nofollow(part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
                 writer = RowWriter(
                     f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
                 )
@@ -456,7 +501,8 @@ def make_submission(
             "file": str(out),
             "key": key,
             "sha256": file_sha256(part, 64),
-            "recipe": str(recipe_path),
+            "recipe": stored_path(recipe_path, summary_path),
+            "paths": RELATIVE_TO_FILE,
             "rows": check["rows"],
             "empty_masks": check["empty_masks"],
             "mean_mask_area": round(check["mean_mask_area"], 5),
@@ -499,7 +545,7 @@ def _find_shards(out: Path) -> dict[int, dict[int, Path]]:
     return found
 
 
-_SOURCE_KEYS = ("recipe", "checkpoints", "precision")
+_SOURCE_KEYS = ("recipe", "checkpoints", "precision", "backend")
 
 
 def merge_shards(
@@ -574,10 +620,12 @@ def merge_shards(
             "or image sizes; re-run the stale ones with the current recipe"
         )
     shard_source = {k: summaries[0]["key"][k] for k in _SOURCE_KEYS}
-    want = Path(recipe_path) if recipe_path is not None else Path(summaries[0].get("recipe", ""))
+    first_summary = shards[0].with_name(shards[0].name + ".json")
+    recorded_recipe = summary_recipe(summaries[0], first_summary)
+    want = Path(recipe_path) if recipe_path is not None else recorded_recipe or Path("")
     if recipe_path is not None or want.is_file():
         recipe, shas = load_recipe(want)
-        current = rows_source(recipe, shas, shard_source["precision"])
+        current = rows_source(recipe, shas, shard_source["precision"], shard_source["backend"])
         if current != shard_source:
             raise SubmissionError(
                 f"{source.parent}: the shards of {source.name} were computed from an earlier version of {want} "
@@ -599,8 +647,9 @@ def merge_shards(
                 )
         _check_space(out.parent, len(names), suffix)
         try:
-            with open(part, "wb") as f:
-                f.write(compress(HEADER))
+            fresh_file(part)  # never through a link standing at the .part's name
+            with open_nofollow(part, "ab") as f:
+                _write_all(f, compress(HEADER))
                 for i in range(count):
                     opener = gzip.open if source_suffix == ".csv.gz" else open
                     with opener(shards[i], "rt", newline="") as src:
@@ -608,7 +657,7 @@ def merge_shards(
                         if header != HEADER:
                             raise SubmissionError(f"{shards[i]}: header {header!r}, expected {HEADER!r}")
                         while block := src.read(1 << 22):
-                            f.write(compress(block))
+                            _write_all(f, compress(block))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
@@ -626,7 +675,8 @@ def merge_shards(
             "file": str(out),
             "key": key,
             "sha256": file_sha256(part, 64),
-            "recipe": summaries[0].get("recipe"),
+            "recipe": stored_path(recorded_recipe, summary_path) if recorded_recipe else None,
+            "paths": RELATIVE_TO_FILE,
             "rows": check["rows"],
             "empty_masks": check["empty_masks"],
             "mean_mask_area": round(check["mean_mask_area"], 5),

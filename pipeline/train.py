@@ -41,7 +41,7 @@ from .distributed import RankSampler
 from .engine import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from .errors import CheckpointError, TrainingError
 from .folds import load_folds
-from .io_utils import OutputLock, atomic_path, check_writable, write_json, write_text
+from .io_utils import RELATIVE_TO_FILE, OutputLock, atomic_path, check_writable, stored_path, write_json, write_text
 from .losses import get_loss
 from .measure import machine
 from .metrics import dice_batch
@@ -280,7 +280,7 @@ class Trainer:
             "model": self.eval_model.state_dict(),
             "epoch": self.epoch,
             "folds": self.folds_id,
-            "lineage": checkpoint_lineage(self.cfg.folds_csv),
+            "lineage": checkpoint_lineage(self.cfg.folds_csv, self.run_dir / "best.pt"),
         }
 
     def _state(self) -> dict:
@@ -297,7 +297,7 @@ class Trainer:
             "finished": self.finished,
             "history": self.history,
             "folds": self.folds_id,
-            "lineage": checkpoint_lineage(self.cfg.folds_csv),
+            "lineage": checkpoint_lineage(self.cfg.folds_csv, self.run_dir / "best.pt"),
             "rng": {
                 "python": random.getstate(),
                 "numpy": _numpy_rng_state(),
@@ -541,10 +541,13 @@ def finish_full(trainer: Trainer) -> dict:
             "all_cars": True,
             "n_images": len(folds),
             "n_cars": int(folds.car_id.nunique()),
-            "folds_csv": str(cfg.folds_csv),
+            "folds_csv": stored_path(cfg.folds_csv, run_dir / FULL_SUMMARY),
             "folds": {k: trainer.folds_id[k] for k in ("folds_sha", "fold_sha", "k")},
         },
-        "cross_validation": cross_validation(cfg.runs_dir, cfg.name, cfg.to_dict(), trainer.folds_id["folds_sha"]),
+        "cross_validation": cross_validation(
+            cfg.runs_dir, cfg.name, cfg.to_dict(), trainer.folds_id["folds_sha"], run_dir / FULL_SUMMARY
+        ),
+        "paths": RELATIVE_TO_FILE,
         "train_seconds": round(sum(float(r.get("seconds", 0)) for r in trainer.history), 1),
         "machine": machine(trainer.device),
         "command": _command(),

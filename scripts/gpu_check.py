@@ -44,9 +44,12 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
+from pipeline.checks import check_compile, check_device, check_train_config  # noqa: E402
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.data import Layout  # noqa: E402
 from pipeline.engine import pick_device  # noqa: E402
-from pipeline.io_utils import write_json, write_text  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.io_utils import check_writable, write_json, write_text  # noqa: E402
 from pipeline.measure import GB  # noqa: E402
 
 # Seconds each section is expected to take on one H100/H200 (guesses until measured: see the JSON's
@@ -332,6 +335,70 @@ def markdown(results: dict) -> str:
 
 
 # -- driver ------------------------------------------------------------------------------------------------
+SECTIONS = ("env", "cuda_tests", "smoke", "train_throughput", "bench_gpu", "bench_host", "agreement", "compile")
+
+
+def _ints(option: str, text: str, low: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < low:
+        raise ConfigError(f"{option} {text!r}: a comma list of whole numbers, each at least {low}")
+    return values
+
+
+def check_args(a) -> None:
+    """Every option, before anything runs or is written (a typo must not cost a 10-minute GPU lease)."""
+    check_device(a.device, "--device")
+    a.models = [m for m in a.models.split(",") if m]
+    if not a.models:
+        raise ConfigError("--models: give at least one config name, e.g. vgg11,resnet50")
+    for m in a.models:
+        if not (REPO / "configs" / f"{m}.yaml").is_file():
+            known = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+            raise ConfigError(f"--models: no config {m!r} (configs/{m}.yaml); known: {', '.join(known)}")
+    a.batches = _ints("--batches", a.batches, 1)
+    if a.size:
+        text = a.size
+        try:
+            a.size = tuple(int(v) for v in text.lower().split("x"))
+        except ValueError:
+            a.size = ()
+        if len(a.size) != 2 or min(a.size) < 32:
+            raise ConfigError(f"--size {text!r}: HxW, each at least 32, e.g. 256x384")
+    else:
+        a.size = None
+    for option, value, low in (
+        ("--workers", a.workers, 0),
+        ("--bench-images", a.bench_images, 1),
+        ("--bench-folds", a.bench_folds, 1),
+        ("--agreement-steps", a.agreement_steps, 1),
+        ("--compile-images", a.compile_images, 1),
+    ):
+        if value < low:
+            raise ConfigError(f"{option} {value}: must be at least {low}")
+    if a.budget <= 0 or a.hard_limit <= 0:
+        raise ConfigError(f"--budget {a.budget} / --hard-limit {a.hard_limit}: seconds, each more than 0")
+    skip = set(a.skip.split(",")) - {""}
+    known = set(SECTIONS) | {f"smoke_{m}" for m in a.models}
+    unknown = sorted(skip - known)
+    if unknown:
+        raise ConfigError(f"--skip {a.skip!r}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    a.skip = skip
+    check_compile(a.compile_backend, "--compile-backend")
+    a.channels_last = {"true": True, "false": False}.get(a.channels_last, "auto")
+    a.overrides = ["model.encoder_weights=none", f"train.num_workers={a.workers}", f"predict.num_workers={a.workers}"]
+    if a.size:
+        a.overrides += [f"image.height={a.size[0]}", f"image.width={a.size[1]}"]
+    a.overrides += a.set
+    for m in a.models:  # the configs load with these overrides (names, types, ranges)
+        check_train_config(load_config(REPO / "configs" / f"{m}.yaml", a.overrides))
+    layout = Layout(a.data)
+    layout.require(layout.train_dir, layout.masks_dir)
+    check_writable(a.out, "gpu-check output")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/gpu_check.py", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data", help="a Kaggle-layout root with a few real cars (train, masks, test)")
@@ -353,18 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-limit", type=float, default=590, help="seconds: a section still running is stopped")
     a = p.parse_args(argv)
     a.argv = list(argv if argv is not None else sys.argv[1:])
-    a.models = [m for m in a.models.split(",") if m]
-    a.batches = [int(b) for b in a.batches.split(",")]
-    a.size = tuple(int(v) for v in a.size.lower().split("x")) if a.size else None
-    a.channels_last = {"true": True, "false": False}.get(a.channels_last, "auto")
-    a.overrides = ["model.encoder_weights=none", f"train.num_workers={a.workers}", f"predict.num_workers={a.workers}"]
-    if a.size:
-        a.overrides += [f"image.height={a.size[0]}", f"image.width={a.size[1]}"]
-    a.overrides += a.set
+    try:
+        check_args(a)
+    except PipelineError as e:  # as the pipeline's own commands: one line naming the option, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dev = pick_device(a.device)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    skip = set(a.skip.split(",")) - {""}
+    skip = a.skip
     start = time.time()
     results: dict = {}
 

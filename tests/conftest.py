@@ -74,7 +74,8 @@ def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     for name, over in {"a": {}, "b": {"model.decoder_channels": "[8,8,8,8,8]", "predict.tta": "[]"}}.items():
         run(tiny_config(tiny_data, runs, name=name, fold=0, **over), quiet=True)
     recipe = root / "recipe.json"
-    tune(runs, tiny_data, recipe, steps=2, n_jobs=1, quiet=True, allow_incomplete=True)  # fold 0 only
+    # fold 0 only; no post-processing: what the tiny maps would favour depends on threads and CPU
+    tune(runs, tiny_data, recipe, steps=2, n_jobs=1, quiet=True, allow_incomplete=True, postprocess_steps="none")
     return runs, recipe
 
 
@@ -99,13 +100,17 @@ def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32,
     """
     import cv2
     import pandas as pd
+    import torch
 
     from pipeline.io_utils import write_json
     from pipeline.provenance import file_sha256
 
     run = runs / name / f"fold{fold}"
     (run / "oof").mkdir(parents=True)
-    (run / "best.pt").write_bytes(f"stand-in checkpoint of {name} fold {fold}".encode())
+    # A stand-in checkpoint (no weights): what binds the maps to it is its content hash, and its config
+    # says the input size the oof.json repeats.
+    stand_in = {"config": {"name": name, "fold": fold, "image": {"height": height, "width": width}}, "model": {}}
+    torch.save(stand_in, run / "best.pt")
     for img, q in zip(images, maps):
         cv2.imwrite(str(run / "oof" / f"{Path(img).stem}.png"), q)
     pd.DataFrame({"img": list(images), "dice": 0.0}).to_csv(run / "oof_dice.csv", index=False)
@@ -121,6 +126,9 @@ def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32,
     }
     if k:
         info["folds"] = {"folds_sha": folds_sha or "s", "fold_sha": str(fold), "k": k}
+    # What made the maps, as oof.py records it beside them (every reader checks oof.json agrees).
+    source = {"checkpoint_sha256": info["checkpoint_sha256"], "tta": list(tta), "fold_sha": str(fold)}
+    write_json(run / "oof" / "source.json", source)
     write_json(run / "oof.json", info)
     return run
 
@@ -153,10 +161,24 @@ def fake_recipe(path: Path, runs: Path, weights: dict[str, int], threshold: int 
 
 
 def write_recipe(path: Path, members: list[dict], threshold: int = 128, **over) -> Path:
-    """A recipe over real checkpoint files given per member, with their content hashes filled in."""
+    """A recipe over real checkpoint files given per member, with their content hashes filled in, and the
+    hashes of the out-of-fold summaries beside them (a stand-in oof.json where a checkpoint has none:
+    submission and predict check the summary a recipe was tuned on)."""
     from pipeline.io_utils import write_json
     from pipeline.provenance import file_sha256
 
-    full = [{**m, "checkpoint_sha256": [file_sha256(c) for c in m["checkpoints"]]} for m in members]
+    for m in members:
+        for c in m["checkpoints"]:
+            oof = Path(c).parent / "oof.json"
+            if not oof.is_file():
+                write_json(oof, {"stand_in": "the out-of-fold summary of a hand-made recipe's checkpoints"})
+    full = [
+        {
+            **m,
+            "checkpoint_sha256": [file_sha256(c) for c in m["checkpoints"]],
+            "oof_sha256": [file_sha256(Path(c).parent / "oof.json") for c in m["checkpoints"]],
+        }
+        for m in members
+    ]
     write_json(path, {"format": 2, "threshold": threshold, "members": full, **over})
     return path

@@ -12,6 +12,7 @@ import fcntl
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_
     # The user re-tunes (the recipe now names the new checkpoint): the resume starts over.
     spec = json.loads(recipe.read_text())
     for m in spec["members"]:
-        m["checkpoint_sha256"] = [file_sha256(c) for c in m["checkpoints"]]
+        m["checkpoint_sha256"] = [file_sha256(recipe.parent / c) for c in m["checkpoints"]]  # stored relative
     write_json(recipe, spec)
     _sub(recipe, tiny_data, out)
     clean = tmp_path / "clean.csv.gz"
@@ -196,7 +197,7 @@ def test_backup_copies_of_a_fold_are_not_runs(lab, tiny_data, tmp_path, capsys):
     (runs / "a" / "fold0_old" / "best.pt").write_bytes(b"a stale backup: must not block the real runs")
     recipe = tune(runs, tiny_data, tmp_path / "r.json", steps=2, n_jobs=1, quiet=True, allow_incomplete=True)
     assert [m["name"] for m in recipe["members"]] == ["a", "b"]
-    assert recipe["members"][0]["checkpoints"] == [str(runs / "a" / "fold0" / "best.pt")]
+    assert recipe["members"][0]["checkpoints"] == ["runs/a/fold0/best.pt"]  # relative to the recipe's folder
     err = capsys.readouterr().err
     for copy in ("a/fold0.bak", "a/fold0_old", "a_v1/fold0"):
         assert f"{copy}: skipped" in err
@@ -463,7 +464,7 @@ def test_recipe_is_checked_completely_before_any_model_loads(lab, tiny_data, tmp
     def no_models(*a, **k):
         raise AssertionError("a model was built before the recipe was checked")
 
-    monkeypatch.setattr(submission_mod, "load_checkpoint_model", no_models)
+    monkeypatch.setattr(submission_mod, "load_checkpoint", no_models)
     with pytest.raises((DataError, LineageError), match=expected):
         _sub(recipe, tiny_data, tmp_path / "s.csv.gz")
 
@@ -483,7 +484,8 @@ def test_report_works_on_runs_in_every_state(lab, tiny_data, tmp_path, capsys):
     index = make_report(runs, tiny_data, tmp_path / "r", recipe_path=recipe, n_worst=1, n_jobs=1, quiet=True)
     page = index.read_text()
     assert "<td>a</td>" in page and "<td>blend</td>" in page
-    assert "d (no completed fold yet" in page and "curves_d.png" in page and "curves_c.png" not in page
+    assert "d (no completed fold yet" in page and "<h3>c" not in page  # c has no epoch recorded
+    assert len(re.findall(r'src="[^"]+/curves_\d+\.png"', page)) == 3  # a, b and d
     assert "Lineage of the recipe (all " in page
     # A fold retrained since the recipe: the members are reported, the stale blend is not.
     _retrain(runs / "b" / "fold0" / "best.pt")
@@ -493,6 +495,8 @@ def test_report_works_on_runs_in_every_state(lab, tiny_data, tmp_path, capsys):
     info = read_json(runs / "b" / "fold0" / "oof.json")
     info["checkpoint_sha256"] = file_sha256(runs / "b" / "fold0" / "best.pt")
     write_json(runs / "b" / "fold0" / "oof.json", info)
+    source = runs / "b" / "fold0" / "oof" / "source.json"  # re-predicted by the retrained model, as training does
+    write_json(source, {**read_json(source), "checkpoint_sha256": info["checkpoint_sha256"]})
     page = make_report(
         runs, tiny_data, tmp_path / "r2", recipe_path=recipe, n_worst=1, n_jobs=1, quiet=True
     ).read_text()
@@ -549,7 +553,10 @@ def test_fake_fold_helper_is_a_complete_run(tiny_data, tmp_path):
         (["report", "--runs", "{runs}", "--data", "{data}", "--jobs", "0"], "--jobs 0: use -1 (all cores)"),
         (["evaluate", "--runs", "{runs}", "--data", "{data}", "--jobs", "-3"], "--jobs -3: use -1 (all cores)"),
         (["report", "--runs", "{runs}", "--data", "{tmp}/nowhere"], "nowhere/train_masks: not found. Expected"),
-        (["lineage", "{data}/sample_submission.csv"], "not a submission, recipe, checkpoint, oof.json or folds CSV"),
+        (
+            ["lineage", "{data}/sample_submission.csv"],
+            "not a submission, recipe, checkpoint, oof.json, full.json or folds CSV",
+        ),
     ],
 )
 def test_user_stage_options_are_one_line_errors(lab, tiny_data, tmp_path, capsys, argv, expected):

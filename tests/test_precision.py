@@ -22,6 +22,7 @@ from pipeline.predict import run_predict
 from pipeline.runs import discover
 from pipeline.submission import make_submission
 from pipeline.train import Trainer, run
+from pipeline.validate import SubmissionError
 from tests.conftest import H, W, fake_fold, kill_after_first_epoch, tiny_config
 
 # The agreement tests run a ResNet-18 U-Net (the other tests' MobileNetV3 has more pixels near 0.5).
@@ -190,8 +191,11 @@ def test_recipe_precision_is_applied_and_keys_the_rows(confident, tiny_data, tmp
     bf16_rows = _text(tmp_path / "own.csv.gz")
     submit("forced.csv.gz", precision="bf16")
     assert _text(tmp_path / "forced.csv.gz") == bf16_rows
-    # The same output asked for in fp32: another key, recomputed (not "already complete"), fp32 rows.
-    assert submit("own.csv.gz", precision="fp32")["key"]["precision"] == "fp32"
+    # The same output asked for in fp32: another key, so never "already complete", and a finished submission
+    # of another precision is replaced only when asked (--force); then fp32 rows.
+    with pytest.raises(SubmissionError, match="made with another precision"):
+        submit("own.csv.gz", precision="fp32")
+    assert submit("own.csv.gz", precision="fp32", force=True)["key"]["precision"] == "fp32"
     submit("fp32.csv.gz", precision="fp32")
     assert _text(tmp_path / "own.csv.gz") == _text(tmp_path / "fp32.csv.gz") != bf16_rows
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline import rle
 from pipeline.__main__ import main
+from pipeline.checks import check_recipe
 from pipeline.predict import composite, feather_alpha, fit_background
 from pipeline.review import review_path
 from pipeline.submission import make_submission
@@ -171,7 +172,7 @@ def test_recipe_post_processing_is_applied(tiny_data, tiny_runs, tmp_path):
     from pipeline.postprocess import apply
 
     _, recipe = tiny_runs
-    spec = json.loads(recipe.read_text())
+    spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints
     spec["postprocess"] = ["largest_cc", "fill_holes"]
     with_steps = tmp_path / "recipe_pp.json"
     with_steps.write_text(json.dumps(spec))
@@ -229,7 +230,7 @@ def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tin
     from pipeline.snakes import DEFAULTS
 
     _, recipe = tiny_runs
-    spec = json.loads(recipe.read_text())
+    spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints
     spec["postprocess"] = ["active_contour"]
     params = {**DEFAULTS, "min_width": 1.0, "width_ratio": 1.2, "min_points": 4, "pad": 2}  # tiny 96x64 images
     spec["postprocess_params"] = {"active_contour": params}

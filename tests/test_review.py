@@ -34,8 +34,16 @@ def test_image_features_are_exact_counts():
         "soft_error": 110 + 100,  # probability on the wrong side of the threshold, in 1/255 px
         "uncertain": 2,  # 110 and 100 are within 64..191; 20 is not
         "disagreement": 2,  # (4, 6) and (0, 0): one member says car, the other background
+        "height": 6,
+        "width": 8,
+        "top": 1,  # the car's bounding box: rows 1..2, columns 2..4
+        "bottom": 2,
+        "left": 2,
+        "right": 4,
     }
     assert review.features_of(np.stack([a, b]), [1, 1], 128) == got
+    empty = review.features_of(np.zeros((1, 6, 8), np.uint8), [1], 128)
+    assert [empty[k] for k in ("area", "top", "bottom", "left", "right")] == [0, -1, -1, -1, -1]
 
 
 def test_outline_on_the_image_frame_is_not_counted():
@@ -50,7 +58,11 @@ def _sharp_map(mask: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(mask.astype(np.float32) * 255, (3, 3), 0.6).round().astype(np.uint8)
 
 
-def test_a_corrupted_prediction_ranks_above_clean_ones(tiny_data):
+def test_a_corrupted_prediction_ranks_above_clean_ones(tiny_data, monkeypatch):
+    # The uncertain-pixel evidence alone: the synthetic cars' shapes are not real cars' (the shape
+    # evidence is tested with real ranges in tests/test_round3.py), so every shape counts as plausible here.
+    wide = {f: [0.0, 1.0] for f in review.SHAPE_FEATURES}
+    monkeypatch.setattr(review, "car_shapes", lambda: {"all": wide})
     layout = Layout(tiny_data)
     images = sorted(p.name for p in layout.train_dir.iterdir())[:16]  # one car's 16 views
     rows = []
