@@ -314,7 +314,7 @@ def cmd_predict(a) -> None:
         recipe=a.recipe,
         checkpoint=a.checkpoint,
         pretrained=a.pretrained,
-        background=a.background,
+        background=None if a.background.lower() == "none" else a.background,
         feather=a.feather,
         device=a.device,
         precision=_precision(a),
@@ -359,6 +359,9 @@ def cmd_export(a) -> None:
     export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name)
 
 
+DEFAULT_BACKGROUND = "#3a6ea5"  # predict's composites, unless --background says otherwise (or none)
+
+
 def add_user_stages(sub) -> None:
     s = sub.add_parser(
         "export", help="a trained model as one folder: smp's format (smp.from_pretrained), pipeline.json, model card"
@@ -385,7 +388,11 @@ def add_user_stages(sub) -> None:
         help="an exported model folder (make export) or a Hugging Face hub id; default when there is no recipe: "
         "the model this project ships (models/)",
     )
-    s.add_argument("--background", help="composite onto an image file or a colour #rrggbb")
+    s.add_argument(
+        "--background",
+        default=DEFAULT_BACKGROUND,
+        help=f"composite onto an image file or a colour #rrggbb (default {DEFAULT_BACKGROUND}; none: no composite)",
+    )
     s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
     s.add_argument("--device", default="auto")
     _add_inference_options(s)

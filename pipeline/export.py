@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -156,7 +157,8 @@ def export_model(
             f"{checkpoint}: has the refinement block (model.refine={cfg.model.refine}), which "
             "segmentation-models-pytorch's format cannot hold; export a model trained without it"
         )
-    standing, figures = _standing_recipe(Path(recipe), cfg.to_dict()) if recipe else (None, None)
+    saved = meta["config"]  # as trained (the rebuilt cfg says encoder_weights none: the weights are loaded)
+    standing, figures = _standing_recipe(Path(recipe), saved) if recipe else (None, None)
     inference = _inference_from(cfg, standing)
     full = checkpoint.parent / "full.json"
     trained = json.loads(full.read_text()) if checkpoint.name == "final.pt" and full.is_file() else None
@@ -212,7 +214,7 @@ def export_model(
                 "checkpoint": checkpoint.name,
                 "checkpoint_sha256": ckpt_sha,
                 "epoch": meta.get("epoch"),
-                "config": cfg.to_dict(),
+                "config": saved,
                 "trained": trained,
                 "recipe": figures,
             },
@@ -222,6 +224,11 @@ def export_model(
         }
         write_json(stage / PIPELINE_JSON, spec)
         write_text(stage / CARD, render_card(spec))
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in stage.iterdir():  # mkdtemp and safetensors make private files: give them the usual mode
+            f.chmod(0o666 & ~umask)
+        stage.chmod(0o777 & ~umask)
         if out.exists():  # an earlier export: swapped out only once the new one is complete
             old = out.with_name(f".{out.name}.old-{time.time_ns()}")
             out.rename(old)
@@ -259,7 +266,9 @@ class Pretrained:
 
 
 def is_hub_id(text: str) -> bool:
-    return bool(HUB_ID_RE.fullmatch(text)) and not Path(text).exists()
+    """``owner/name``, and not a path here: neither it nor its first folder exists (``models/typo`` is a
+    missing folder, not a hub id)."""
+    return bool(HUB_ID_RE.fullmatch(text)) and not Path(text).exists() and not Path(text).parent.is_dir()
 
 
 def fetch(source: str | Path) -> Path:

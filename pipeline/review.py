@@ -196,14 +196,18 @@ def score(features: pd.DataFrame) -> np.ndarray:
     """The review score of each row of a features table (``DEVICE_FEATURES``, ``shape_dev``): the expected
     number of wrong pixels. Among the uncertain pixels, their probability of being wrong (``soft_error``);
     and for a mask whose shape is implausible for a car (``shape_dev`` past SHAPE_TOLERANCE), the whole mask
-    (or, for an empty one, a typical car's area), in proportion to how implausible: confident mistakes
-    have no uncertain pixels."""
+    (or, on a Carvana photo, at least a typical car's area: a car is there), in proportion to how
+    implausible: confident mistakes have no uncertain pixels."""
     soft = features["soft_error"].to_numpy(dtype=np.float64) / 255
     weight = np.clip((features["shape_dev"].to_numpy(np.float64) - SHAPE_TOLERANCE) / (1 - SHAPE_TOLERANCE), 0, 1)
+    area = features["area"].to_numpy(np.float64)
+    # A Carvana photo (its name says car and view) certainly shows a car: a mask too small for one misses
+    # about a typical car's area. Any other photo may show none: only the mask's own pixels are at stake.
     pixels = features["height"].to_numpy(np.float64) * features["width"].to_numpy(np.float64)
     lo, hi = car_shapes()["all"]["area"]
-    typical = pixels * (lo + hi) / 2
-    return soft + weight * np.maximum(features["area"].to_numpy(np.float64), typical)
+    carvana = np.array([car_view(i) is not None for i in features["img"]], dtype=bool)
+    at_stake = np.where(carvana, np.maximum(area, pixels * (lo + hi) / 2), area)
+    return soft + weight * at_stake
 
 
 def scores_of(images: list[str], features: list[dict]) -> np.ndarray:

@@ -323,7 +323,8 @@ class Trainer:
         _set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         _restore_cuda_rng(rng["cuda"], self.device)
-        self._log(f"resumed {path} at epoch {self.epoch} (best val Dice {self.best:.5f})")
+        best = "" if self.cfg.full else f" (best val Dice {self.best:.5f})"  # a full run never validates
+        self._log(f"resumed {path} at epoch {self.epoch}{best}")
 
     # -- loop ----------------------------------------------------------------------------------
     @property
@@ -551,7 +552,9 @@ def finish_full(trainer: Trainer) -> dict:
         "train_seconds": round(sum(float(r.get("seconds", 0)) for r in trainer.history), 1),
         "machine": machine(trainer.device),
         "command": _command(),
-        "code": code_version(),
+        # The code that trained it (a re-run of the finished command only rewrites this record).
+        "code": (read_checkpoint(run_dir / FINAL, "final.pt", mmap=True).get("lineage") or {}).get("code")
+        or code_version(),
     }
     write_json(run_dir / FULL_SUMMARY, summary)
     return summary

@@ -73,11 +73,16 @@ def test_checkpoint_mask_is_the_out_of_fold_map_thresholded(tiny_data, tiny_runs
     for p in oof:
         (src / f"{p.stem}.jpg").write_bytes((tiny_data / "train" / f"{p.stem}.jpg").read_bytes())
     out = tmp_path / "out"
-    assert main(["predict", str(src), "--out", str(out), "--checkpoint", str(runs / "a/fold0/best.pt")]) == 0
+    args = ["predict", str(src), "--out", str(out), "--checkpoint", str(runs / "a/fold0/best.pt")]
+    assert main(args + ["--background", "none"]) == 0
     for p in oof:
         expected = np.where(_gray(p) >= 128, 255, 0)
         assert np.array_equal(_gray(out / f"{p.stem}_mask.png"), expected), p.stem
-        assert not (out / f"{p.stem}_composite.jpg").exists()  # no background asked for
+        assert not (out / f"{p.stem}_composite.jpg").exists()  # --background none: no composite
+    assert main(args + ["--out", str(tmp_path / "default")]) == 0  # by default, composites on a plain colour
+    comp = _rgb(tmp_path / "default" / f"{oof[0].stem}_composite.jpg")
+    far = cv2.dilate(_gray(out / f"{oof[0].stem}_mask.png"), np.ones((17, 17), np.uint8)) == 0
+    assert np.abs(comp[far].astype(int) - [0x3A, 0x6E, 0xA5]).max(initial=0) <= 6
 
 
 def test_any_size_feather_and_image_background(tiny_data, tiny_runs, tmp_path):

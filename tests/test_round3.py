@@ -445,8 +445,9 @@ def test_review_ranks_a_confident_non_car_mask_first():
     cars = [row(f"car_{v}.jpg", 0.2, (380, 1000, 300, 1600), soft=100_000 + v) for v in range(1, 9)]
     odd = [
         row("holiday.jpg", 0.56, (0, h - 1, 0, w - 1), soft=0),  # a confident mask over most of a non-car photo
-        row("empty.jpg", 0.0, (-1, -1, -1, -1), soft=0),  # nothing found
+        row("0123456789ab_03.jpg", 0.0, (-1, -1, -1, -1), soft=0),  # no car found on a Carvana photo: one is there
+        row("empty.jpg", 0.0, (-1, -1, -1, -1), soft=0),  # no car found on another photo: maybe right
     ]
     t = review_table(pd.DataFrame(cars + odd))
-    assert set(t.img[:2]) == {"holiday.jpg", "empty.jpg"}
+    assert set(t.img[:2]) == {"holiday.jpg", "0123456789ab_03.jpg"} and t.img.iloc[-1] == "empty.jpg"
     assert (t.set_index("img").loc[[c["img"] for c in cars], "shape_dev"] == 0).all()
