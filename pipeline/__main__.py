@@ -356,7 +356,8 @@ def cmd_export(a) -> None:
     from .export import export_model
 
     out = a.out or f"models/{a.name or 'model'}"
-    export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name)
+    notes = {"figures": a.note} if a.note else None
+    export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name, notes=notes)
 
 
 DEFAULT_BACKGROUND = "#3a6ea5"  # predict's composites, unless --background says otherwise (or none)
@@ -375,6 +376,9 @@ def add_user_stages(sub) -> None:
     s.add_argument("--out", help="the folder to write (default models/<name>)")
     s.add_argument("--name", help="the model's name (default: the folder's)")
     s.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="the weights as stored (fp16: half size)")
+    s.add_argument(
+        "--note", action="append", metavar="TEXT", help="a measured figure for the model card, with its command"
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
