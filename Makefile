@@ -174,6 +174,8 @@ train-folds: $(STAMP)
 
 # -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
 IN ?= data/test
+# predict: the recipe if RECIPE was given or the default one exists; else the model this project ships
+RECIPE_ARG = $(if $(filter command line environment,$(origin RECIPE)),--recipe "$(RECIPE)",$(if $(wildcard $(RECIPE)),--recipe "$(RECIPE)"))
 OUT ?= predictions
 MESSAGE ?=
 
@@ -187,7 +189,7 @@ export: $(STAMP)
 	$(PY) -m pipeline export --checkpoint "$(CHECKPOINT)" --out "$(EXPORT_DIR)" \
 		$(if $(EXPORT_RECIPE),--recipe "$(EXPORT_RECIPE)") $(ARGS)
 predict: $(STAMP)
-	$(PY) -m pipeline predict "$(IN)" --out "$(OUT)" --recipe "$(RECIPE)" --device "$(DEVICE)" \
+	$(PY) -m pipeline predict "$(IN)" --out "$(OUT)" $(RECIPE_ARG) --device "$(DEVICE)" \
 		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
 
 REPORT ?= reports

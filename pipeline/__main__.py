@@ -384,7 +384,10 @@ def add_user_stages(sub) -> None:
     s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")
     s.add_argument("--out", default="predictions", help="output folder")
-    s.add_argument("--recipe", default="submissions/recipe.json", help="ensemble recipe (default)")
+    s.add_argument(
+        "--recipe",
+        help="ensemble recipe (default: submissions/recipe.json if it exists, else the model this project ships)",
+    )
     s.add_argument("--checkpoint", help="one checkpoint instead of the recipe (threshold 0.5)")
     s.add_argument(
         "--pretrained",

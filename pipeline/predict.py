@@ -71,9 +71,11 @@ def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
         raise DataError("--checkpoint and --pretrained each name the model: give one of them")
     if given:
         return None, checkpoint, pretrained
-    recipe = Path(recipe or "submissions/recipe.json")
-    if recipe.is_file() or not (SHIPPED / "pipeline.json").is_file():
-        return recipe, None, None
+    if recipe is not None:  # a recipe named by the user: it, or an error if it is not there
+        return Path(recipe), None, None
+    default = Path("submissions/recipe.json")
+    if default.is_file() or not (SHIPPED / "pipeline.json").is_file():
+        return default, None, None
     return None, None, SHIPPED
 
 

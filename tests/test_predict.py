@@ -128,7 +128,8 @@ def test_unreadable_file_is_named_skipped_and_fails_at_the_end(tiny_data, tiny_r
     assert code == 2
     assert "broken.jpg" in err and "1 unreadable image(s) skipped" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{p.stem}_{kind}.png" for p in good for kind in ("mask", "cutout")] + ["lineage.jsonl", "review.csv"]
+        [f"{p.stem}_{kind}" for p in good for kind in ("mask.png", "cutout.png", "composite.jpg")]
+        + ["lineage.jsonl", "review.csv"]
     )
     review = (out / "review.csv").read_text().splitlines()
     assert sorted(line.split(",")[0] for line in review[1:]) == sorted(p.name for p in good)  # not the broken one
