@@ -96,15 +96,11 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
 def pretrained_predictions(pretrained, images: list[Path], device: str = "auto", batch_size: int = 4):
     """Yield (name, uint8 map (1, H, W) as NumPy, 0/1 mask after the model's threshold and
     post-processing, the photo's path) for ``images`` with an exported model (pipeline/export.py)."""
-    from .engine import Engine, Member, pick_device
+    from .engine import Engine, pick_device
 
     dev = pick_device(device)
     spec = pretrained.spec
-    member = Member(
-        pretrained.name, [pretrained.model], spec["input"]["height"], spec["input"]["width"], list(spec["tta"]),
-        spec.get("precision", "fp32"),
-    )  # fmt: skip
-    engine = Engine([member], dev, batch_size=batch_size, num_workers=0)
+    engine = Engine([pretrained.member()], dev, batch_size=batch_size, num_workers=0)
     by_name = {p.name: p for p in images}
     steps, params = list(spec.get("postprocess", [])), spec.get("postprocess_params", {})
     for name, q in engine.predict(images):

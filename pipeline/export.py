@@ -264,6 +264,14 @@ class Pretrained:
     def name(self) -> str:
         return self.spec["name"]
 
+    def member(self, precision: str | None = None):
+        """The engine's member for this model: its input size and TTA, in ``precision`` or its own."""
+        from .engine import Member
+
+        inp = self.spec["input"]
+        own = precision or self.spec.get("precision", "fp32")
+        return Member(self.name, [self.model], inp["height"], inp["width"], list(self.spec["tta"]), own)
+
 
 def is_hub_id(text: str) -> bool:
     """``owner/name``, and not a path here: neither it nor its first folder exists (``models/typo`` is a

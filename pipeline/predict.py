@@ -105,8 +105,7 @@ def load_predictor(
         pre = load_pretrained(pretrained, dev)
         spec = pre.spec
         own = resolve_precision(precision or spec.get("precision", "fp32"), dev)
-        inp = spec["input"]
-        members = [Member(pre.name, [pre.model], inp["height"], inp["width"], list(spec["tta"]), own)]
+        members = [pre.member(own)]
         weights, threshold, source = [1], int(spec["threshold"]), f"{pre.name} ({pretrained})"
         steps, params = list(spec.get("postprocess", [])), dict(spec.get("postprocess_params", {}))
         lineage = {"pretrained": pre.sha, "tta": list(spec["tta"]), "precision": own}

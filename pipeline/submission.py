@@ -311,8 +311,8 @@ def _other_output(out: Path, summary_path: Path, key: dict) -> str:
     if not isinstance(recorded, dict):
         what = "exists and has no summary of `make submission` beside it (not written by it?)"
     else:
-        fields = {"recipe": "recipe", "checkpoints": "checkpoints", "precision": "precision", "sample": "sample"}
-        fields.update(test_files="test files", shard="shard", limit="limit")
+        fields = {k: k for k in ("recipe", "checkpoints", "precision", "backend", "sample", "shard", "limit")}
+        fields["test_files"] = "test files"
         differ = [label for k, label in fields.items() if recorded.get(k) != key.get(k)]
         what = (
             f"a complete submission made with another {', '.join(differ)} is there"
