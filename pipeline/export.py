@@ -21,7 +21,6 @@ format this code does not know. The folder's identity (``folder_sha256``) is the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -38,7 +37,7 @@ from .config import Config
 from .errors import PipelineError
 from .io_utils import check_writable, plain_name, write_json, write_text
 from .models import IMAGENET_MEAN, IMAGENET_STD, SegModel, load_checkpoint
-from .provenance import code_version
+from .provenance import code_version, file_sha256
 
 FORMAT = 1
 PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD = "pipeline.json", "config.json", "model.safetensors", "README.md"
@@ -52,14 +51,6 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "carvana-unet-mobilen
 
 class ModelFolderError(PipelineError, ValueError):
     """An exported model folder that cannot be used as it is; names the folder and the problem."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- export ------------------------------------------------------------------------------------------
@@ -209,7 +200,7 @@ def export_model(
             "postprocess": inference.postprocess,
             "postprocess_params": inference.postprocess_params,
             "precision": inference.precision,
-            "files": {f: sha256_file(stage / f) for f in FILES},
+            "files": {f: file_sha256(stage / f, 64) for f in FILES},
             "source": {
                 "checkpoint": checkpoint.name,
                 "checkpoint_sha256": ckpt_sha,
@@ -301,7 +292,7 @@ def fetch(source: str | Path) -> Path:
 
 
 def folder_sha256(folder: Path) -> str:
-    return sha256_file(folder / PIPELINE_JSON)[:16]
+    return file_sha256(folder / PIPELINE_JSON)
 
 
 def check_folder(folder: Path, source: str | None = None) -> dict:
@@ -329,7 +320,7 @@ def check_folder(folder: Path, source: str | None = None) -> dict:
         want = (spec.get("files") or {}).get(f)
         if not (folder / f).is_file():
             raise ModelFolderError(f"{where}: {f} missing (half copied?)")
-        if sha256_file(folder / f) != want:
+        if file_sha256(folder / f, 64) != want:
             raise ModelFolderError(
                 f"{folder / f}: not the file {PIPELINE_JSON} names (sha256 differs): changed after export "
                 "(tampered, or replaced); export the model again"
