@@ -140,7 +140,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m pipeline.bench
+	$(PY) -m pipeline.stages.bench
 
 smoke: $(STAMP)
 	$(PY) -m pipeline smoke --config "configs/$(MODEL).yaml" --data "$(DATA)" --device "$(DEVICE)" $(ARGS)

@@ -10,7 +10,7 @@ import time
 
 def _folds_arg(value: str) -> list[int | str] | None:
     """``all`` (None: every fold of the CSV), ``full`` (every car, no held-out fold), a number or a comma list."""
-    from .config import FULL, ConfigError
+    from .core.config import FULL, ConfigError
 
     try:
         return None if value == "all" else [v if v == FULL else int(v) for v in value.split(",")]
@@ -22,7 +22,7 @@ def _folds_arg(value: str) -> list[int | str] | None:
 
 def _at_least(option: str, value: int, low: int) -> None:
     """Sizes and counts checked up front: a clear error instead of one from deep inside a library."""
-    from .config import ConfigError
+    from .core.config import ConfigError
 
     if value < low:
         raise ConfigError(f"{option} {value}: must be at least {low}")
@@ -33,7 +33,7 @@ def _precision(a) -> str | None:
     if not a.no_amp:
         return a.precision
     if a.precision not in (None, "fp32"):
-        from .config import ConfigError
+        from .core.config import ConfigError
 
         raise ConfigError(f"--no-amp means --precision fp32; it contradicts --precision {a.precision}")
     print("note: --no-amp is deprecated; use --precision fp32", file=sys.stderr)
@@ -42,8 +42,8 @@ def _precision(a) -> str | None:
 
 def _check_backend(a) -> None:
     """An ONNX Runtime / OpenVINO run: the package installed, on the CPU, in fp32, without torch.compile."""
-    from .backends import check_backend
-    from .config import ConfigError
+    from .core.config import ConfigError
+    from .inference.backends import check_backend
 
     check_backend(a.backend)
     if a.backend == "torch":
@@ -88,7 +88,7 @@ def _add_inference_options(s) -> None:
 
 
 def cmd_demo_data(a) -> None:
-    from .demo_data import generate
+    from .data.demo_data import generate
 
     for option, value, low in (("--train-cars", a.train_cars, 1), ("--test-cars", a.test_cars, 1)):
         _at_least(option, value, low)
@@ -102,7 +102,7 @@ def cmd_demo_data(a) -> None:
 
 
 def cmd_folds(a) -> None:
-    from .folds import make_folds, summary
+    from .data.folds import make_folds, summary
 
     df = make_folds(a.data, a.out, k=a.k, seed=a.seed, index=a.index, strict=a.strict)
     print(summary(df))
@@ -110,9 +110,9 @@ def cmd_folds(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from .config import load_config
-    from .folds import load_folds
-    from .train import run
+    from .core.config import load_config
+    from .data.folds import load_folds
+    from .stages.train import run
 
     overrides = list(a.set or [])
     for key, value in (("data_dir", a.data), ("folds_csv", a.folds_csv), ("runs_dir", a.runs), ("device", a.device)):
@@ -121,10 +121,10 @@ def cmd_train(a) -> None:
     if a.compile:
         overrides.append(f"train.compile={'true' if a.compile is True else a.compile}")
     cfg = load_config(a.config, overrides)
-    # torchrun: one fold trained by all ranks with DistributedDataParallel (pipeline/train.py).
+    # torchrun: one fold trained by all ranks with DistributedDataParallel (pipeline/stages/train.py).
     from datetime import timedelta
 
-    from . import distributed
+    from .core import distributed
 
     info = distributed.env_info()
     if info.world > 1:
@@ -142,13 +142,13 @@ def cmd_train(a) -> None:
 
 
 def cmd_smoke(a) -> None:
-    from .smoke import main_smoke
+    from .stages.smoke import main_smoke
 
     main_smoke(a)
 
 
 def cmd_ensemble(a) -> None:
-    from .ensemble import tune
+    from .stages.ensemble import tune
 
     _check_jobs(a.jobs)
 
@@ -167,10 +167,10 @@ def cmd_ensemble(a) -> None:
 def cmd_submission(a) -> None:
     from datetime import timedelta
 
-    from . import distributed
-    from .checks import check_compile, check_device, check_recipe
-    from .submission import make_submission, merge_shards, parse_shard
-    from .validate import SubmissionError
+    from .core import distributed
+    from .lineage.checks import check_compile, check_device, check_recipe
+    from .masks.submission_csv import SubmissionError
+    from .stages.submission import make_submission, merge_shards, parse_shard
 
     check_device(a.device, "--device")
     check_compile(a.compile, "--compile")
@@ -183,7 +183,8 @@ def cmd_submission(a) -> None:
     if a.pretrained:  # an exported model (make export, or the one shipped): a recipe of that one member
         from pathlib import Path
 
-        from .export import check_folder, fetch, pretrained_recipe
+        from .inference.model_folder import check_folder, fetch
+        from .stages.export import pretrained_recipe
 
         name = check_folder(fetch(a.pretrained), a.pretrained)["name"]
         a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent / f"recipe-{name}.json")
@@ -226,15 +227,15 @@ def cmd_submission(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    from .submission import merge_shards
+    from .stages.submission import merge_shards
 
     merge_shards(a.data, a.out, recipe_path=a.recipe, shards_of=a.shards_of)
 
 
 def cmd_evaluate(a) -> None:
-    from .checks import check_device
-    from .evaluate import evaluate, format_table, json_payload, review_lines
-    from .io_utils import atomic_path, write_json
+    from .core.io_utils import atomic_path, write_json
+    from .lineage.checks import check_device
+    from .stages.evaluate import evaluate, format_table, json_payload, review_lines
 
     _check_jobs(a.jobs)
     check_device(a.device, "--device")
@@ -266,7 +267,7 @@ def cmd_evaluate(a) -> None:
 
 def cmd_lineage(a) -> int:
     """Print the chain behind FILE and whether each link holds; exit 1 if one is broken."""
-    from .provenance import trace
+    from .lineage.trace import trace
 
     links = trace(a.file)
     for link in links:
@@ -282,8 +283,8 @@ def cmd_lineage(a) -> int:
 
 
 def cmd_validate(a) -> None:
-    from .data import Layout, image_size
-    from .validate import read_sample_names, validate_submission
+    from .data.layout import Layout, image_size
+    from .masks.submission_csv import read_sample_names, validate_submission
 
     layout = Layout(a.data)
     names = read_sample_names(layout.sample_submission)
@@ -294,15 +295,15 @@ def cmd_validate(a) -> None:
 # -- what users see: predict (cut-outs), report, Kaggle download/submit (issue 8) -------------------
 def _check_jobs(jobs: int) -> None:
     """joblib's processes: -1 = all cores, n >= 1 (0 means nothing to joblib)."""
-    from .config import ConfigError
+    from .core.config import ConfigError
 
     if jobs == 0 or jobs < -1:
         raise ConfigError(f"--jobs {jobs}: use -1 (all cores) or a number of processes >= 1")
 
 
 def cmd_predict(a) -> None:
-    from .checks import check_compile, check_device
-    from .predict import run_predict
+    from .lineage.checks import check_compile, check_device
+    from .stages.predict import run_predict
 
     check_device(a.device, "--device")
     _at_least("--batch-size", a.batch_size, 1)
@@ -327,21 +328,21 @@ def cmd_predict(a) -> None:
 
 
 def cmd_download(a) -> None:
-    from .kaggle import download
+    from .stages.kaggle import download
 
     status = download(a.data, keep_zips=a.keep_zips)
     print(f"{a.data}: " + ", ".join(f"{target} {state}" for target, state in status.items()))
 
 
 def cmd_submit(a) -> None:
-    from .kaggle import submit
+    from .stages.kaggle import submit
 
     check = submit(a.file, a.message, a.data)
     print(f"{a.file}: {check['rows']} rows validated and uploaded; see your submissions page on Kaggle for the score")
 
 
 def cmd_report(a) -> None:
-    from .report import make_report
+    from .stages.report import make_report
 
     _check_jobs(a.jobs)
     _at_least("--worst", a.worst, 0)
@@ -353,7 +354,7 @@ def cmd_report(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from .export import export_model
+    from .stages.export import export_model
 
     out = a.out or f"models/{a.name or 'model'}"
     notes = {"figures": a.note} if a.note else None
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         elif v != "--debug":
             args.append(v)
     a = p.parse_args(args)
-    from .errors import PipelineError, user_message
+    from .core.errors import PipelineError, user_message
 
     start = time.time()
     try:

@@ -44,13 +44,13 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.checks import check_compile, check_device, check_train_config  # noqa: E402
-from pipeline.config import ConfigError, load_config  # noqa: E402
-from pipeline.data import Layout  # noqa: E402
-from pipeline.engine import pick_device  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.io_utils import check_writable, write_json, write_text  # noqa: E402
-from pipeline.measure import GB  # noqa: E402
+from pipeline.core.config import ConfigError, load_config  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
+from pipeline.core.io_utils import check_writable, write_json, write_text  # noqa: E402
+from pipeline.core.measure import GB  # noqa: E402
+from pipeline.data.layout import Layout  # noqa: E402
+from pipeline.inference.engine import pick_device  # noqa: E402
+from pipeline.lineage.checks import check_compile, check_device, check_train_config  # noqa: E402
 
 # Seconds each section is expected to take on one H100/H200 (guesses until measured: see the JSON's
 # "seconds" after the first run); a section is skipped when it would end past --budget.
@@ -110,7 +110,7 @@ def cuda_tests(a, dev, remaining: float) -> dict:
 
 
 def smoke(a, dev, model: str) -> dict:
-    from pipeline.smoke import run_smoke
+    from pipeline.stages.smoke import run_smoke
 
     return run_smoke(REPO / "configs" / f"{model}.yaml", a.data, a.overrides, device=a.device)
 
@@ -124,7 +124,7 @@ def _fit(batches: list[int], peaks: list[float]) -> tuple[float, float]:
 
 
 def train_throughput(a, dev) -> dict:
-    from pipeline.bench import training_rate
+    from pipeline.stages.bench import training_rate
 
     capacity = torch.cuda.get_device_properties(dev).total_memory / GB if dev.type == "cuda" else None
     out = {}
@@ -149,7 +149,7 @@ def train_throughput(a, dev) -> dict:
 
 
 def bench_gpu(a, dev) -> dict:
-    from pipeline.bench import figure_gpu
+    from pipeline.stages.bench import figure_gpu
 
     return figure_gpu(
         Path(a.data), a.bench_images, a.workers, 4, device=str(dev), size=a.size, folds=a.bench_folds,
@@ -158,7 +158,7 @@ def bench_gpu(a, dev) -> dict:
 
 
 def bench_host(a, dev) -> dict:
-    from pipeline.bench import figure_host
+    from pipeline.stages.bench import figure_host
 
     h, w = a.size or (1280, 1918)
     return figure_host(Path(a.data), 2 * a.bench_images, a.workers, 4, h, w, device=str(dev))
@@ -173,12 +173,12 @@ def agreement(a, dev) -> dict:
     fp32, bf16 and fp16 with the same weights: how many mask pixels change with the precision."""
     import pandas as pd
 
-    from pipeline.data import Layout, read_mask
-    from pipeline.engine import Engine, Member
-    from pipeline.metrics import dice
-    from pipeline.models import load_checkpoint_model
-    from pipeline.smoke import prepare
-    from pipeline.train import run
+    from pipeline.data.layout import Layout, read_mask
+    from pipeline.inference.engine import Engine, Member
+    from pipeline.masks.metrics import dice
+    from pipeline.models.unet import load_checkpoint_model
+    from pipeline.stages.smoke import prepare
+    from pipeline.stages.train import run
 
     model_name = a.models[0]
     with tempfile.TemporaryDirectory(prefix="gpu-check-agree-") as tmp:
@@ -235,9 +235,9 @@ def agreement(a, dev) -> dict:
 
 
 def compile_check(a, dev) -> dict:
-    from pipeline.bench import _jpeg, make_test_set
-    from pipeline.engine import Engine, Member
-    from pipeline.models import build_model
+    from pipeline.inference.engine import Engine, Member
+    from pipeline.models.unet import build_model
+    from pipeline.stages.bench import _jpeg, make_test_set
 
     cfg = load_config(REPO / "configs" / f"{a.models[0]}.yaml", a.overrides)
     torch.manual_seed(0)
@@ -268,7 +268,7 @@ def compile_check(a, dev) -> dict:
 
 # -- report ------------------------------------------------------------------------------------------------
 def markdown(results: dict) -> str:
-    from pipeline.smoke import markdown as smoke_table
+    from pipeline.stages.smoke import markdown as smoke_table
 
     e = results.get("env", {}).get("result", {})
     lines = [

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.demo_data import generate
-from pipeline.folds import make_folds
+from pipeline.core.config import load_config
+from pipeline.data.demo_data import generate
+from pipeline.data.folds import make_folds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "data" / "carvana_real"
@@ -66,8 +66,8 @@ def tiny_config(data: Path, runs: Path, **over):
 @pytest.fixture(scope="session")
 def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     """Two tiny members trained on fold 0 only, and their ensemble recipe: (runs dir, recipe path)."""
-    from pipeline.ensemble import tune
-    from pipeline.train import run
+    from pipeline.stages.ensemble import tune
+    from pipeline.stages.train import run
 
     root = tmp_path_factory.mktemp("tiny_runs")
     runs = root / "runs"
@@ -79,7 +79,7 @@ def tiny_runs(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
     return runs, recipe
 
 
-# -- lineage-complete stand-ins for trained runs and recipes (pipeline/provenance.py) ---------------
+# -- lineage-complete stand-ins for trained runs and recipes (pipeline/lineage/provenance.py) ---------------
 def kill_after_first_epoch(trainer) -> None:
     """Run ``trainer.fit()`` as if the process were killed right after epoch 1's checkpoint and history."""
     real = trainer._write_history
@@ -102,8 +102,8 @@ def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32,
     import pandas as pd
     import torch
 
-    from pipeline.io_utils import write_json
-    from pipeline.provenance import file_sha256
+    from pipeline.core.identity import file_sha256
+    from pipeline.core.io_utils import write_json
 
     run = runs / name / f"fold{fold}"
     (run / "oof").mkdir(parents=True)
@@ -135,9 +135,9 @@ def fake_fold(runs: Path, name: str, fold: int, images, maps, tta=(), height=32,
 
 def fake_recipe(path: Path, runs: Path, weights: dict[str, int], threshold: int = 128, **over) -> Path:
     """A complete recipe over the completed folds of the fake runs, with the given weights."""
-    from pipeline.io_utils import write_json
-    from pipeline.provenance import recipe_fold
-    from pipeline.runs import discover
+    from pipeline.core.io_utils import write_json
+    from pipeline.lineage.provenance import recipe_fold
+    from pipeline.lineage.runs import discover
 
     found = discover(runs, list(weights), allow_incomplete=True, quiet=True)
     members = []
@@ -164,8 +164,8 @@ def write_recipe(path: Path, members: list[dict], threshold: int = 128, **over) 
     """A recipe over real checkpoint files given per member, with their content hashes filled in, and the
     hashes of the out-of-fold summaries beside them (a stand-in oof.json where a checkpoint has none:
     submission and predict check the summary a recipe was tuned on)."""
-    from pipeline.io_utils import write_json
-    from pipeline.provenance import file_sha256
+    from pipeline.core.identity import file_sha256
+    from pipeline.core.io_utils import write_json
 
     for m in members:
         for c in m["checkpoints"]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.bench import main
+from pipeline.stages.bench import main
 
 
 def test_a_failing_figure_keeps_the_ones_before_it(tiny_data, tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import Engine, Member, blend
-from pipeline.models import build_model
-from pipeline.train import Trainer, run
+from pipeline.inference.engine import Engine, Member, blend
+from pipeline.models.unet import build_model
+from pipeline.stages.train import Trainer, run
 from tests.conftest import H, W, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

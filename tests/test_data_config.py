@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.checks import check_train_config
-from pipeline.config import ConfigError, load_config
-from pipeline.data import DataError, read_image, read_mask
+from pipeline.core.config import ConfigError, load_config
+from pipeline.data.layout import DataError, read_image, read_mask
+from pipeline.lineage.checks import check_train_config
 
 
 def test_overrides_are_typed_and_unknown_keys_fail(tmp_path):

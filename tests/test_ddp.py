@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import RandomSampler
 
-from pipeline.distributed import RankSampler
-from pipeline.train import Trainer
+from pipeline.core.distributed import RankSampler
+from pipeline.stages.train import Trainer
 from tests.conftest import tiny_config
 
 
@@ -92,7 +92,7 @@ def _device_worker(rank: int, world: int, port: int, out: Path) -> None:
     import json
     import os
 
-    from pipeline import distributed
+    from pipeline.core import distributed
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)

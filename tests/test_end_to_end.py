@@ -8,18 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import rle
-from pipeline import submission as submission_mod
-from pipeline.checks import check_recipe
-from pipeline.data import DataError, read_image
-from pipeline.engine import blend
-from pipeline.ensemble import tune
-from pipeline.io_utils import read_json
-from pipeline.models import load_checkpoint_model
-from pipeline.postprocess import apply as postprocess
-from pipeline.submission import make_submission
-from pipeline.train import run
-from pipeline.validate import SubmissionError, read_sample_names, validate_submission
+from pipeline.core.io_utils import read_json
+from pipeline.data.layout import DataError, read_image
+from pipeline.inference.engine import blend
+from pipeline.lineage.checks import check_recipe
+from pipeline.masks import rle
+from pipeline.masks.postprocess import apply as postprocess
+from pipeline.masks.submission_csv import SubmissionError, read_sample_names, validate_submission
+from pipeline.models.unet import load_checkpoint_model
+from pipeline.stages import submission as submission_mod
+from pipeline.stages.ensemble import tune
+from pipeline.stages.submission import make_submission
+from pipeline.stages.train import run
 from tests.conftest import H, W, tiny_config
 
 

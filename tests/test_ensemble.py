@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data import Layout, read_image, read_mask
-from pipeline.engine import blend
-from pipeline.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, image_histograms, tune, weight_grid
-from pipeline.metrics import dice
-from pipeline.postprocess import apply as postprocess
-from pipeline.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
+from pipeline.data.layout import Layout, read_image, read_mask
+from pipeline.inference.engine import blend
+from pipeline.masks.metrics import dice
+from pipeline.masks.postprocess import apply as postprocess
+from pipeline.masks.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
+from pipeline.stages.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, image_histograms, tune, weight_grid
 from tests.conftest import fake_fold
 
 

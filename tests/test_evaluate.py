@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import rle
 from pipeline.__main__ import main
-from pipeline.data import DataError, read_mask
-from pipeline.evaluate import evaluate, score_pred_dir, score_recipe, score_runs, score_submission
-from pipeline.folds import load_folds
-from pipeline.metrics import SUMMARY_KEYS, score_image
+from pipeline.data.folds import load_folds
+from pipeline.data.layout import DataError, read_mask
+from pipeline.masks import rle
+from pipeline.masks.metrics import SUMMARY_KEYS, score_image
+from pipeline.stages.evaluate import evaluate, score_pred_dir, score_recipe, score_runs, score_submission
 from tests.conftest import fake_fold, fake_recipe
 
 
@@ -127,9 +127,9 @@ def test_cli_writes_the_summary_json_and_per_image_csv(runs, tiny_data, tmp_path
 
 
 def test_recipe_with_active_contour_is_scored_after_the_snakes(tiny_data, tmp_path):
-    from pipeline.data import read_image
-    from pipeline.postprocess import apply
-    from pipeline.snakes import DEFAULTS
+    from pipeline.data.layout import read_image
+    from pipeline.masks.postprocess import apply
+    from pipeline.masks.snakes import DEFAULTS
 
     folds = load_folds(tiny_data.parent / "folds.csv")
     images = sorted(folds[folds.fold == 0].img)

@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from pipeline.__main__ import main
-from pipeline.export import ModelFolderError, check_folder, export_model, load_pretrained
-from pipeline.io_utils import read_json
-from pipeline.runs import discover
-from pipeline.train import run
-from pipeline.validate import read_sample_names
+from pipeline.core.errors import ModelFolderError
+from pipeline.core.io_utils import read_json
+from pipeline.inference.model_folder import check_folder, load_pretrained
+from pipeline.lineage.runs import discover
+from pipeline.masks.submission_csv import read_sample_names
+from pipeline.stages.export import export_model
+from pipeline.stages.train import run
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def full(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(full, tiny_data, tmp_path_factory):
     """The full run exported in fp32 and fp16, with a recipe of its folds: (fp32 folder, fp16 folder, recipe)."""
-    from pipeline.ensemble import tune
+    from pipeline.stages.ensemble import tune
 
     runs, run_dir = full
     root = tmp_path_factory.mktemp("exported")
@@ -132,7 +134,7 @@ def test_fp16_weights_against_fp32(exported, tiny_data):
     """fp16 storage rounds each weight once (loaded back into fp32): the maps move by at most two levels of
     255, so a mask pixel changes side only right at the threshold (the effect on real out-of-fold Dice is
     measured in docs/accuracy.md)."""
-    from pipeline.evaluate import pretrained_predictions
+    from pipeline.stages.evaluate import pretrained_predictions
 
     fp32, fp16, _ = exported
     a, b = load_pretrained(fp32), load_pretrained(fp16)
@@ -234,7 +236,7 @@ def test_submission_from_an_exported_model_validates_and_is_traced(exported, tin
 
 
 def test_predict_uses_the_shipped_model_when_there_is_no_recipe(exported, tiny_data, tmp_path, capsys, monkeypatch):
-    import pipeline.export as export_mod
+    import pipeline.inference.model_folder as export_mod
 
     fp32, _, _ = exported
     monkeypatch.setattr(export_mod, "SHIPPED", fp32)
@@ -259,7 +261,7 @@ def test_evaluate_and_report_score_an_exported_model(exported, tiny_data, tmp_pa
 
 def test_shipped_model_folder_is_complete():
     """The folder committed in models/ loads and is what its pipeline.json says (skips before it exists)."""
-    from pipeline.export import SHIPPED
+    from pipeline.inference.model_folder import SHIPPED
 
     if not (SHIPPED / "pipeline.json").is_file():
         pytest.skip(f"{SHIPPED} not in this checkout")

@@ -17,17 +17,17 @@ import yaml
 from PIL import Image
 
 from pipeline.__main__ import main
-from pipeline.config import ConfigError
-from pipeline.data import DataError, Layout, read_image, read_mask
-from pipeline.ensemble import tune
-from pipeline.errors import TrainingError
-from pipeline.folds import load_folds, make_folds, scan_train
-from pipeline.io_utils import read_json
-from pipeline.models import build_model
-from pipeline.oof import predict_oof
-from pipeline.provenance import ResumeError, file_sha256
-from pipeline.train import Trainer, run
-from pipeline.validate import SubmissionError, read_sample_names, validate_submission
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import ResumeError, TrainingError
+from pipeline.core.identity import file_sha256
+from pipeline.core.io_utils import read_json
+from pipeline.data.folds import load_folds, make_folds, scan_train
+from pipeline.data.layout import DataError, Layout, read_image, read_mask
+from pipeline.masks.submission_csv import SubmissionError, read_sample_names, validate_submission
+from pipeline.models.unet import build_model
+from pipeline.stages.ensemble import tune
+from pipeline.stages.oof import predict_oof
+from pipeline.stages.train import Trainer, run
 from tests.conftest import fake_fold, tiny_config, write_recipe
 
 
@@ -163,7 +163,7 @@ def test_ensemble_member_missing_folds_is_an_error(tiny_data, tmp_path):
 
 
 def test_config_value_the_arch_ignores_is_an_error(tiny_data, tmp_path):
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
     with pytest.raises(ConfigError, match=r"model.decoder_channels=\[16, 8, 8, 8, 8\]: architecture FPN has no"):
         build_model(

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.data import DataError, Layout, read_mask
-from pipeline.folds import assign_folds, make_folds, scan_train
+from pipeline.data.folds import assign_folds, make_folds, scan_train
+from pipeline.data.layout import DataError, Layout, read_mask
 from tests.conftest import REAL, needs_real_data
 
 

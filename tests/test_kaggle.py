@@ -7,11 +7,11 @@ import zipfile
 
 import pytest
 
-from pipeline import kaggle
 from pipeline.__main__ import main
-from pipeline.data import Layout
-from pipeline.folds import make_folds
-from pipeline.validate import read_sample_names
+from pipeline.data.folds import make_folds
+from pipeline.data.layout import Layout
+from pipeline.masks.submission_csv import read_sample_names
+from pipeline.stages import kaggle
 from tests.conftest import H, W
 
 CLI = [sys.executable, "-m", "kaggle"]

@@ -2,7 +2,7 @@
 
 Retrain a fold, re-ensemble, resubmit, copy runs between hosts, keep a backup, share a checkpoint:
 each test below is one fault class that was silently wrong (or a traceback) before, on tiny data,
-mostly through the command line. Lineage is pipeline/provenance.py.
+mostly through the command line. Lineage is pipeline/lineage/provenance.py.
 """
 
 from __future__ import annotations
@@ -26,19 +26,19 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import submission as submission_mod
 from pipeline.__main__ import main
-from pipeline.data import DataError
-from pipeline.errors import CheckpointError
-from pipeline.evaluate import score_pred_dir, score_submission
-from pipeline.folds import load_folds
-from pipeline.io_utils import read_json, write_json
-from pipeline.kaggle import KaggleError, unpack
-from pipeline.models import read_checkpoint
-from pipeline.provenance import LineageError, file_sha256
-from pipeline.report import make_report
-from pipeline.submission import make_submission, merge_shards, shard_path
-from pipeline.validate import SubmissionError, read_sample_names
+from pipeline.core.errors import CheckpointError, LineageError
+from pipeline.core.identity import file_sha256
+from pipeline.core.io_utils import read_json, write_json
+from pipeline.data.folds import load_folds
+from pipeline.data.layout import DataError
+from pipeline.masks.submission_csv import SubmissionError, read_sample_names
+from pipeline.models.unet import read_checkpoint
+from pipeline.stages import submission as submission_mod
+from pipeline.stages.evaluate import score_pred_dir, score_submission
+from pipeline.stages.kaggle import KaggleError, unpack
+from pipeline.stages.report import make_report
+from pipeline.stages.submission import make_submission, merge_shards, shard_path
 from tests.conftest import fake_fold, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_predict_resume_keeps_only_outputs_of_the_same_model_and_background(lab,
 
 
 def test_backup_copies_of_a_fold_are_not_runs(lab, tiny_data, tmp_path, capsys):
-    from pipeline.ensemble import tune
+    from pipeline.stages.ensemble import tune
 
     runs, _ = lab
     shutil.copytree(runs / "a" / "fold0", runs / "a" / "fold0.bak")
@@ -281,7 +281,7 @@ def test_names_read_from_files_never_leave_their_folder(lab, tiny_data, tmp_path
     info = read_json(oof)
     info["checkpoint"] = "../../b/fold0/best.pt"
     write_json(oof, info)
-    from pipeline.runs import read_oof_summary
+    from pipeline.lineage.runs import read_oof_summary
 
     with pytest.raises(DataError, match="not a plain file name"):
         read_oof_summary(oof)
@@ -353,8 +353,8 @@ def test_a_full_disk_mid_run_keeps_the_rows_written_and_names_the_file(lab, tiny
     # A real write failure: the file-size limit makes write() fail with EFBIG once the .part passes it.
     script = textwrap.dedent(f"""
         import resource, signal, sys
-        from pipeline import submission
-        from pipeline.errors import PipelineError
+        from pipeline.stages import submission
+        from pipeline.core.errors import PipelineError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (700, 700))
         try:
@@ -421,7 +421,7 @@ def test_evaluate_reads_submissions_and_masks_as_strictly_as_validate(tiny_data,
     with pytest.raises(DataError, match=r"row 2: 1 field\(s\), expected 2"):
         score_submission(write([f"{images[0]}\n"] + full[1:]), masks, n_jobs=1)
     # Prediction PNGs at any bit depth read as what they show.
-    from pipeline.data import read_mask
+    from pipeline.data.layout import read_mask
 
     pred = tmp_path / "pred"
     pred.mkdir()
@@ -534,7 +534,7 @@ def test_an_empty_shard_is_refused(lab, tiny_data, tmp_path):
 
 def test_fake_fold_helper_is_a_complete_run(tiny_data, tmp_path):
     """The stand-in runs the other tests use pass the same checks as real ones (and fail like them)."""
-    from pipeline.runs import discover
+    from pipeline.lineage.runs import discover
 
     folds = load_folds(tiny_data.parent / "folds.csv")
     images = sorted(folds[folds.fold == 0].img)[:2]

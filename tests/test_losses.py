@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import BOUNDARY_C, RATIO_C, RATIO_EPS, TERMS, GaussianGradient, Loss, get_loss
+from pipeline.models.losses import BOUNDARY_C, RATIO_C, RATIO_EPS, TERMS, GaussianGradient, Loss, get_loss
 
 
 def _step(h=12, w=16, col=8) -> torch.Tensor:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import SUMMARY_KEYS, confusion, image_metrics, score_image, summarize
+from pipeline.masks.metrics import SUMMARY_KEYS, confusion, image_metrics, score_image, summarize
 
 
 def _case():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.models import WeightsError, build_model
+from pipeline.core.config import ModelConfig
+from pipeline.models.unet import WeightsError, build_model
 from tests.conftest import WEIGHTS
 
 SHARED_MNV2 = WEIGHTS / "mobilenet_v2_imagenet_features_tvkeys.pth"

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import contours as contours_mod
-from pipeline import postprocess as pp
-from pipeline.data import read_mask
+from pipeline.data.layout import read_mask
+from pipeline.masks import contours as contours_mod
+from pipeline.masks import postprocess as pp
 from tests.conftest import REAL, needs_real_data
 
 

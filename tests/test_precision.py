@@ -9,20 +9,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline import rle
-from pipeline.checks import check_recipe
-from pipeline.config import ConfigError, config_from_dict, load_config
-from pipeline.data import DataError
-from pipeline.engine import Engine, Member
-from pipeline.ensemble import tune
-from pipeline.io_utils import read_json, write_json
-from pipeline.models import build_model, load_checkpoint_model
-from pipeline.oof import predict_oof
-from pipeline.predict import run_predict
-from pipeline.runs import discover
-from pipeline.submission import make_submission
-from pipeline.train import Trainer, run
-from pipeline.validate import SubmissionError
+from pipeline.core.config import ConfigError, config_from_dict, load_config
+from pipeline.core.io_utils import read_json, write_json
+from pipeline.data.layout import DataError
+from pipeline.inference.engine import Engine, Member
+from pipeline.lineage.checks import check_recipe
+from pipeline.lineage.runs import discover
+from pipeline.masks import rle
+from pipeline.masks.submission_csv import SubmissionError
+from pipeline.models.unet import build_model, load_checkpoint_model
+from pipeline.stages.ensemble import tune
+from pipeline.stages.oof import predict_oof
+from pipeline.stages.predict import run_predict
+from pipeline.stages.submission import make_submission
+from pipeline.stages.train import Trainer, run
 from tests.conftest import H, W, fake_fold, kill_after_first_epoch, tiny_config
 
 # The agreement tests run a ResNet-18 U-Net (the other tests' MobileNetV3 has more pixels near 0.5).
@@ -290,7 +290,7 @@ def test_cpu_processes_keep_freed_memory(monkeypatch):
     # anew each time; use_device("cpu") keeps them (pipeline.engine.keep_freed_memory), unless turned off.
     import platform
 
-    from pipeline.engine import keep_freed_memory, use_device
+    from pipeline.inference.engine import keep_freed_memory, use_device
 
     keep_freed_memory.cache_clear()
     monkeypatch.setenv("PIPELINE_KEEP_FREED_MEMORY", "0")

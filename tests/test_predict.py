@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import rle
 from pipeline.__main__ import main
-from pipeline.checks import check_recipe
-from pipeline.predict import composite, feather_alpha, fit_background
-from pipeline.review import review_path
-from pipeline.submission import make_submission
+from pipeline.inference.review import review_path
+from pipeline.lineage.checks import check_recipe
+from pipeline.masks import rle
+from pipeline.stages.predict import composite, feather_alpha, fit_background
+from pipeline.stages.submission import make_submission
 from tests.conftest import H, W
 
 
@@ -175,7 +175,7 @@ def test_image_background_covers_and_is_centred():
 def test_recipe_post_processing_is_applied(tiny_data, tiny_runs, tmp_path):
     import json
 
-    from pipeline.postprocess import apply
+    from pipeline.masks.postprocess import apply
 
     _, recipe = tiny_runs
     spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints
@@ -229,11 +229,11 @@ def test_user_stage_help_exits_cleanly(stage):
 def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tiny_data, tiny_runs, tmp_path):
     import json
 
-    from pipeline.data import read_image
-    from pipeline.engine import blend
-    from pipeline.postprocess import apply
-    from pipeline.predict import load_predictor
-    from pipeline.snakes import DEFAULTS
+    from pipeline.data.layout import read_image
+    from pipeline.inference.engine import blend
+    from pipeline.masks.postprocess import apply
+    from pipeline.masks.snakes import DEFAULTS
+    from pipeline.stages.predict import load_predictor
 
     _, recipe = tiny_runs
     spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints

@@ -5,10 +5,11 @@ import re
 import cv2
 import numpy as np
 
-from pipeline import evaluate, review
 from pipeline.__main__ import main
-from pipeline.metrics import summarize
-from pipeline.report import ERR_ALPHA, FN, FP, TP, TP_ALPHA, error_regions, overlay
+from pipeline.inference import review
+from pipeline.masks.metrics import summarize
+from pipeline.stages import evaluate
+from pipeline.stages.report import ERR_ALPHA, FN, FP, TP, TP_ALPHA, error_regions, overlay
 
 
 def _srcs(index):
@@ -48,7 +49,7 @@ def test_report_writes_index_with_its_images(tiny_data, tiny_runs, tmp_path):
         assert re.findall(r"<td>([^<]*)</td>", row) == [str(s["n_images"])] + [
             f"{s[c]:.5f}" for c in ("mean_dice", "mean_iou", "pixel_accuracy", "precision", "recall")
         ] + [f"{s[c]:.5f}" for c in ("dice_p5", "dice_p50", "dice_p95")]
-    # The review score's figures (pipeline/review.py) for each source, and the gain curve.
+    # The review score's figures (pipeline/inference/review.py) for each source, and the gain curve.
     assert any(s.endswith("/review_gain.png") for s in srcs)
     for name, table in tables.items():
         f = review.review_figures(table)

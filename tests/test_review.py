@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import review
-from pipeline.data import Layout, read_mask
-from pipeline.engine import blend
+from pipeline.data.layout import Layout, read_mask
+from pipeline.inference import review
+from pipeline.inference.engine import blend
 
 
 def test_image_features_are_exact_counts():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline import rle
+from pipeline.masks import rle
 from tests.conftest import REAL, needs_real_data
 
 
@@ -72,7 +72,7 @@ def test_empty_string_decodes_to_empty_mask():
 
 @needs_real_data()
 def test_real_mask_matches_kaggle_train_masks_csv():
-    from pipeline.data import read_mask
+    from pipeline.data.layout import read_mask
 
     m = read_mask(REAL / "train_masks" / "00087a6bd4dc_01_mask.gif")
     assert m.shape == (1280, 1918)

@@ -25,11 +25,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import submission as submission_mod
 from pipeline.__main__ import main
-from pipeline.io_utils import read_json, write_json
-from pipeline.provenance import LineageError
-from pipeline.submission import make_submission
+from pipeline.core.errors import LineageError
+from pipeline.core.io_utils import read_json, write_json
+from pipeline.stages import submission as submission_mod
+from pipeline.stages.submission import make_submission
 from tests.conftest import fake_fold, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_a_copied_project_used_from_another_folder_keeps_every_link(lab, tiny_da
     shutil.copytree(runs, project / "runs")
     shutil.copytree(tiny_data, project / "data")
     (project / "submissions").mkdir()
-    from pipeline.ensemble import tune
+    from pipeline.stages.ensemble import tune
 
     monkeypatch.chdir(project)
     tune("runs", "data", "submissions/recipe.json", steps=2, n_jobs=1, quiet=True, allow_incomplete=True)
@@ -412,7 +412,7 @@ def test_gpu_check_checks_its_options_up_front(tiny_data, tmp_path, argv, expect
 def test_smoke_cleans_up_after_a_kill(tiny_data, tmp_path, monkeypatch):
     import tempfile
 
-    from pipeline.smoke import SCRATCH_MARK, SCRATCH_PREFIX, remove_stale_scratch
+    from pipeline.stages.smoke import SCRATCH_MARK, SCRATCH_PREFIX, remove_stale_scratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -432,7 +432,7 @@ def test_smoke_cleans_up_after_a_kill(tiny_data, tmp_path, monkeypatch):
 
 # -- 6. the review list sees confident mistakes ---------------------------------------------------------
 def test_review_ranks_a_confident_non_car_mask_first():
-    from pipeline.review import review_table
+    from pipeline.inference.review import review_table
 
     h, w = 1280, 1918
 

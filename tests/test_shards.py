@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import rle
-from pipeline import submission as submission_mod
 from pipeline.__main__ import main
-from pipeline.data import DataError
-from pipeline.models import build_model
-from pipeline.review import read_review, review_path
-from pipeline.submission import limit_path, make_submission, merge_shards, shard_path
-from pipeline.validate import SubmissionError, read_sample_names
+from pipeline.data.layout import DataError
+from pipeline.inference.review import read_review, review_path
+from pipeline.masks import rle
+from pipeline.masks.submission_csv import SubmissionError, read_sample_names
+from pipeline.models.unet import build_model
+from pipeline.stages import submission as submission_mod
+from pipeline.stages.submission import limit_path, make_submission, merge_shards, shard_path
 from tests.conftest import tiny_config, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     # reached the disk and before the progress file recorded it.
     script = textwrap.dedent(f"""
         import os, signal
-        from pipeline import submission
+        from pipeline.stages import submission
         real = submission.write_json
         def write_json(path, obj):
             if obj.get("rows") == 4:

@@ -1,4 +1,4 @@
-"""Active contours (pipeline/snakes.py): uncertain stretches of the outline move onto the photo's edges,
+"""Active contours (pipeline/masks/snakes.py): uncertain stretches of the outline move onto the photo's edges,
 certain ones stay, and the step's parameters are checked wherever a recipe is read."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import snakes
-from pipeline.checks import check_recipe
-from pipeline.data import DataError
-from pipeline.postprocess import apply
+from pipeline.data.layout import DataError
+from pipeline.lineage.checks import check_recipe
+from pipeline.masks import snakes
+from pipeline.masks.postprocess import apply
 
 H, W = 120, 160
 

@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.train import Trainer
+from pipeline.stages.train import Trainer
 from tests.conftest import kill_after_first_epoch, tiny_config
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.metrics import score_image
-from pipeline.train import Trainer
+from pipeline.masks.metrics import score_image
+from pipeline.stages.train import Trainer
 from tests.conftest import tiny_config
 
 

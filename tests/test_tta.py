@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.engine import Engine, Member
-from pipeline.tta import TTAS, resolve
+from pipeline.inference.engine import Engine, Member
+from pipeline.inference.tta import TTAS, resolve
 
 
 @pytest.mark.parametrize("name", ["scale0.75", "scale1.25"])

@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.data import Layout, read_image
-from pipeline.engine import blend
-from pipeline.io_utils import read_json
-from pipeline.runs import discover, load_maps, member_images
-from pipeline.snakes import DEFAULTS, STEP, refine
+from pipeline.core.io_utils import read_json
+from pipeline.data.layout import Layout, read_image
+from pipeline.inference.engine import blend
+from pipeline.lineage.runs import discover, load_maps, member_images
+from pipeline.masks.snakes import DEFAULTS, STEP, refine
 
 recipe_path, data, per_image, prefix = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 recipe = read_json(recipe_path)

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from pipeline.data import Layout, read_image
-from pipeline.engine import blend
-from pipeline.io_utils import read_json
-from pipeline.metrics import dice
-from pipeline.runs import discover, load_maps, member_images
-from pipeline.snakes import DEFAULTS, refine
+from pipeline.core.io_utils import read_json
+from pipeline.data.layout import Layout, read_image
+from pipeline.inference.engine import blend
+from pipeline.lineage.runs import discover, load_maps, member_images
+from pipeline.masks.metrics import dice
+from pipeline.masks.snakes import DEFAULTS, refine
 
 recipe_path, data, folds_csv, folds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 settings = [{}] + [json.loads(a) for a in sys.argv[5:]]

@@ -1,5 +1,5 @@
 """What the cars of the Carvana train set look like: the reference ranges the review score holds each
-predicted mask against (pipeline/car_shapes.json, read by pipeline/review.py).
+predicted mask against (pipeline/inference/car_shapes.json, read by pipeline/inference/review.py).
 
 Per view (01..16, and over all views for photos without a Carvana name): the smallest and largest
 car area (share of the image) over the Kaggle train index (318 cars), and the smallest and largest
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from joblib import delayed
 
-from pipeline.data import Layout, list_images, parse_name, read_mask
-from pipeline.parallel import parallel
-from pipeline.review import SHAPE_FEATURES, shape_features
+from pipeline.core.parallel import parallel
+from pipeline.data.layout import Layout, list_images, parse_name, read_mask
+from pipeline.inference.review import SHAPE_FEATURES, shape_features
 
-OUT = Path(__file__).resolve().parents[2] / "pipeline" / "car_shapes.json"
+OUT = Path(__file__).resolve().parents[2] / "pipeline" / "inference" / "car_shapes.json"
 
 
 def one(layout: Layout, img: str) -> dict:

@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from pipeline.config import load_config
-from pipeline.engine import keep_freed_memory
-from pipeline.losses import get_loss
-from pipeline.models import build_model
+from pipeline.core.config import load_config
+from pipeline.inference.engine import keep_freed_memory
+from pipeline.models.losses import get_loss
+from pipeline.models.unet import build_model
 
 cl = "cl" in sys.argv
 if "keep" in sys.argv:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import load_config
-from pipeline.oof import predict_oof
+from pipeline.core.config import load_config
+from pipeline.stages.oof import predict_oof
 
 p = argparse.ArgumentParser()
 p.add_argument("run_dir", type=Path)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.data import read_mask
-from pipeline.metrics import dice
+from pipeline.data.layout import read_mask
+from pipeline.masks.metrics import dice
 
 folds = pd.read_csv(".exp/folds_real.csv")
 images = folds[folds.fold == 0].img.tolist()

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from pipeline import review
-from pipeline.data import Layout
-from pipeline.metrics import score_image
-from pipeline.runs import discover, load_maps, member_images
+from pipeline.data.layout import Layout
+from pipeline.inference import review
+from pipeline.lineage.runs import discover, load_maps, member_images
+from pipeline.masks.metrics import score_image
 
 runs, member, data = sys.argv[1], sys.argv[2], sys.argv[3]
 layout = Layout(data)

@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import review
-from pipeline.data import Layout, read_image, read_mask
-from pipeline.evaluate import pretrained_predictions
-from pipeline.export import load_pretrained
-from pipeline.folds import load_folds
-from pipeline.metrics import score_image
+from pipeline.data.folds import load_folds
+from pipeline.data.layout import Layout, read_image, read_mask
+from pipeline.inference import review
+from pipeline.inference.model_folder import load_pretrained
+from pipeline.masks.metrics import score_image
+from pipeline.stages.evaluate import pretrained_predictions
 
 
 def _save(path: Path, rgb: np.ndarray) -> Path:

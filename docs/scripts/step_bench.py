@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from pipeline.config import load_config
-from pipeline.train import Trainer
+from pipeline.core.config import load_config
+from pipeline.stages.train import Trainer
 
 base = [
     "data_dir=../shared/data/carvana_real",

@@ -1,0 +1,7 @@
+"""Inference: from photos to probability maps and masks, shared by every stage that predicts.
+
+``engine`` (batches, TTA, blending, quantized maps on any device), ``tta`` (test-time views),
+``backends`` (ONNX Runtime and OpenVINO on the CPU), ``model_folder`` (exported model folders and hub
+ids, checked and loaded), ``model_card`` (their README), ``review`` (which masks a person should look
+at first). Imports: ``core``, ``masks``, ``data``, ``models``.
+"""

@@ -1,0 +1,321 @@
+"""The one inference engine, shared by out-of-fold prediction and submission.
+
+For every image and every ensemble member it averages the sigmoid probabilities of the member's
+fold models over the TTA views (at the member's input size), upsamples them bilinearly to the
+image's own size and quantizes them to uint8 (0..255). Out-of-fold prediction stores exactly
+these uint8 maps as PNGs; the ensemble tunes weights and threshold on them; the submission
+blends the same maps with the same integer arithmetic (``blend``), so the tuned recipe means
+the same thing on test images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..data.datasets import InferenceDataset
+from ..models.unet import SegModel
+from .backends import runtime
+from .tta import resolve
+
+
+@dataclass
+class Member:
+    name: str
+    models: list[SegModel]
+    height: int
+    width: int
+    tta: list[str] = field(default_factory=lambda: ["hflip"])
+    precision: str = "auto"  # the AMP setting the member's out-of-fold maps were made with (recipe)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def use_device(device: torch.device) -> None:
+    """Make a CUDA device the current one, so that streams, events, pinned memory and the DataLoader's
+    pin thread all belong to it (``cuda:1`` in one process must not work on, or open a context on, GPU 0).
+    On CPU, keep freed memory in the process (``keep_freed_memory``)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks for reuse instead of giving them back to the OS.
+
+    By default glibc serves every block above its mmap threshold (at most 32 MB; a 320x480 batch's
+    activations are larger) with a fresh mmap and unmaps it on free, so on CPU each step page-faults
+    all its activations anew: 17 % of a training run's CPU time was in the kernel. Measured on 2 cores,
+    a MobileNetV2 U-Net step at 320x480 (channels_last) went from 4.09 to 3.00 s (docs/accuracy.md). The process then
+    holds its peak memory until it exits, which a training or prediction run does anyway.
+    ``PIPELINE_KEEP_FREED_MEMORY=0`` turns it off. True if set (glibc only; a no-op elsewhere)."""
+    if os.environ.get("PIPELINE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The precision an AMP setting gives on ``device``: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is bf16 on a CUDA GPU that has it natively (fp16 on older ones), fp32 elsewhere;
+    ``bf16``/``fp16`` are honoured on every device (torch autocasts on CPU too); ``off`` (or ``fp32``)
+    is fp32. This is what the out-of-fold maps, the recipe and the submission's key record.
+    """
+    if setting in ("off", "fp32"):
+        return "fp32"
+    if setting in _DTYPES:
+        return setting
+    if setting == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    raise ValueError(f"unknown precision setting {setting!r}; use auto, bf16, fp16 or off")
+
+
+def precision_label(precisions: list[str]) -> str:
+    """One name for the precisions of several members: ``bf16``, or ``bf16,fp32`` in member order."""
+    return precisions[0] if len(set(precisions)) == 1 else ",".join(precisions)
+
+
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``auto``: channels_last on CUDA only (on CPU it is not measured to pay off); true/false anywhere."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast to ``precision`` (``resolve_precision``'s name) on the device's type; fp32: nothing."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def blend(quantized, weights: list[int]):
+    """Weighted average of uint8 maps (M, ...) with integer weights, rounded half up.
+
+    Integer arithmetic makes the result bit-identical in NumPy and in torch on any device,
+    which is what lets the ensemble's out-of-fold search carry over to the submission.
+    """
+    total = int(sum(weights))
+    if total <= 0:
+        raise ValueError(f"blend weights must sum to a positive number, got {weights}")
+    if len(weights) == 1:  # (q*w + w//2) // w == q for integers: a single member blends to itself
+        return quantized[0]
+    if isinstance(quantized, np.ndarray):
+        acc = np.zeros(quantized.shape[1:], dtype=np.int32)
+        for q, w in zip(quantized, weights):
+            if w:
+                acc += q.astype(np.int32) * int(w)
+        return ((acc + total // 2) // total).astype(np.uint8)
+    acc = torch.zeros(quantized.shape[1:], dtype=torch.int32, device=quantized.device)
+    for q, w in zip(quantized, weights):
+        if w:
+            acc += q.to(torch.int32) * int(w)
+    return torch.div(acc + total // 2, total, rounding_mode="floor").to(torch.uint8)
+
+
+class Engine:
+    """Streams images through the ensemble: workers decode, the device does everything else.
+
+    DataLoader workers decode each JPEG once per distinct member input size (DCT-scaled where the
+    size allows, ``data.read_image``) and hand uint8 tensors over; normalisation (inside
+    ``SegModel``), the TTA views (all views of a batch in one forward call), the averaging, the
+    bilinear resize back to the image size, the uint8 quantization, the blend and the threshold
+    all run on the device. Only the final boolean masks come back to the host.
+    """
+
+    def __init__(
+        self,
+        members: list[Member],
+        device: torch.device,
+        precision: str | None = None,
+        channels_last: bool | str = "auto",
+        batch_size: int = 4,
+        num_workers: int = 2,
+        compile: bool | str | Callable = False,
+        views_in_one_call: bool = True,
+        backend: str = "torch",
+    ):
+        """``precision``: None runs each member in its own (``Member.precision``); a setting
+        (auto|bf16|fp16|off|fp32) runs all of them in it. ``compile``: True (inductor) or a
+        ``torch.compile`` backend. ``backend``: torch, or onnxruntime / openvino on the CPU
+        (pipeline/inference/backends.py; fp32)."""
+        self.members = members
+        self.device = device
+        use_device(device)
+        self.precisions = {id(m): resolve_precision(precision or m.precision, device) for m in members}
+        self.channels_last = resolve_channels_last(channels_last, device)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.views_in_one_call = views_in_one_call
+        self.sizes = list(dict.fromkeys((m.height, m.width) for m in members))
+        if device.type == "cuda":
+            # Fixed input sizes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
+        runtime_name = backend
+        if runtime_name != "torch" and (device.type != "cpu" or compile):
+            raise ValueError(f"backend {runtime_name}: runs on the CPU, without --compile")
+        self.backend = runtime_name
+        self.compiled = bool(compile)
+        backend = "inductor" if compile is True else compile
+        self._forward: dict[int, list] = {}
+        for m in members:
+            for model in m.models:
+                model.to(device).eval()
+                if self.channels_last:
+                    model.to(memory_format=torch.channels_last)
+            # torch.compile is off by default: it costs minutes of compilation per model and has
+            # not been measured to pay off here (make bench, docs/benchmarks.md).
+            if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model in fp32 on the CPU
+                self._forward[id(m)] = [runtime(model, runtime_name) for model in m.models]
+                self.precisions[id(m)] = "fp32"
+                continue
+            self._forward[id(m)] = [
+                torch.compile(model, dynamic=False, backend=backend) if compile else model for model in m.models
+            ]
+
+    @torch.no_grad()
+    def member_probs(self, member: Member, x: torch.Tensor) -> torch.Tensor:
+        """Mean probability (B,1,h,w), fp32, over the member's fold models and TTA views."""
+        n_images = x.shape[0]
+        if self.compiled and n_images < self.batch_size:
+            # A compiled model holds one graph per input shape: the partial last batch is padded to
+            # the full size (its extra rows are dropped below) instead of compiling another graph.
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n_images, *x.shape[1:])])
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:  # (B,H,W,3) from the workers: NCHW with channels_last strides, no copy
+            x = x.permute(0, 3, 1, 2)
+        views = resolve(member.tta)
+        inputs = [forward(x) for forward, _ in views]
+        if self.views_in_one_call and len(views) > 1 and len({v.shape for v in inputs}) == 1:
+            inputs = [torch.cat(inputs)]  # (V*B, 3, h, w), view-major; views of other sizes go one by one
+        if self.channels_last:
+            inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
+        total = None
+        for model in self._forward[id(member)]:
+            logits = []
+            for v in inputs:
+                with autocast(self.device, self.precisions[id(member)]):
+                    logits.extend(model(v).chunk(len(views) // len(inputs)))
+            # Accumulate model by model, view by view: the same order as an unbatched loop.
+            for (_, inverse), lg in zip(views, logits):
+                p = torch.sigmoid(inverse(lg).float())
+                total = p if total is None else total.add_(p)
+        n = len(member.models) * len(views)
+        total = total[:n_images]
+        return total.div_(n) if n > 1 else total  # in place: full-size temporaries dominate on CPU
+
+    @staticmethod
+    def quantize(prob: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B,1,h,w) probability -> (B,height,width) uint8, bilinear upsampling to the image size."""
+        if prob.shape[-2:] != (height, width):
+            prob = F.interpolate(prob, size=(height, width), mode="bilinear", align_corners=False)
+        # No clamp needed: means of sigmoids and their bilinear interpolation stay in [0, 1] up to an
+        # ulp, and round(255 * (1 + ulp)) is still 255.
+        return prob[:, 0].mul(255).round_().to(torch.uint8)
+
+    def loader(self, images: list[Path]) -> DataLoader:
+        return DataLoader(
+            InferenceDataset(images, self.sizes, hwc=self.channels_last),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+        )
+
+    def _quantized(self, images: list[Path]) -> Iterator[tuple[list[str], list[tuple[list[int], torch.Tensor]]]]:
+        """Per batch: the names, and per group of images of one size (indices, (M,b,H,W) uint8 on the device)."""
+        for batch in self.loader(images):
+            probs = [self.member_probs(m, batch[f"x{self.sizes.index((m.height, m.width))}"]) for m in self.members]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, (h, w) in enumerate(zip(batch["height"].tolist(), batch["width"].tolist())):
+                groups.setdefault((h, w), []).append(i)
+            out = []
+            for (h, w), idx in groups.items():
+                if len(idx) < len(batch["name"]):  # mixed sizes in one batch (never in Kaggle's test set)
+                    sel = torch.tensor(idx, device=self.device)
+                    qs = [self.quantize(p[sel], h, w) for p in probs]
+                else:
+                    qs = [self.quantize(p, h, w) for p in probs]
+                out.append((idx, qs[0][None] if len(qs) == 1 else torch.stack(qs)))
+            yield list(batch["name"]), out
+
+    def predict(self, images: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (image name, uint8 maps (M, H, W) on the engine's device), in input order."""
+        for names, groups in self._quantized(images):
+            per_image = {i: q[:, j] for idx, q in groups for j, i in enumerate(idx)}
+            for i, name in enumerate(names):
+                yield name, per_image[i]
+
+    def masks(
+        self, images: list[Path], weights: list[int], threshold: int, features=None, blends: bool = False
+    ) -> Iterator[tuple[list[str], list, np.ndarray | None]]:
+        """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host, features), in input order.
+
+        The blend and threshold of ``predict``'s maps happen on the device. On CUDA the masks are
+        copied into pinned memory without blocking and a batch is handed over only once the next
+        one has been queued, so the device never waits for the host's RLE/gzip work.
+        ``features(maps, blended, threshold)`` (e.g. ``review.image_features``), when given, runs on
+        the device too and only its few numbers per image come back: a (batch, F) int64 array.
+        ``blends``: hand over the uint8 blends (as many bytes as the masks) instead of the masks, for
+        host-side steps that need the probabilities; the caller thresholds them.
+        """
+        pending = None
+        for names, groups in self._quantized(images):
+            copies = []
+            for idx, q in groups:
+                blended = blend(q, weights)
+                m = blended if blends else blended >= threshold  # (b, H, W) uint8 or bool
+                f = features(q, blended, threshold) if features is not None else None
+                if self.device.type == "cuda":
+                    host = torch.empty(m.shape, dtype=m.dtype, pin_memory=True)
+                    host.copy_(m, non_blocking=True)
+                    if f is not None:
+                        f = torch.empty(f.shape, dtype=f.dtype, pin_memory=True).copy_(f, non_blocking=True)
+                    copies.append((idx, host, f))
+                else:
+                    copies.append((idx, m, f))
+            event = None
+            if self.device.type == "cuda":
+                # On the stream the copies were queued on: the engine's device's, not GPU 0's.
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self.device))
+            if pending is not None:
+                yield self._host_masks(*pending)
+            pending = (names, copies, event)
+        if pending is not None:
+            yield self._host_masks(*pending)
+
+    @staticmethod
+    def _host_masks(names, copies, event) -> tuple[list[str], list, np.ndarray | None]:
+        if event is not None:
+            event.synchronize()
+        per_image = {i: host[j].numpy() for idx, host, _ in copies for j, i in enumerate(idx)}
+        masks = [per_image[i] for i in range(len(names))]
+        rows = {i: f[j].numpy() for idx, _, f in copies if f is not None for j, i in enumerate(idx)}
+        feats = np.stack([rows[i] for i in range(len(names))]) if rows else None
+        return names, masks, feats

@@ -1,0 +1,360 @@
+"""Review scores: which predicted masks a person should look at first.
+
+Every predicted image gets a score from the model's own output, with no ground truth:
+
+- on the device, from the members' uint8 maps (``image_features``, a few integers per image come
+  back, never a map): the predicted car's area, its outline length, the pixels whose blended
+  probability is far from 0 and 1 (``uncertain``), the expected number of wrong pixels among them
+  if the probabilities were calibrated (``soft_error``, in 1/255 px), and the pixels on which the
+  members disagree;
+- when the review list is written, from all views of a car (the 12-hex prefix of the image name):
+  how far the image's area is from its mirror and neighbouring views' (``view_area_dev``).
+
+``score`` = soft_error / 255, the expected number of wrong pixels: the review list ranks by how
+much of a mask is probably wrong. The other columns are shown for the reviewer; measured on real
+out-of-fold maps they rank the errors less well (docs/accuracy.md, "Review list"). The list
+``<out>.review.csv`` (``img, score`` and the features, worst first) goes with every submission,
+shard, merge and ``predict`` run; ``review_figures`` measures a score against the truth out-of-fold
+(``evaluate``, ``report``): the share of all error pixels that the top 5 % of images hold, what a
+random 5 % holds, and the Spearman rank correlation between score and 1 - Dice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import DataError
+from ..core.io_utils import atomic_path, open_nofollow, os_error_message
+
+# Device features, in the order of image_features' columns (all exact integers on any device): the car's
+# area and outline, the uncertain pixels and the expected errors among them, the members' disagreement,
+# the image's size and the car's bounding box (top, bottom, left, right; -1 for an empty mask).
+DEVICE_FEATURES = (
+    "area",
+    "perimeter",
+    "soft_error",
+    "uncertain",
+    "disagreement",
+    "height",
+    "width",
+    "top",
+    "bottom",
+    "left",
+    "right",
+)
+# The mask's shape as shares of the image, held against what the train set's cars look like
+# (car_shapes.json): a confident mask of something that is not a car has no uncertain pixels, but
+# its area or box lies far outside every car's.
+SHAPE_FEATURES = ("area", "box_width", "box_height", "box_cx", "box_cy", "fill")
+# How far outside the train cars' range (in units of that range) a shape feature may lie before the
+# mask counts as implausible; at 1 + SHAPE_TOLERANCE range widths out, all of it is expected wrong.
+SHAPE_TOLERANCE = 0.25
+# A pixel is uncertain when its blended value is within [UNCERTAIN_LO, UNCERTAIN_HI] (probability 0.25..0.75).
+# Not wider: a model trained briefly leaves much of the background at 0.05..0.2, which says little about
+# errors (docs/accuracy.md, "Review list").
+UNCERTAIN_LO, UNCERTAIN_HI = 64, 191
+COLUMNS = ("img", "score", "shape_dev", "view_area_dev", *DEVICE_FEATURES)
+_CAR_VIEW_RE = re.compile(r"^([0-9a-f]{12})_(\d{2})\.\w+$")
+TOP_SHARE = 0.05  # the share of images a reviewer looks at, for review_figures
+
+
+def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) -> torch.Tensor:
+    """(M, b, H, W) uint8 member maps and their (b, H, W) blend -> (b, len(DEVICE_FEATURES)) int64.
+
+    Integer arithmetic throughout, so the numbers are identical on CPU and GPU. ``soft_error`` is the
+    probability on the wrong side of the threshold summed over the uncertain pixels (255 - blend where
+    the mask says car, blend where it says background), in units of 1/255 pixel: the expected number of
+    wrong pixels among them if the probabilities were calibrated.
+    """
+    car = blended >= threshold
+    area = torch.count_nonzero(car, dim=(-2, -1))  # count_nonzero: 3x faster than a bool sum on CPU
+    # Outline: car pixels with a 4- or 8-neighbour outside the car; the image frame is not an outline
+    # (the padding is car, so a car pixel on the frame counts only if a real neighbour is background).
+    # Nine shifted ORs of bools, not a float max-pool: the same pixels, a third of the CPU time.
+    h, w = car.shape[-2:]
+    outside = F.pad((~car).view(torch.uint8), (1, 1, 1, 1)).bool()
+    near = torch.zeros_like(car)
+    for dy in range(3):
+        for dx in range(3):
+            near |= outside[..., dy : dy + h, dx : dx + w]
+    perimeter = torch.count_nonzero(car & near, dim=(-2, -1))
+    unsure = (blended >= UNCERTAIN_LO) & (blended <= UNCERTAIN_HI)
+    b = blended.to(torch.int32)  # sums reach at most 255 x pixels; torch sums int32 into int64
+    soft = torch.where(car, 255 - b, b).mul_(unsure).sum((-2, -1))
+    uncertain = torch.count_nonzero(unsure, dim=(-2, -1))
+    votes = (maps >= threshold).sum(0, dtype=torch.uint8)
+    disagreement = torch.count_nonzero((votes > 0) & (votes < maps.shape[0]), dim=(-2, -1))
+    # Bounding box: the first and last row and column holding a car pixel (-1 when there is none).
+    rows, cols = car.any(-1).to(torch.uint8), car.any(-2).to(torch.uint8)
+    empty = area == 0
+    top, left = rows.argmax(-1), cols.argmax(-1)
+    bottom, right = h - 1 - rows.flip(-1).argmax(-1), w - 1 - cols.flip(-1).argmax(-1)
+    box = [torch.where(empty, -1, v) for v in (top, bottom, left, right)]
+    size = [torch.full_like(area, h), torch.full_like(area, w)]
+    return torch.stack([area, perimeter, soft, uncertain, disagreement, *size, *box], dim=1).to(torch.int64)
+
+
+def features_of(maps: np.ndarray, weights: list[int], threshold: int) -> dict[str, int]:
+    """``image_features`` of one image's (M, H, W) uint8 maps on the host (out-of-fold scoring)."""
+    from .engine import blend
+
+    q = torch.from_numpy(np.ascontiguousarray(maps))[:, None]
+    row = image_features(q, blend(q, weights), threshold)[0].tolist()
+    return dict(zip(DEVICE_FEATURES, row))
+
+
+def car_view(img: str) -> tuple[str, int] | None:
+    """(car id, view) of a Carvana name ``<12 hex>_<NN>.jpg``; None for any other photo."""
+    m = _CAR_VIEW_RE.match(Path(img).name)
+    return (m[1], int(m[2])) if m else None
+
+
+# -- the score ----------------------------------------------------------------------------------------
+def view_area_dev(images: list[str], area: np.ndarray) -> np.ndarray:
+    """Per image: |log(area / the median area of its car's mirror view and two neighbouring views)|.
+
+    Views 01..16 go round the car in equal steps; view v and view 18 - v (mod 16) are mirror images,
+    and neighbouring views differ little. An image without a Carvana name, or whose car lacks
+    those views here, gets 0.
+    """
+    keys = [car_view(i) for i in images]
+    by_key = {k: a for k, a in zip(keys, np.asarray(area, dtype=np.float64)) if k is not None}
+    out = np.zeros(len(images))
+    for j, (k, a) in enumerate(zip(keys, area)):
+        if k is None or a <= 0:
+            continue
+        car, v = k
+        others = [by_key.get((car, (w - 1) % 16 + 1)) for w in (18 - v, v - 1, v + 1)]
+        others = [o for o in others if o is not None and o > 0]
+        if others:
+            out[j] = abs(np.log(a / np.median(others)))
+    return out
+
+
+@functools.cache
+def car_shapes() -> dict:
+    """The train cars' shape ranges per view (``car_shapes.json``, made by docs/scripts/car_shapes.py)."""
+    return json.loads((Path(__file__).with_name("car_shapes.json")).read_text())["ranges"]
+
+
+def shape_features(t: pd.DataFrame) -> pd.DataFrame:
+    """SHAPE_FEATURES of each row of a table with ``area, height, width, top, bottom, left, right`` (NaN
+    where the mask is empty)."""
+    h, w = t["height"].to_numpy(np.float64), t["width"].to_numpy(np.float64)
+    area = t["area"].to_numpy(np.float64)
+    bh = t["bottom"].to_numpy(np.float64) - t["top"].to_numpy(np.float64) + 1
+    bw = t["right"].to_numpy(np.float64) - t["left"].to_numpy(np.float64) + 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = pd.DataFrame(
+            {
+                "area": area / (h * w),
+                "box_width": bw / w,
+                "box_height": bh / h,
+                "box_cx": (t["left"].to_numpy(np.float64) + bw / 2) / w,
+                "box_cy": (t["top"].to_numpy(np.float64) + bh / 2) / h,
+                "fill": area / (bw * bh),
+            },
+            index=t.index,
+        )
+    out[area == 0] = np.nan
+    out.loc[area == 0, "area"] = 0.0
+    return out
+
+
+def shape_dev(t: pd.DataFrame) -> np.ndarray:
+    """Per row: how far the mask's shape lies outside the train cars' range of its view (all views for
+    another name), in units of that range, over the worst of SHAPE_FEATURES; 0 inside every range, 1
+    for an empty mask (a car photo where no car was found)."""
+    ranges = car_shapes()
+    feats = shape_features(t)
+    keys = [car_view(i) for i in t["img"]]
+    out = np.zeros(len(t))
+    for j, (k, row) in enumerate(zip(keys, feats.itertuples(index=False))):
+        r = ranges[str(k[1])] if k is not None and str(k[1]) in ranges else ranges["all"]
+        if row.area == 0:
+            out[j] = 1.0
+            continue
+        worst = 0.0
+        for name, value in zip(SHAPE_FEATURES, row):
+            lo, hi = r[name]
+            span = max(hi - lo, 1e-6)
+            worst = max(worst, (value - hi) / span, (lo - value) / span)
+        out[j] = worst
+    return out
+
+
+def score(features: pd.DataFrame) -> np.ndarray:
+    """The review score of each row of a features table (``DEVICE_FEATURES``, ``shape_dev``): the expected
+    number of wrong pixels. Among the uncertain pixels, their probability of being wrong (``soft_error``);
+    and for a mask whose shape is implausible for a car (``shape_dev`` past SHAPE_TOLERANCE), the whole mask
+    (or, on a Carvana photo, at least a typical car's area: a car is there), in proportion to how
+    implausible: confident mistakes have no uncertain pixels."""
+    soft = features["soft_error"].to_numpy(dtype=np.float64) / 255
+    weight = np.clip((features["shape_dev"].to_numpy(np.float64) - SHAPE_TOLERANCE) / (1 - SHAPE_TOLERANCE), 0, 1)
+    area = features["area"].to_numpy(np.float64)
+    # A Carvana photo (its name says car and view) certainly shows a car: a mask too small for one misses
+    # about a typical car's area. Any other photo may show none: only the mask's own pixels are at stake.
+    pixels = features["height"].to_numpy(np.float64) * features["width"].to_numpy(np.float64)
+    lo, hi = car_shapes()["all"]["area"]
+    carvana = np.array([car_view(i) is not None for i in features["img"]], dtype=bool)
+    at_stake = np.where(carvana, np.maximum(area, pixels * (lo + hi) / 2), area)
+    return soft + weight * at_stake
+
+
+def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
+    """Review scores of ``images`` (in that order) from their ``image_features`` dicts; the car
+    feature is computed over these images."""
+    t = review_table(pd.DataFrame([{"img": i, **f} for i, f in zip(images, features)]))
+    return t.set_index("img").loc[list(images), "score"].to_numpy()
+
+
+def review_table(features: pd.DataFrame) -> pd.DataFrame:
+    """``img`` + DEVICE_FEATURES rows (any order) -> the review list: COLUMNS, worst (highest score) first."""
+    t = features[["img", *DEVICE_FEATURES]].copy()
+    t["view_area_dev"] = view_area_dev(t["img"].tolist(), t["area"].to_numpy())
+    t["shape_dev"] = shape_dev(t)
+    t["score"] = score(t)
+    return t.sort_values(["score", "img"], ascending=[False, True], kind="stable")[list(COLUMNS)].reset_index(drop=True)
+
+
+def review_path(out: str | Path) -> Path:
+    """Where the review list of an output goes: ``<out>.review.csv``."""
+    out = Path(out)
+    return out.with_name(out.name + ".review.csv")
+
+
+def write_review(path: str | Path, table: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:  # a photo name that is not UTF-8 (predict) is listed with \xNN escapes
+        table.to_csv(tmp, index=False, float_format="%.6g", errors="backslashreplace")
+    return Path(path)
+
+
+def read_review(path: str | Path) -> pd.DataFrame:
+    """A review list as ``write_review`` wrote it; DataError naming the file otherwise."""
+    try:
+        t = pd.read_csv(path, dtype={"img": str})
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the review list ({e})") from None
+    if tuple(t.columns) != COLUMNS:
+        raise DataError(f"{path}: columns {list(t.columns)}, expected {list(COLUMNS)}")
+    return t
+
+
+class ReviewSidecar:
+    """``<out>.review.part``: the device features of the rows already on disk, for a resumable output.
+
+    Rows arrive with their masks (``add``) and are appended, fsync'ed, one chunk at a time when the
+    submission's chunk of the same rows is on disk (``flush``, from ``RowWriter.on_chunk``); the
+    progress file records the sidecar's size next to the submission's, and a resume truncates both
+    to what the progress file says. So after kill -9 the review data of the rows written survive
+    exactly, and nothing of a row that was not written does. ``finish`` writes the review list.
+    """
+
+    HEADER = ",".join(("img", *DEVICE_FEATURES)) + "\n"
+
+    def __init__(self, out: Path):
+        self.path = Path(out).with_name(Path(out).name + ".review.part")
+        self.pending: list[tuple[str, np.ndarray]] = []
+
+    def start(self) -> int:
+        with atomic_path(self.path) as tmp:  # a new file, never through a link at the sidecar's name
+            tmp.write_text(self.HEADER)
+        return self.path.stat().st_size
+
+    def resume(self, size: int) -> None:
+        with open_nofollow(self.path, "r+b") as f:
+            f.truncate(size)
+
+    def add(self, names: list[str], features: np.ndarray) -> None:
+        self.pending.extend(zip(names, features))
+
+    def flush(self, rows: int) -> int:
+        """Append the first ``rows`` pending images (those the chunk just written holds); the new size."""
+        done, self.pending = self.pending[:rows], self.pending[rows:]
+        self._append("".join(name + "," + ",".join(str(int(v)) for v in f) + "\n" for name, f in done))
+        return self.path.stat().st_size
+
+    def _append(self, text: str) -> None:
+        try:
+            with open_nofollow(self.path, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise DataError(os_error_message(self.path, e)) from None
+
+    def finish(self, names: list[str], out: Path) -> Path:
+        """Write ``review_path(out)`` from the sidecar, which must hold exactly ``names``, in order."""
+        t = pd.read_csv(self.path, dtype={"img": str})
+        if t["img"].tolist() != list(names):
+            raise DataError(
+                f"{self.path}: review data for {len(t)} rows, the output has {len(names)}; "
+                "remove it and the output's .part and .progress.json files to start over"
+            )
+        return write_review(review_path(out), review_table(t))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def merge_reviews(parts: list[Path], names: list[str], out: Path) -> Path:
+    """One review list for ``names`` from the review lists of its shards (car features over all of them)."""
+    t = pd.concat([read_review(p) for p in parts], ignore_index=True)
+    if sorted(t["img"]) != sorted(names):
+        raise DataError(f"{parts[0].parent}: the shards' review lists do not hold every image of the sample once")
+    return write_review(review_path(out), review_table(t))
+
+
+# -- how good a score is, out-of-fold ---------------------------------------------------------------
+def review_figures(table: pd.DataFrame, top: float = TOP_SHARE, draws: int = 10_000, seed: int = 0) -> dict:
+    """What reviewing the ``top`` share of images by ``review_score`` catches, from a per-image table with
+    ``img, review_score, fp, fn, dice`` (evaluate's): the share of all error pixels (false positives plus
+    false negatives) those images hold, the same for a random choice of as many images (expected value
+    and 95th percentile over ``draws`` seeded draws) and for the best possible choice, and the Spearman
+    rank correlation between the score and 1 - Dice."""
+    from scipy.stats import spearmanr
+
+    n = len(table)
+    k = max(1, int(round(top * n)))
+    errors = table["fp"].to_numpy(np.float64) + table["fn"].to_numpy(np.float64)
+    total = errors.sum()
+    ranked = np.lexsort((table["img"].to_numpy(str), -table["review_score"].to_numpy(np.float64)))
+    # Random picks in blocks of draws (the same stream as one (draws, n) array): 5,088 train images
+    # would otherwise take 400 MB at once.
+    rng, random_shares = np.random.default_rng(seed), []
+    for start in range(0, draws, 500):
+        picks = np.argpartition(rng.random((min(500, draws - start), n)), k - 1, axis=1)[:, :k]
+        random_shares.append(errors[picks].sum(1) / max(total, 1))
+    random_shares = np.concatenate(random_shares)
+    score_, loss = table["review_score"].to_numpy(np.float64), 1 - table["dice"].to_numpy(np.float64)
+    # Undefined (NaN) when either is constant, e.g. a perfect prediction everywhere.
+    rho = spearmanr(score_, loss).statistic if np.ptp(score_) > 0 and np.ptp(loss) > 0 else float("nan")
+    return {
+        "n_images": n,
+        "top_images": k,
+        "error_pixels": int(total),
+        "error_share_top": float(errors[ranked[:k]].sum() / max(total, 1)),
+        "error_share_random": k / n,
+        "error_share_random_p95": float(np.percentile(random_shares, 95)),
+        "error_share_best": float(np.sort(errors)[::-1][:k].sum() / max(total, 1)),
+        "spearman": float(rho),
+    }
+
+
+def format_figures(name: str, fig: dict) -> str:
+    """One line for ``evaluate``'s output."""
+    return (
+        f"{name}: review score: the top {fig['top_images']} of {fig['n_images']} images "
+        f"({fig['top_images'] / fig['n_images']:.0%}) hold {fig['error_share_top']:.1%} of the error pixels "
+        f"(random: {fig['error_share_random']:.1%}, 95th percentile {fig['error_share_random_p95']:.1%}; "
+        f"best possible {fig['error_share_best']:.1%}); Spearman with 1 - Dice {fig['spearman']:.3f}"
+    )

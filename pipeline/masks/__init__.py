@@ -1,0 +1,7 @@
+"""Mask geometry and scoring: what is done to a mask once it is predicted, and how it is judged.
+
+``rle`` (Kaggle run-length encoding), ``submission_csv`` (the submission file checked against
+``sample_submission.csv``), ``metrics`` (Dice and friends at full resolution), ``contours`` (outlines
+as sub-pixel polygons), ``snakes`` (active contours), ``postprocess`` (the steps a recipe may name).
+Imports: ``core`` only. No model, no data layout: a mask in, a mask or a number out.
+"""

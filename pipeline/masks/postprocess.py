@@ -1,0 +1,240 @@
+"""Post-processing of a thresholded car mask (uint8 0/1, HxW), pluggable by name.
+
+`apply(mask, ["largest_cc", "fill_holes", "smooth_contour"])` runs the named steps of `POSTPROCESS`
+in order; `[]` or `["none"]` is the identity. Every step returns a new uint8 0/1 mask of the same
+shape and never modifies its input.
+
+Steps:
+- `largest_cc`: keep only the largest 8-connected foreground component.
+- `remove_small`: drop foreground components smaller than `MIN_BLOB_FRACTION` of the image, always
+  keeping the largest one.
+- `fill_holes`: fill background components that do not touch the image border and are smaller than
+  `MAX_HOLE_FRACTION` of the image; big holes (background seen through the windows) stay.
+- `smooth_contour`: the adaptive contour smoothing of Heitzinger & Kampel, "Highly Accurate Binary
+  Image Segmentation for Cars" (see `adaptive_smooth`), then rasterisation of the smoothed contours.
+
+Steps that need more than the mask (`PHOTO_STEPS`): `active_contour` (pipeline/masks/snakes.py) moves the
+uncertain stretches of the outline onto the photo's edges; `apply` runs it when given the blended
+uint8 probabilities, the photo and the recipe's `postprocess_params`, and refuses it without them.
+
+Contour convention (measured, see tests): `cv2.findContours(CHAIN_APPROX_NONE)` returns the centres of
+the foreground pixels on the boundary, for outer contours and for holes alike. `cv2.fillPoly` fills
+every pixel whose centre lies inside or on the polygon, so an outer contour refilled with 1 gives
+back its component exactly; a hole refilled with 0 also erases its foreground boundary pixels, which
+`cv2.polylines` (LINE_8) then draws back with 1. Filling level by level of the contour tree (even
+depth 1, odd depth 0) reproduces every mask pixel-exactly from its unsmoothed contours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from .contours import find_contours, rasterize_contours
+from .snakes import refine
+
+# Thresholds as fractions of the image area (0.0005 of 1918x1280 is 1,227 pixels).
+MIN_BLOB_FRACTION = 0.0005
+MAX_HOLE_FRACTION = 0.0005
+
+# Adaptive smoothing: sigma grid 0, 0.5, ..., SIGMA_MAX; a point may move by less than MAX_SHIFT px;
+# sigma changes by at most SIGMA_STEP between neighbouring contour points.
+SIGMA_STEP = 0.5
+SIGMA_MAX = 8.0
+MAX_SHIFT = 0.5
+
+_SIGMAS = np.arange(0.0, SIGMA_MAX + SIGMA_STEP / 2, SIGMA_STEP)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    """Gaussian sampled on the integers in [-2 sigma, 2 sigma], normalised to sum 1."""
+    if sigma == 0:
+        return np.ones(1)
+    radius = int(np.floor(2 * sigma + 1e-9))
+    k = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-(k**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+_KERNELS = [_gaussian_kernel(s) for s in _SIGMAS]
+_MAX_RADIUS = len(_KERNELS[-1]) // 2
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"post-processing expects a 2-D mask, got shape {mask.shape}")
+    return (mask > 0).astype(np.uint8)
+
+
+def largest_cc(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected foreground component."""
+    mask = _as_mask(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 2:  # empty, or a single component already
+        return mask
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == keep).astype(np.uint8)
+
+
+def remove_small(mask: np.ndarray, min_fraction: float = MIN_BLOB_FRACTION) -> np.ndarray:
+    """Remove 8-connected foreground components smaller than min_fraction of the image; keep the largest."""
+    mask = _as_mask(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 2:
+        return mask
+    area = stats[:, cv2.CC_STAT_AREA]
+    keep = area >= min_fraction * mask.size
+    keep[0] = False
+    keep[1 + int(np.argmax(area[1:]))] = True
+    return keep[labels].astype(np.uint8)
+
+
+def fill_holes(mask: np.ndarray, max_fraction: float = MAX_HOLE_FRACTION) -> np.ndarray:
+    """Fill holes smaller than max_fraction of the image.
+
+    A hole is a 4-connected background component not touching the image border (4 for the background
+    because the foreground is 8-connected: a diagonal gap in the car outline is not an opening).
+    """
+    mask = _as_mask(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - mask, connectivity=4)
+    if n <= 1:
+        return mask
+    h, w = mask.shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    touches = (x == 0) | (y == 0) | (x + stats[:, cv2.CC_STAT_WIDTH] == w) | (y + stats[:, cv2.CC_STAT_HEIGHT] == h)
+    fill = ~touches & (stats[:, cv2.CC_STAT_AREA] < max_fraction * mask.size)
+    fill[0] = False  # label 0 is the foreground of the inverted mask
+    return (mask.astype(bool) | fill[labels]).astype(np.uint8)
+
+
+def adaptive_smooth(points: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth a closed curve with a per-point Gaussian (Heitzinger & Kampel); return (smoothed (n, 2), sigma (n,)).
+
+    x and y are convolved separately (as one complex sequence). For each point sigma_i is the largest
+    sigma of the grid 0, 0.5, ..., SIGMA_MAX such that smoothing with it and with every smaller sigma
+    moves the point by less than MAX_SHIFT px; then sigma is forced to 0 at the `fixed` points (the
+    ends of open segments) and limited to change by at most SIGMA_STEP between neighbours (forward and
+    backward pass, minimum). Growing sigma only while the rule holds makes the final, possibly lowered,
+    sigma still satisfy it. The kernel for point i is sampled on the integers in [-2 sigma_i, 2 sigma_i].
+
+    Without fixed points the curve is cyclic. With fixed points every stretch between two of them is an
+    open segment with fixed ends: the neighbour limit gives 2 sigma_i <= the distance to the nearest
+    end, so a kernel never reaches past an end, and whatever lies beyond an end cannot change the result.
+    Written with NumPy because no library implements this per-point adaptive rule.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    z = points[:, 0] + 1j * points[:, 1]
+    if n < 3:
+        return points.copy(), np.zeros(n)
+    # Smoothed position of every point at every grid sigma, on a cyclically padded copy.
+    padded = np.take(z, np.arange(-_MAX_RADIUS, n + _MAX_RADIUS) % n)
+    stack = np.empty((len(_KERNELS), n), dtype=np.complex128)
+    for j, w in enumerate(_KERNELS):
+        r = len(w) // 2
+        stack[j] = np.convolve(padded[_MAX_RADIUS - r : _MAX_RADIUS + n + r], w, mode="valid")
+    ok = np.abs(stack - z) < MAX_SHIFT  # ok[0] is True: sigma 0 does not move the point
+    level = np.cumprod(ok, axis=0).sum(axis=0) - 1  # sigma_i / SIGMA_STEP
+    if fixed is not None:
+        level[np.asarray(fixed, dtype=bool)] = 0
+    # |level_i - level_{i+1}| <= 1 by level_i = min_j level_j + |i - j| (cyclic distance): one forward and
+    # one backward running minimum over a copy padded by the largest level (no influence reaches further).
+    m = len(_KERNELS) - 1
+    ext = np.take(level, np.arange(-m, n + m) % n)
+    idx = np.arange(len(ext))
+    fwd = np.minimum.accumulate(ext - idx) + idx
+    bwd = np.minimum.accumulate((ext + idx)[::-1])[::-1] - idx
+    level = np.minimum(fwd, bwd)[m : m + n]
+    s = stack[level, np.arange(n)]
+    return np.stack([s.real, s.imag], axis=1), level * SIGMA_STEP
+
+
+def smooth_contours(mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Contours of the mask, their adaptive smoothing, and their depth: (original, smoothed, depth).
+
+    Contour points on the image border are fixed: a contour touching the border is smoothed as open
+    segments between its border points, which stay where they are.
+    """
+    mask = _as_mask(mask)
+    h, w = mask.shape
+    contours, depth = find_contours(mask)
+    smoothed = []
+    for c in contours:
+        on_border = (c[:, 0] == 0) | (c[:, 1] == 0) | (c[:, 0] == w - 1) | (c[:, 1] == h - 1)
+        smoothed.append(adaptive_smooth(c, on_border if on_border.any() else None)[0])
+    return contours, smoothed, depth
+
+
+def smooth_contour(mask: np.ndarray) -> np.ndarray:
+    """Adaptive contour smoothing (Heitzinger & Kampel), rasterised back into a 0/1 mask.
+
+    No point moves by 0.5 px or more, so no pixel centre can cross the outline: at the mask's own
+    resolution the result differs from the input only by the rounding of lines between contour points,
+    a few boundary pixels (at most 14 on each of the 960 real 1918x1280 GT masks).
+    """
+    mask = _as_mask(mask)
+    _, smoothed, depth = smooth_contours(mask)
+    return rasterize_contours(smoothed, depth, mask.shape)
+
+
+def _identity(mask: np.ndarray) -> np.ndarray:
+    return _as_mask(mask)
+
+
+POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": _identity,
+    "largest_cc": largest_cc,
+    "remove_small": remove_small,
+    "fill_holes": fill_holes,
+    "smooth_contour": smooth_contour,
+}
+
+
+PHOTO_STEPS = ("active_contour",)  # steps that also need the blended probabilities and the photo
+KNOWN_STEPS = (*POSTPROCESS, *PHOTO_STEPS)
+
+
+def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
+    """Step names from a list or a "a,b" / "a+b" string (config and CLI); checks every name."""
+    if steps is None:
+        return []
+    if isinstance(steps, str):
+        steps = steps.replace("+", ",").split(",")
+    names = [s.strip() for s in steps if s and s.strip()]
+    unknown = [s for s in names if s not in KNOWN_STEPS]
+    if unknown:
+        raise ValueError(f"unknown post-processing step {unknown[0]!r}; available: {', '.join(KNOWN_STEPS)}")
+    return names
+
+
+def needs_photo(steps: Sequence[str] | None) -> bool:
+    """Whether ``apply(mask, steps, ...)`` needs ``blended`` and ``image`` (so callers read the photo only then)."""
+    return any(s in PHOTO_STEPS for s in steps or ())
+
+
+def apply(
+    mask: np.ndarray,
+    steps: str | Sequence[str] | None,
+    blended: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    params: dict | None = None,
+) -> np.ndarray:
+    """Apply the named post-processing steps in order to a binary mask; returns a new uint8 0/1 mask.
+
+    ``blended`` (the uint8 blend the mask was thresholded from), ``image`` (the RGB photo) and
+    ``params`` (``{step: its parameters}``, the recipe's ``postprocess_params``) are what
+    PHOTO_STEPS need; a ValueError names the step if they are missing.
+    """
+    names = parse_steps(steps)
+    out = _as_mask(mask)
+    for name in names:
+        if name in PHOTO_STEPS:
+            if blended is None or image is None:
+                raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
+            out = refine(out, blended, image, (params or {}).get(name))
+        elif name != "none":
+            out = POSTPROCESS[name](out)
+    return out

@@ -1,0 +1,268 @@
+"""``make export``: a trained model as one folder a user can load anywhere.
+
+``python -m pipeline export --checkpoint runs/cpu/full/final.pt --out models/NAME`` writes
+segmentation-models-pytorch's own format, so ``smp.from_pretrained(folder)`` loads the U-Net with no
+import of this package:
+
+- ``config.json`` + ``model.safetensors``: smp's ``save_pretrained`` (safetensors: loading never unpickles);
+- ``pipeline.json``: what this pipeline's inference needs to give the same masks (input size,
+  normalisation, TTA, threshold, post-processing, precision), the sha256 of the two files above, and
+  where the model came from (its checkpoint, the split it was trained on, the recipe whose
+  out-of-fold figures stand for it);
+- ``README.md``: the model card (pipeline/inference/model_card.py).
+
+Such folders are read back, checked, by pipeline/inference/model_folder.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.config import Config, run_name_problem
+from ..core.errors import ModelFolderError
+from ..core.identity import code_version, file_sha256
+from ..core.io_utils import check_writable, plain_name, stored_path, write_json, write_text
+from ..inference.model_card import render_card
+from ..inference.model_folder import (
+    CARD,
+    FILES,
+    FORMAT,
+    PIPELINE_JSON,
+    check_folder,
+    fetch,
+    folder_sha256,
+)
+from ..lineage.checks import RECIPE_FORMAT
+from ..lineage.provenance import load_recipe, recipe_hash
+from ..lineage.runs import same_recipe
+from ..models.unet import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint
+
+
+# -- export ------------------------------------------------------------------------------------------
+@dataclass
+class Inference:
+    """How the exported model is applied: the settings of the recipe that stands for it."""
+
+    tta: list[str]
+    threshold: int = 128
+    postprocess: list[str] = field(default_factory=list)
+    postprocess_params: dict = field(default_factory=dict)
+    precision: str = "fp32"
+
+
+def _inference_from(cfg: Config, recipe: dict | None) -> Inference:
+    if recipe is None:
+        return Inference(tta=list(cfg.predict.tta))
+    (member,) = [m for m in recipe["members"] if m["weight"] > 0]
+    return Inference(
+        tta=list(member["tta"]),
+        threshold=int(recipe["threshold"]),
+        postprocess=list(recipe.get("postprocess", [])),
+        postprocess_params=dict(recipe.get("postprocess_params", {})) if recipe.get("postprocess") else {},
+        precision=member.get("precision", "fp32"),
+    )
+
+
+def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
+    """The recipe whose out-of-fold figures stand for the exported model: checked (its checkpoints and
+    out-of-fold summaries are the ones it was tuned on), one member with weight, of the same config."""
+    recipe, _ = load_recipe(recipe_path)
+    active = [m for m in recipe["members"] if m["weight"] > 0]
+    if len(active) != 1 or "checkpoints" not in active[0]:
+        raise ModelFolderError(
+            f"{recipe_path}: blends {len(active)} members; a single model's threshold and figures come from a recipe "
+            "of that model's folds alone: `make ensemble ARGS='--members NAME' RECIPE=submissions/recipe-NAME.json`"
+        )
+    fold_cfg = read_checkpoint(active[0]["checkpoints"][0], mmap=True)["config"]
+    differ = same_recipe(fold_cfg, cfg)
+    if differ:
+        raise ModelFolderError(
+            f"{recipe_path}: its member {active[0]['name']!r} was trained with another {', '.join(differ)} than the "
+            "model to export; its figures do not stand for it"
+        )
+    per_fold = {}
+    for ckpt in active[0]["checkpoints"]:
+        oof = json.loads((Path(ckpt).parent / "oof.json").read_text())
+        per_fold[str(oof["fold"])] = {"dice_at_0.5": oof["mean_dice"], "n_images": oof["n_images"]}
+    figures = {
+        "recipe_hash": recipe_hash(recipe),
+        "member": active[0]["name"],
+        "folds": active[0].get("folds"),
+        "threshold": recipe["threshold"],
+        "postprocess": recipe.get("postprocess", []),
+        "n_images": recipe.get("oof", {}).get("n_images"),
+        "mean_dice": recipe.get("oof", {}).get("dice"),
+        "dice_p5": recipe.get("oof", {}).get("dice_percentiles", {}).get("p5"),
+        "per_fold": per_fold,
+    }
+    return recipe, figures
+
+
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    recipe: str | Path | None = None,
+    dtype: str = "fp16",
+    name: str | None = None,
+    notes: dict | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Write the model folder ``out`` from ``checkpoint`` (a full run's final.pt, or any best.pt); return
+    its pipeline.json. ``recipe``: a recipe of the same config's folds, whose threshold, TTA,
+    post-processing and precision the folder takes, and whose out-of-fold figures its card quotes.
+    ``dtype``: the weights as stored, fp16 (half the size) or fp32. ``notes``: measured figures for the
+    card (e.g. ``{"fp16_oof_dice_change": ...}``, ``{"predict_seconds_per_photo": ...}``)."""
+    import segmentation_models_pytorch as smp
+
+    start = time.time()
+    checkpoint, out = Path(checkpoint), Path(out)
+    if dtype not in ("fp16", "fp32"):
+        raise ModelFolderError(f"--dtype {dtype!r}: fp16 or fp32")
+    name = name or out.name
+    plain_name(name, "--name")
+    model, cfg, ckpt_sha, meta = load_checkpoint(checkpoint)  # the hash of the very bytes exported
+    if model.refine is not None:
+        raise ModelFolderError(
+            f"{checkpoint}: has the refinement block (model.refine={cfg.model.refine}), which "
+            "segmentation-models-pytorch's format cannot hold; export a model trained without it"
+        )
+    saved = meta["config"]  # as trained (the rebuilt cfg says encoder_weights none: the weights are loaded)
+    standing, figures = _standing_recipe(Path(recipe), saved) if recipe else (None, None)
+    inference = _inference_from(cfg, standing)
+    full = checkpoint.parent / "full.json"
+    trained = json.loads(full.read_text()) if checkpoint.name == "final.pt" and full.is_file() else None
+    if trained is not None and trained.get("checkpoint_sha256") != ckpt_sha:
+        raise ModelFolderError(f"{full}: records another final.pt than {checkpoint} (retrained since?)")
+
+    # The bare smp network, built without encoder weights so that its config.json never asks a user's
+    # machine to download them (the trained weights are all in model.safetensors).
+    kwargs = {"decoder_channels": cfg.model.decoder_channels} if cfg.model.decoder_channels else {}
+    net = smp.create_model(cfg.model.arch, encoder_name=cfg.model.encoder, encoder_weights=None, classes=1, **kwargs)
+    net.load_state_dict(model.net.state_dict())
+    if dtype == "fp16":
+        net = net.half()
+    out_parent = check_writable(out.absolute().parent, "model folder")
+    if out.exists() and not (out / PIPELINE_JSON).is_file():
+        raise ModelFolderError(f"{out}: exists and is not an exported model folder; refusing to write into it")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out_parent))
+    try:
+        write_text(stage / CARD, "")  # smp writes its own card only where none is: ours replaces it below
+        net.save_pretrained(stage)
+        spec = {
+            "format": FORMAT,
+            "name": name,
+            "library": "segmentation-models-pytorch",
+            "load": f"smp.from_pretrained('{name}')",
+            "model": {
+                "arch": cfg.model.arch,
+                "encoder": cfg.model.encoder,
+                "decoder_channels": cfg.model.decoder_channels,
+                "weights_dtype": dtype,
+            },
+            "input": {
+                "height": cfg.image.height,
+                "width": cfg.image.width,
+                "channels": "RGB",
+                "range": [0, 255],
+                "mean": [round(m * 255, 6) for m in IMAGENET_MEAN],
+                "std": [round(s * 255, 6) for s in IMAGENET_STD],
+                "pad_to_multiple": model.stride,
+                "pad_mode": "replicate",
+                "resize": "the photo resized to height x width (pipeline.data.layout.read_image); "
+                "probabilities resized back bilinearly",
+            },
+            "output": "one channel of logits; probability = sigmoid, averaged over the TTA views",
+            "tta": inference.tta,
+            "threshold": inference.threshold,
+            "threshold_probability": round(inference.threshold / 255, 6),
+            "postprocess": inference.postprocess,
+            "postprocess_params": inference.postprocess_params,
+            "precision": inference.precision,
+            "files": {f: file_sha256(stage / f, 64) for f in FILES},
+            "source": {
+                "checkpoint": checkpoint.name,
+                "checkpoint_sha256": ckpt_sha,
+                "epoch": meta.get("epoch"),
+                "config": saved,
+                "trained": trained,
+                "recipe": figures,
+            },
+            "notes": notes or {},
+            "code": code_version(),
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(stage / PIPELINE_JSON, spec)
+        write_text(stage / CARD, render_card(spec))
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in stage.iterdir():  # mkdtemp and safetensors make private files: give them the usual mode
+            f.chmod(0o666 & ~umask)
+        stage.chmod(0o777 & ~umask)
+        if out.exists():  # an earlier export: swapped out only once the new one is complete
+            old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+            out.rename(old)
+            stage.rename(out)
+            shutil.rmtree(old)
+        else:
+            stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if not quiet:
+        size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+        print(
+            f"{out}: {cfg.model.arch}/{cfg.model.encoder} at {cfg.image.height}x{cfg.image.width}, {dtype} weights, "
+            f"{size:.1f} MB; threshold {inference.threshold}/255, TTA {inference.tta}, postprocess "
+            f"{inference.postprocess} ({time.time() - start:.1f} s)"
+        )
+    return spec
+
+
+def pretrained_recipe(source: str | Path, out: str | Path, device: torch.device | str = "cpu") -> Path:
+    """Write ``out``: a recipe of one member, the exported model ``source`` (a folder or hub id), with its
+    own threshold, TTA, post-processing and precision; what ``make submission PRETRAINED=...`` runs.
+    The recipe holds the folder's hash, so a submission's lineage reaches the model card's record."""
+    out = Path(out)
+    folder = fetch(source)
+    spec = check_folder(folder, str(source))
+    hub = not Path(str(source)).is_dir()
+    name = spec["name"] if not run_name_problem(spec["name"]) else "pretrained"
+    figures = (spec.get("source") or {}).get("recipe") or {}
+    recipe = {
+        "format": RECIPE_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "threshold": int(spec["threshold"]),
+        "threshold_probability": round(int(spec["threshold"]) / 255, 6),
+        "postprocess": list(spec.get("postprocess", [])),
+        "postprocess_params": dict(spec.get("postprocess_params", {})),
+        "weight_total": 1,
+        "members": [
+            {
+                "name": name,
+                "weight": 1,
+                "model": str(source) if hub else stored_path(folder, out),
+                "model_hub": hub,
+                "model_sha256": folder_sha256(folder),
+                "tta": list(spec["tta"]),
+                "height": int(spec["input"]["height"]),
+                "width": int(spec["input"]["width"]),
+                "precision": spec.get("precision", "fp32"),
+            }
+        ],
+        "oof": {
+            "n_images": figures.get("n_images"),
+            "dice": figures.get("mean_dice"),
+            "dice_percentiles": {"p5": figures.get("dice_p5")},
+        },
+        "code": code_version(),
+    }
+    write_json(out, recipe)
+    return out
