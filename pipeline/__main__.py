@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _folds_arg(value: str) -> list[int | str] | None:
@@ -107,6 +108,35 @@ def cmd_folds(a) -> None:
     df = make_folds(a.data, a.out, k=a.k, seed=a.seed, index=a.index, strict=a.strict)
     print(summary(df))
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
+
+
+def _car_list(path: str) -> list[str]:
+    """Car ids from a text file (one per line, # comments) or a Kaggle data root's train/ photos."""
+    from .data.layout import DataError, Layout, list_images, parse_name
+
+    p = Path(path)
+    if p.is_dir():
+        return sorted({parse_name(i)[0] for i in list_images(Layout(p).train_dir)})
+    if not p.is_file():
+        raise DataError(f"{p}: no such car list (a text file of car ids, or a data root with train/)")
+    return sorted({line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")})
+
+
+def cmd_test_split(a) -> None:
+    from .core.io_utils import atomic_path
+    from .data.folds import make_test_split, read_index
+
+    exclude = set()
+    for source in a.exclude:
+        exclude |= set(_car_list(source))
+    cars = _car_list(a.cars)
+    test = make_test_split(read_index(a.index), cars, exclude, k=a.k, seed=a.seed)
+    with atomic_path(a.out) as tmp:
+        test.to_csv(tmp, index=False, float_format="%.6f")
+    print(
+        f"{a.out}: {len(test)} test cars, fold 0 of {a.k} (seed {a.seed}) over the {len(set(cars) - exclude)} cars "
+        f"of {a.cars} not in {', '.join(a.exclude) or 'no exclusion'}"
+    )
 
 
 def cmd_train(a) -> None:
@@ -239,6 +269,10 @@ def cmd_evaluate(a) -> None:
 
     _check_jobs(a.jobs)
     check_device(a.device, "--device")
+    if a.test_split and not a.pretrained:
+        from .core.config import ConfigError
+
+        raise ConfigError("--test-split scores an exported model: give --pretrained DIR_OR_HUB_ID")
     summaries, per_image = evaluate(
         runs=a.runs,
         recipe=a.recipe,
@@ -250,6 +284,7 @@ def cmd_evaluate(a) -> None:
         n_jobs=a.jobs,
         pretrained=a.pretrained,
         device=a.device,
+        test_split=a.test_split,
     )
     print(format_table(summaries))
     for name, s in summaries.items():
@@ -455,6 +490,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--strict", action="store_true", help="cars without exactly views 01..16 are an error")
     s.set_defaults(func=cmd_folds)
 
+    s = sub.add_parser(
+        "test-split",
+        help="the cars kept out of everything a model's choices see -> folds/test_split.csv (folds/README.md)",
+    )
+    s.add_argument("--index", required=True, help="train-set index CSV (kaggle_train_index.csv)")
+    s.add_argument("--cars", required=True, help="the usable cars: a text file of car ids, or a data root")
+    s.add_argument(
+        "--exclude", action="append", default=[], help="cars not to draw (a list or a data root), repeatable"
+    )
+    s.add_argument("--out", default="folds/test_split.csv")
+    s.add_argument("--k", type=int, default=8, help="draw fold 0 of k stratified folds (8: 27 of 210 cars)")
+    s.add_argument("--seed", type=int, default=42)
+    s.set_defaults(func=cmd_test_split)
+
     s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
     s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
     s.add_argument(
@@ -509,6 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         "--pretrained", metavar="DIR_OR_HUB_ID", help="score an exported model on every train image of --data"
     )
     s.add_argument("--device", default="auto", help="for --pretrained: auto | cpu | cuda | cuda:N")
+    s.add_argument(
+        "--test-split",
+        metavar="CSV",
+        help="with --pretrained: score only the cars of this test split (folds/test_split.csv), refused if the "
+        "model's record says it trained or was tuned on one of them",
+    )
     s.add_argument("--data", default="data", help="data root whose train_masks/ --runs and --recipe use")
     s.add_argument("--json", help="write the summary (one source: an object; several: {source: object})")
     s.add_argument("--per-image", help="write one CSV row per source and image")

@@ -132,6 +132,9 @@ class Config:
     name: str = "vgg11"  # run name: outputs go to <runs_dir>/<name>/fold<fold>/
     data_dir: str = "data"
     folds_csv: str = "folds/folds.csv"
+    # A CSV of car ids (folds/test_split.csv) kept out of training, validation and every choice made
+    # on out-of-fold maps, so that a score on them stands for the model; null: every car of the folds.
+    test_split: str | None = None
     runs_dir: str = "runs"
     fold: int | str = 0  # the held-out fold, or "full" (FULL): train on every car
     seed: int = 42

@@ -1,9 +1,13 @@
-"""Group k-fold by car, stratified by the car's mean mask area.
+"""Group k-fold by car, stratified by the car's mean mask area; and the test split.
 
 All 16 views of a car land in one fold (views of one car are near-duplicates, so splitting
 them would leak). Cars are binned by mean mask area (quantiles) and the bins are spread evenly
 over the folds with scikit-learn's StratifiedKFold at car level, which is group k-fold by
 construction. Deterministic for a given seed.
+
+The test split (``folds/test_split.csv``) is a fixed set of cars that a config naming it
+(``test_split:``) keeps out of training, validation and out-of-fold tuning: what stands for a
+model that ships. It is drawn by the same rule as the folds (``make_test_split``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from joblib import delayed
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
+from ..core.config import FULL
 from .layout import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
 from ..core.io_utils import atomic_path, check_csv_name, plain_name
 from ..core.parallel import parallel
@@ -184,6 +189,52 @@ def check_split(df: pd.DataFrame, path: str | Path) -> None:
         raise DataError(
             f"{path}: fold numbers {folds}; expected 0..k-1 with every fold present (k >= 2). Re-run `make folds`"
         )
+
+
+# -- the test split ----------------------------------------------------------------------------------
+TEST_SPLIT_COLUMNS = ["car_id", "mask_area"]
+_CAR_ID_RE = r"[0-9a-f]{12}"
+
+
+def make_test_split(index: pd.DataFrame, cars: list[str], exclude: set[str], k: int = 8, seed: int = 42):
+    """The test split: fold 0 of ``assign_folds(k, seed)`` over ``cars`` minus ``exclude``, so it is
+    stratified by mean mask area as the folds are. With the 270 usable cars minus the 60 that earlier
+    models and choices were made on, k=8 draws 27 cars. Returns ``car_id, mask_area`` (car means)."""
+    pool = sorted(set(cars) - set(exclude))
+    missing = sorted(set(pool) - set(index.car_id))
+    if missing:
+        raise DataError(f"car {missing[0]} is not in the index ({len(missing)} such cars)")
+    drawn = assign_folds(index[index.car_id.isin(pool)], k=k, seed=seed)
+    test = drawn[drawn.fold == 0].groupby("car_id", sort=True).mask_area.mean().round(6)
+    return test.reset_index()[TEST_SPLIT_COLUMNS]
+
+
+def load_test_split(path: str | Path) -> frozenset[str]:
+    """The car ids of a test split CSV (a ``car_id`` column); DataError naming the file and problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: test split file not found (test_split: in the config; null for none)")
+    check_csv_name(path)
+    try:
+        df = pd.read_csv(path, dtype={"car_id": str})
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise DataError(f"{path}: unreadable as a CSV ({str(e).splitlines()[0][:120]})") from None
+    if "car_id" not in df.columns or df.empty:
+        raise DataError(f"{path}: a test split lists car ids in a 'car_id' column, one row per car")
+    bad = df.car_id[~df.car_id.fillna("").str.fullmatch(_CAR_ID_RE)]
+    if len(bad):
+        raise DataError(f"{path}: {bad.iloc[0]!r} is not a Carvana car id (12 hex digits)")
+    if df.car_id.duplicated().any():
+        raise DataError(f"{path}: car {df.car_id[df.car_id.duplicated()].iloc[0]} listed twice")
+    return frozenset(df.car_id)
+
+
+def split_fold(folds: pd.DataFrame, fold: int | str, test_cars: frozenset[str] = frozenset()):
+    """(training rows, held-out rows) of ``fold`` ("full": every car trains, none is held out), with
+    the test split's cars in neither."""
+    held = folds.fold == fold if fold != FULL else pd.Series(False, index=folds.index)
+    kept = ~folds.car_id.isin(test_cars)
+    return folds[~held & kept].reset_index(drop=True), folds[held & kept].reset_index(drop=True)
 
 
 def load_folds(path: str | Path) -> pd.DataFrame:

@@ -127,6 +127,15 @@ def check_folder(folder: Path, source: str | None = None) -> dict:
     return spec
 
 
+def cars_seen(spec: dict) -> dict[str, set[str] | None]:
+    """The cars an exported model was trained on and those whose out-of-fold maps tuned its threshold
+    and post-processing, as its pipeline.json records them (None where a folder does not record them)."""
+    source = spec.get("source") or {}
+    trained = ((source.get("trained") or {}).get("trained_on") or {}).get("cars")
+    tuned = (source.get("recipe") or {}).get("tuned_on_cars")
+    return {"trained on": None if trained is None else set(trained), "tuned on": None if tuned is None else set(tuned)}
+
+
 def load_pretrained(
     source: str | Path, device: torch.device | str = "cpu", expect_sha: str | None = None
 ) -> Pretrained:

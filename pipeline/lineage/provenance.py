@@ -31,10 +31,12 @@ from .checks import check_recipe
 
 
 # -- link 1: folds CSV -> checkpoints --------------------------------------------------------------
-def folds_fingerprint(folds: pd.DataFrame, fold: int | str) -> dict:
+def folds_fingerprint(folds: pd.DataFrame, fold: int | str, test_cars: frozenset[str] = frozenset()) -> dict:
     """Identity of the split: all (img, fold) pairs, and this fold's held-out set and cars.
 
-    ``fold="full"`` (trained on every car): nothing is held out.
+    ``fold="full"`` (trained on every car): nothing is held out. ``test_cars``: the test split's cars,
+    in neither set; its hash is part of the identity (a run resumed with another test split is
+    another split) and the cars are listed, so the record says which cars a model never saw.
     """
 
     def sha(lines) -> str:
@@ -45,15 +47,22 @@ def folds_fingerprint(folds: pd.DataFrame, fold: int | str) -> dict:
         "folds_sha": sha(f"{i},{f}" for i, f in zip(folds.img, folds.fold)),
         "fold_sha": sha(f"{i},{int(h)}" for i, h in zip(folds.img, held)),
         "k": int(folds.fold.nunique()),
-        "held_out_cars": sorted(set(folds.car_id[held])),
-        "n_train_images": int((~held).sum()),
-    }
+        "held_out_cars": sorted(set(folds.car_id[held]) - test_cars),
+        "n_train_images": int((~held & ~folds.car_id.isin(test_cars)).sum()),
+    } | ({"test_split_sha": sha(test_cars), "test_split_cars": sorted(test_cars)} if test_cars else {})
 
 
 def check_same_folds(recorded: dict | None, current: dict, path: Path, folds_csv: str, doing: str) -> None:
     """Refuse to ``doing`` when ``path`` was trained on another split of the data."""
-    if recorded is None or recorded.get("fold_sha") == current["fold_sha"]:
+    same_test = recorded is None or recorded.get("test_split_sha") == current.get("test_split_sha")
+    if same_test and (recorded is None or recorded.get("fold_sha") == current["fold_sha"]):
         return  # checkpoints written before fingerprints existed are trusted as before
+    if not same_test:
+        raise ResumeError(
+            f"{path}: trained with another test split than this config's ({len(recorded.get('test_split_cars', []))} "
+            f"cars then, {len(current.get('test_split_cars', []))} now); refusing to {doing}: its test cars would "
+            "leak. Use the config it was trained with, another run name, or --fresh to start this fold over."
+        )
     old, new = set(recorded.get("held_out_cars", [])), set(current["held_out_cars"])
     raise ResumeError(
         f"{path}: trained on a different split than {folds_csv} (held-out cars: {len(old - new)} left, "

@@ -14,6 +14,7 @@ Runs and recipes have probabilities: their per-image table also holds the review
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,9 +23,11 @@ import pandas as pd
 from joblib import delayed
 from tqdm import tqdm
 
+from ..core.errors import LineageError
 from ..core.io_utils import plain_name
 from ..core.parallel import parallel
-from ..data.layout import DataError, Layout, decode_file, list_images, read_image, read_mask
+from ..data.folds import load_test_split
+from ..data.layout import DataError, Layout, decode_file, list_images, parse_name, read_image, read_mask
 from ..inference import review
 from ..inference.engine import blend
 from ..lineage.checks import check_recipe
@@ -111,17 +114,54 @@ def pretrained_predictions(pretrained, images: list[Path], device: str = "auto",
         yield name, maps, postprocess(car, steps, blended=maps[0], image=photo, params=params), by_name[name]
 
 
+def unseen_test_cars(pretrained, test_split: str | Path) -> frozenset[str]:
+    """The test split's cars, once the model folder's record shows it never trained on them and never
+    tuned its threshold or post-processing on them (a LineageError naming the cars otherwise; a note
+    where the folder does not record which cars it saw)."""
+    from ..inference.model_folder import cars_seen
+
+    test = load_test_split(test_split)
+    for what, cars in cars_seen(pretrained.spec).items():
+        if cars is None:
+            print(
+                f"note: {pretrained.source} does not record which cars it was {what}; that the test split "
+                f"{test_split} is unseen rests on how both were made (folds/README.md)",
+                file=sys.stderr,
+            )
+        elif cars & test:
+            raise LineageError(
+                f"{pretrained.source}: {what} {len(cars & test)} cars of the test split {test_split} "
+                f"(e.g. {sorted(cars & test)[0]}); its score there would not stand for it"
+            )
+    return test
+
+
 def score_pretrained(
-    source: str | Path, data_dir: str | Path, device: str = "auto", quiet: bool = True, pretrained=None
+    source: str | Path,
+    data_dir: str | Path,
+    device: str = "auto",
+    quiet: bool = True,
+    pretrained=None,
+    test_split: str | Path | None = None,
 ) -> pd.DataFrame:
     """Per-image table of an exported model (folder or hub id) on every train image of ``data_dir``
-    that has a mask, at full resolution, with its threshold, TTA and post-processing; and the review score."""
+    that has a mask, at full resolution, with its threshold, TTA and post-processing; and the review score.
+    ``test_split``: only the images of its cars, checked to be cars the model never saw."""
     from ..inference.model_folder import load_pretrained
 
     layout = Layout(data_dir)
     layout.require(layout.train_dir, layout.masks_dir)
     pretrained = pretrained or load_pretrained(source, "cpu")
     images = [layout.train_image(i) for i in list_images(layout.train_dir) if layout.mask(i).is_file()]
+    if test_split is not None:
+        test = unseen_test_cars(pretrained, test_split)
+        images = [p for p in images if parse_name(p.name)[0] in test]
+        found = {parse_name(p.name)[0] for p in images}
+        if found != test:
+            raise DataError(
+                f"{layout.train_dir}: {len(test - found)} cars of the test split {test_split} have no photo with a "
+                f"mask here (e.g. {sorted(test - found)[0]}); a test-split score needs every one of them"
+            )
     if not images:
         raise DataError(f"{layout.train_dir}: no image with a mask in {layout.masks_dir} to score")
     rows, names = [], []
@@ -296,6 +336,7 @@ def evaluate(
     quiet: bool = False,
     pretrained: str | None = None,
     device: str = "auto",
+    test_split: str | None = None,
 ) -> tuple[dict[str, dict], pd.DataFrame]:
     """Score every requested source; return ({source: summary}, per-image table with a source column)."""
     if (submission or pred_dir) and not masks:
@@ -313,7 +354,7 @@ def evaluate(
         from ..inference.model_folder import load_pretrained
 
         model = load_pretrained(pretrained, "cpu")
-        tables[model.name] = score_pretrained(pretrained, data, device, quiet, pretrained=model)
+        tables[model.name] = score_pretrained(pretrained, data, device, quiet, pretrained=model, test_split=test_split)
     if not tables:
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}

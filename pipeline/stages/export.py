@@ -88,10 +88,12 @@ def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
             f"{recipe_path}: its member {active[0]['name']!r} was trained with another {', '.join(differ)} than the "
             "model to export; its figures do not stand for it"
         )
-    per_fold = {}
+    per_fold, tuned_on = {}, set()
     for ckpt in active[0]["checkpoints"]:
         oof = json.loads((Path(ckpt).parent / "oof.json").read_text())
         per_fold[str(oof["fold"])] = {"dice_at_0.5": oof["mean_dice"], "n_images": oof["n_images"]}
+        # The cars whose out-of-fold maps chose the threshold and post-processing.
+        tuned_on |= set((read_checkpoint(ckpt, mmap=True).get("folds") or {}).get("held_out_cars", []))
     figures = {
         "recipe_hash": recipe_hash(recipe),
         "member": active[0]["name"],
@@ -102,6 +104,7 @@ def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
         "mean_dice": recipe.get("oof", {}).get("dice"),
         "dice_p5": recipe.get("oof", {}).get("dice_percentiles", {}).get("p5"),
         "per_fold": per_fold,
+        "tuned_on_cars": sorted(tuned_on),
     }
     return recipe, figures
 

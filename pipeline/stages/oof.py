@@ -22,7 +22,7 @@ from ..core.config import Config
 from ..core.errors import PipelineError
 from ..core.identity import code_version
 from ..core.io_utils import atomic_path, read_json, write_json
-from ..data.folds import load_folds
+from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout, decode_file, read_mask
 from ..inference.engine import Engine, Member, pick_device, resolve_precision
 from ..lineage.checks import check_fold
@@ -61,7 +61,8 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     device = pick_device(cfg.device)
     folds = load_folds(cfg.folds_csv)
     check_fold(cfg, sorted(set(folds.fold)))
-    folds_id = folds_fingerprint(folds, cfg.fold)
+    test_cars = load_test_split(cfg.test_split) if cfg.test_split else frozenset()
+    folds_id = folds_fingerprint(folds, cfg.fold, test_cars)
     # One read of best.pt: the maps are recorded as made by the bytes that made them.
     model, mcfg, best_sha, best = load_checkpoint(run_dir / "best.pt", device)
     check_same_folds(best.get("folds"), folds_id, run_dir / "best.pt", cfg.folds_csv, "write out-of-fold maps")
@@ -69,7 +70,7 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     precision = resolve_precision(cfg.predict.amp, device)
     source = oof_source(best_sha, cfg.predict.tta, folds_id["fold_sha"], precision)
     _fresh_maps(run_dir, source)
-    val = folds[folds.fold == cfg.fold].reset_index(drop=True)
+    _, val = split_fold(folds, cfg.fold, test_cars)
     layout = Layout(cfg.data_dir)
     oof_dir = run_dir / "oof"
     todo = [img for img in val.img if not (oof_dir / f"{Path(img).stem}.png").exists()]

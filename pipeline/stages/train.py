@@ -48,7 +48,7 @@ from ..core.io_utils import (
 from ..core.measure import machine
 from ..data.augment import train_transform
 from ..data.datasets import SegmentationDataset
-from ..data.folds import load_folds
+from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout
 from ..inference.engine import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from ..lineage.checks import check_fold, check_train_config
@@ -196,11 +196,14 @@ class Trainer:
         self.layout = Layout(cfg.data_dir)
         folds = load_folds(cfg.folds_csv)
         check_fold(cfg, sorted(set(folds.fold)))
-        self.folds_id = folds_fingerprint(folds, cfg.fold)
+        test_cars = load_test_split(cfg.test_split) if cfg.test_split else frozenset()
+        self.folds_id = folds_fingerprint(folds, cfg.fold, test_cars)
         # fold "full": every car trains, none is held out (so no validation and no out-of-fold maps).
-        held = folds.fold == cfg.fold if not cfg.full else pd.Series(False, index=folds.index)
-        self.train_df = folds[~held].reset_index(drop=True)
-        self.val_df = folds[held].reset_index(drop=True)
+        self.train_df, self.val_df = split_fold(folds, cfg.fold, test_cars)
+        tested = folds.car_id.isin(test_cars)
+        if tested.any() and not self.quiet and distributed.is_main():
+            n_cars = folds.car_id[tested].nunique()
+            print(f"test split {cfg.test_split}: {int(tested.sum())} images of {n_cars} cars kept out of training")
 
     def _prepare_run_folder(self, fresh: bool) -> bool:
         """Whether the run resumes from last.pt (checked to be the same run); writes config.yaml."""
@@ -586,6 +589,9 @@ def finish_full(trainer: Trainer) -> dict:
             "n_cars": int(folds.car_id.nunique()),
             "folds_csv": stored_path(cfg.folds_csv, run_dir / FULL_SUMMARY),
             "folds": {k: trainer.folds_id[k] for k in ("folds_sha", "fold_sha", "k")},
+            # Which cars it saw, and the test split it never saw: what a test-split score checks.
+            "cars": sorted(folds.car_id.unique()),
+            "test_split_cars": trainer.folds_id.get("test_split_cars", []),
         },
         "cross_validation": cross_validation(
             cfg.runs_dir, cfg.name, cfg.to_dict(), trainer.folds_id["folds_sha"], run_dir / FULL_SUMMARY
