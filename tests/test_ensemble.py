@@ -9,7 +9,14 @@ from pipeline.inference.engine import blend
 from pipeline.masks.metrics import dice
 from pipeline.masks.postprocess import apply as postprocess
 from pipeline.masks.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
-from pipeline.stages.ensemble import MIN_POSTPROCESS_GAIN, POSTPROCESS_CANDIDATES, image_histograms, tune, weight_grid
+from pipeline.stages.ensemble import (
+    GUARD_STEPS,
+    MIN_POSTPROCESS_GAIN,
+    POSTPROCESS_CANDIDATES,
+    image_histograms,
+    tune,
+    weight_grid,
+)
 from tests.conftest import fake_fold
 
 
@@ -77,11 +84,21 @@ def test_search_finds_the_brute_force_optimum(tiny_data, tmp_path):
             ]
         )
         assert gain == pytest.approx(after - best[0], abs=1e-9)
-    if max(gains.values()) >= MIN_POSTPROCESS_GAIN:
-        assert "+".join(recipe["postprocess"]) == max(gains, key=gains.get)
-        assert recipe["oof"]["dice"] == pytest.approx(best[0] + max(gains.values()), abs=1e-9)
-    else:
-        assert recipe["postprocess"] == [] and recipe["oof"]["dice"] == pytest.approx(best[0], abs=1e-9)
+    best_steps = max(gains, key=gains.get).split("+") if max(gains.values()) >= MIN_POSTPROCESS_GAIN else []
+    assert [s for s in recipe["postprocess"] if s not in GUARD_STEPS] == best_steps
+
+    # The guard goes first where it lowers no image's Dice; the recipe's Dice is that of what it chose.
+    def scored(steps):
+        return [
+            dice(postprocess((bl >= best[2]).astype(np.uint8), steps, bl, photo, params), m)
+            for bl, photo, m in zip(blended, photos, masks)
+        ]
+
+    unguarded, guarded = scored(best_steps), scored(["remove_far_blobs", *best_steps])
+    kept = all(g >= u for g, u in zip(guarded, unguarded))
+    assert recipe["postprocess_guard"]["remove_far_blobs"]["kept"] == kept
+    assert recipe["postprocess"] == (["remove_far_blobs"] if kept else []) + best_steps
+    assert recipe["oof"]["dice"] == pytest.approx(np.mean(guarded if kept else unguarded), abs=1e-9)
     none = tune(runs, tiny_data, tmp_path / "r0.json", steps=4, n_jobs=1, quiet=True, postprocess_steps="none")
     assert none["postprocess"] == [] and none["postprocess_gain"] == {}
     assert none["oof"]["dice"] == pytest.approx(best[0], abs=1e-9)
@@ -114,7 +131,8 @@ def test_post_processing_that_measurably_helps_goes_into_the_recipe(tiny_data, t
     _fake_member(tmp_path / "runs", "specks", images, maps)
     recipe = tune(tmp_path / "runs", tiny_data, tmp_path / "r.json", n_jobs=1, quiet=True)
     assert recipe["oof"]["dice_before_postprocess"] < 1
-    assert recipe["postprocess"] in (["largest_cc"], ["remove_small"])  # the first of the equal best
+    # the first of the equal best, behind the guard (which costs nothing here)
+    assert recipe["postprocess"] in (["remove_far_blobs", "largest_cc"], ["remove_far_blobs", "remove_small"])
     assert recipe["oof"]["dice"] == 1.0 and recipe["postprocess_gain"]["smooth_contour"] < MIN_POSTPROCESS_GAIN
 
 
@@ -133,3 +151,54 @@ def test_image_histograms_count_every_pixel_as_blended(n_members):
     for i, w in enumerate(combos):
         want = np.bincount(blend(flat, w.tolist()).astype(np.int64) * 2 + truth, minlength=512).reshape(256, 2)
         np.testing.assert_array_equal(got[i], want)
+
+
+def _copy_data(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    shutil.copy(tiny_data.parent / "folds.csv", tmp_path / "folds.csv")
+    return root
+
+
+def test_the_far_blob_guard_is_kept_when_it_costs_no_image_anything(tiny_data, tmp_path):
+    layout = Layout(tiny_data)
+    images = sorted(p.name for p in layout.train_dir.iterdir())[:4]
+    maps = []
+    for img in images:
+        q = read_mask(layout.mask(img)) * 255
+        q[1:3, 1:3] = 255  # a false blob far from the car
+        maps.append(q.astype(np.uint8))
+    _fake_member(tmp_path / "runs", "blobs", images, maps)
+    recipe = tune(tmp_path / "runs", tiny_data, tmp_path / "r.json", n_jobs=1, quiet=True)
+    guard = recipe["postprocess_guard"]["remove_far_blobs"]
+    # largest_cc, chosen for its gain, already removes these blobs: the guard adds nothing and costs nothing
+    assert guard["kept"] and guard["images_worse"] == 0 and guard["gain"] == 0
+    assert recipe["postprocess"][0] == "remove_far_blobs" and recipe["oof"]["dice"] == 1.0
+    alone = [dice(postprocess((m >= 128).astype(np.uint8), ["remove_far_blobs"]), read_mask(layout.mask(i)))
+             for m, i in zip(maps, images)]  # fmt: skip
+    assert alone == [1.0] * 4  # and on its own it removes every one of them
+
+
+def test_the_far_blob_guard_is_dropped_when_it_would_remove_a_true_piece(tiny_data, tmp_path):
+    """A true piece far from the car, predicted right: the guard would cost that image, so it stays out."""
+    import PIL.Image
+
+    data = _copy_data(tiny_data, tmp_path)
+    layout = Layout(data)
+    images = sorted(p.name for p in layout.train_dir.iterdir())[:4]
+    maps = []
+    for img in images[:1]:
+        mask = read_mask(layout.mask(img))
+        mask[1:3, 1:3] = 1  # the truth has a separate piece far from the car
+        im = PIL.Image.fromarray(mask, mode="P")
+        im.putpalette([0, 0, 0, 255, 255, 255])
+        im.save(layout.mask(img))
+    for img in images:
+        maps.append((read_mask(layout.mask(img)) * 255).astype(np.uint8))  # predicted exactly
+    _fake_member(tmp_path / "runs", "exact", images, maps)
+    recipe = tune(tmp_path / "runs", data, tmp_path / "r.json", n_jobs=1, quiet=True)
+    guard = recipe["postprocess_guard"]["remove_far_blobs"]
+    assert not guard["kept"] and guard["images_worse"] == 1
+    assert "remove_far_blobs" not in recipe["postprocess"] and recipe["oof"]["dice"] == 1.0

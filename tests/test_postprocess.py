@@ -104,6 +104,48 @@ def test_fill_holes_keeps_background_touching_the_border():
     np.testing.assert_array_equal(pp.fill_holes(m), m)
 
 
+def _car(h=256, w=384):
+    """A car-like blob on a 384x256 image (diagonal 461 px: the gap is 23 px at FAR_BLOB_GAP 0.05)."""
+    m = np.zeros((h, w), np.uint8)
+    m[60:180, 60:320] = 1
+    return m
+
+
+def test_remove_far_blobs_drops_a_blob_far_from_the_car():
+    m = _car()
+    m[230:250, 20:200] = 1  # a false blob on the floor edge, 50 px below the car
+    out = pp.remove_far_blobs(m)
+    np.testing.assert_array_equal(out, _car())
+
+
+def test_remove_far_blobs_keeps_thin_and_small_pieces_near_the_car():
+    m = _car()
+    m[182:184, 80:300] = 1  # a thin sliver 2 px below the car (a bumper edge cut off by the threshold)
+    m[50:52, 150:152] = 1  # a 4-pixel antenna tip, 8 px above the roof
+    for k in range(4):  # an antenna drawn as a row of pieces, each 10 px from the next: its tip 56 px away
+        m[40 - 12 * k : 42 - 12 * k, 250:252] = 1
+    np.testing.assert_array_equal(pp.remove_far_blobs(m), m)
+
+
+def test_remove_far_blobs_gap_is_a_fraction_of_the_diagonal():
+    m = _car()
+    m[204:208, 100:140] = 1  # 24 px below the car: just beyond 0.05 of the diagonal, within 0.06
+    assert pp.remove_far_blobs(m)[206, 120] == 0
+    assert pp.remove_far_blobs(m, max_gap=0.06)[206, 120] == 1
+
+
+@needs_real_data()
+@pytest.mark.parametrize(
+    "name",  # the real masks with separate pieces (the farthest 33 px from the body; docs/accuracy.md)
+    ["0d3adbbc9a8b_15", "0d3adbbc9a8b_12", "2335eef27de6_08", "2335eef27de6_01", "2335eef27de6_09",
+     "2af7c265531e_16", "28d9a149cb02_02"],
+)  # fmt: skip
+def test_remove_far_blobs_keeps_every_true_pixel_of_real_masks_with_pieces(name):
+    m = read_mask(REAL / "train_masks" / f"{name}_mask.gif")
+    assert cv2.connectedComponents(m, connectivity=8)[0] > 2  # the car and at least one separate piece
+    np.testing.assert_array_equal(pp.remove_far_blobs(m), m)
+
+
 # --- registry and apply ----------------------------------------------------------------------------
 
 

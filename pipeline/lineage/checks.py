@@ -98,6 +98,7 @@ RECIPE_KEYS = {
     "threshold_probability",
     "postprocess",
     "postprocess_gain",
+    "postprocess_guard",
     "postprocess_params",
     "weight_total",
     "members",
