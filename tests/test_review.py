@@ -1,5 +1,6 @@
-"""Review scores: exact device features, a corrupted prediction ranked above clean ones, the car-level
-area feature, the out-of-fold figures, and the resumable sidecar."""
+"""Review scores: exact device features, a corrupted prediction ranked above clean ones, a view judged
+against its own car's views (a framing is not a mistake), the out-of-fold figures, and the resumable
+sidecar."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from pipeline.data.layout import Layout, read_mask
 from pipeline.inference import review
 from pipeline.inference.engine import blend
+from tests.conftest import REAL, needs_real_data
 
 
 def test_image_features_are_exact_counts():
@@ -59,10 +61,13 @@ def _sharp_map(mask: np.ndarray) -> np.ndarray:
 
 
 def test_a_corrupted_prediction_ranks_above_clean_ones(tiny_data, monkeypatch):
-    # The uncertain-pixel evidence alone: the synthetic cars' shapes are not real cars' (the shape
-    # evidence is tested with real ranges in tests/test_round3.py), so every shape counts as plausible here.
+    # The uncertain-pixel evidence alone: the synthetic cars' shapes and views are not real cars' (the
+    # shape and view evidence is tested below and in tests/test_round3.py), so every shape counts as
+    # plausible here and no view disagreement as past the tolerance.
     wide = {f: [0.0, 1.0] for f in review.SHAPE_FEATURES}
     monkeypatch.setattr(review, "car_shapes", lambda: {"all": wide})
+    loose = {ref: {f: 1e9 for f in tol} for ref, tol in review.VIEW_TOLERANCE.items()}
+    monkeypatch.setattr(review, "VIEW_TOLERANCE", loose)
     layout = Layout(tiny_data)
     images = sorted(p.name for p in layout.train_dir.iterdir())[:16]  # one car's 16 views
     rows = []
@@ -77,15 +82,72 @@ def test_a_corrupted_prediction_ranks_above_clean_ones(tiny_data, monkeypatch):
     assert sorted(table.img) == images and tuple(table.columns) == review.COLUMNS
 
 
-def test_view_area_dev_compares_with_mirror_and_neighbour_views():
-    car = "0123456789ab"
-    images = [f"{car}_{v:02d}.jpg" for v in range(1, 17)] + ["photo.jpg"]
-    area = np.full(17, 1000.0)
-    area[2] = 500  # view 03: its mirror (15) and neighbours (02, 04) all have 1000
-    dev = review.view_area_dev(images, area)
-    assert dev[2] == pytest.approx(np.log(2))
-    # Views 02 and 04 have 03 as a neighbour: the median of (1000, 500, 1000) is still 1000.
-    assert dev[1] == 0 and dev[3] == 0 and dev[-1] == 0  # a photo without a Carvana name: no car context
+H, W = 1280, 1918
+
+
+def _row(img, area, box, soft=20_000):
+    top, bottom, left, right = box
+    return {"img": img, "area": int(area), "perimeter": 4000, "soft_error": soft, "uncertain": 900, "disagreement": 0,
+            "height": H, "width": W, "top": top, "bottom": bottom, "left": left, "right": right}  # fmt: skip
+
+
+def _car(car, area=500_000, box=(400, 1000, 300, 1600), soft=20_000):
+    return [_row(f"{car}_{v:02d}.jpg", area, box, soft) for v in range(1, 17)]
+
+
+def test_a_view_that_disagrees_with_its_own_car_ranks_first_and_says_why():
+    rows = _car("0123456789ab")
+    rows[2] = _row("0123456789ab_03.jpg", 545_000, (400, 1200, 300, 1600))  # a blob on the floor below the car
+    rows[6] = _row(
+        "0123456789ab_07.jpg", 0, (-1, -1, -1, -1)
+    )  # no car found: its mirror (11) and neighbours say one is there
+    t = review.review_table(pd.DataFrame(rows)).set_index("img")
+    assert list(t.index[:2]) == ["0123456789ab_07.jpg", "0123456789ab_03.jpg"]
+    assert t.loc["0123456789ab_07.jpg", "view_px"] == 500_000 and t.loc["0123456789ab_03.jpg", "view_px"] == 45_000
+    assert "box bottom +200 px against its mirror view" in t.loc["0123456789ab_03.jpg", "why"]
+    # Its mirror partner (15) disagrees with it, but agrees with its own neighbours: not blamed.
+    assert t.loc["0123456789ab_15.jpg", "view_px"] == 0 and t.loc["0123456789ab_15.jpg", "why"].startswith("78 px")
+    assert (t["shape_px"] == 0).all()  # each has its car's views to compare with
+
+
+def test_a_car_framed_unlike_the_train_cars_is_a_framing_not_16_mistakes():
+    wide = _car(
+        "aaaaaaaaaaaa", area=0.5 * H * W, box=(300, H - 10, 0, W - 1), soft=5_000
+    )  # larger, lower: platform edge
+    usual = _car("0123456789ab")
+    usual[4] = _row("0123456789ab_05.jpg", 500_000, (400, 1000, 300, 1600), soft=2_000_000)  # unsure: a real mistake
+    t = review.review_table(pd.DataFrame(wide + usual)).set_index("img")
+    assert t.index[0] == "0123456789ab_05.jpg"
+    mine = t.loc[[r["img"] for r in wide]]
+    assert (mine.shape_dev > review.SHAPE_TOLERANCE).all() and (mine.shape_px == 0).all() and (mine.view_px == 0).all()
+    assert (mine.score == 5_000 / 255).all() and mine.why.str.contains("framed unlike the train cars").all()
+    # Alone, with no other view of its car here, the same photo is judged against all train cars.
+    alone = review.review_table(pd.DataFrame(wide[:1])).iloc[0]
+    assert alone.shape_px > 0 and "a shape unlike any train car's" in alone.why
+
+
+def test_an_odd_photo_among_a_car_s_views_ranks_first():
+    rows = _car("0123456789ab", soft=200_000)
+    rows[3] = _row("0123456789ab_04.jpg", 0.56 * H * W, (0, H - 1, 0, W - 1), soft=0)  # confident, not a car
+    t = review.review_table(pd.DataFrame(rows))
+    assert t.img.iloc[0] == "0123456789ab_04.jpg" and "against its mirror view" in t.why.iloc[0]
+
+
+@needs_real_data()
+def test_no_true_mask_disagrees_with_its_car_past_the_tolerance():
+    layout = Layout(REAL)
+    cars = sorted({p.name[:12] for p in layout.masks_dir.glob("*_mask.gif")})[:4]
+    rows = []
+    for car in cars:
+        for v in range(1, 17):
+            m = read_mask(layout.mask(f"{car}_{v:02d}.jpg")) > 0
+            ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            rows.append(_row(f"{car}_{v:02d}.jpg", m.sum(), (ys[0], ys[-1], xs[0], xs[-1]), soft=0))
+    t = review.review_table(pd.DataFrame(rows))
+    assert len(t) == 64 and (t.view_dev <= 1).all() and (t.score == 0).all()
+
+
+def test_car_view_reads_carvana_names_only():
     assert review.car_view("0123456789ab_07.jpg") == ("0123456789ab", 7) and review.car_view("x_07.jpg") is None
 
 

@@ -7,16 +7,20 @@ Every predicted image gets a score from the model's own output, with no ground t
   probability is far from 0 and 1 (``uncertain``), the expected number of wrong pixels among them
   if the probabilities were calibrated (``soft_error``, in 1/255 px), and the pixels on which the
   members disagree;
-- when the review list is written, from all views of a car (the 12-hex prefix of the image name):
-  how far the image's area is from its mirror and neighbouring views' (``view_area_dev``).
+- when the review list is written, from the other views of the same car (the 12-hex prefix of the
+  image name): how far the mask's area and box disagree with its mirror view and its neighbouring
+  views (``view_dev``), and, only where no view of its car is there to compare with, how far its
+  shape lies outside every train car's (``shape_dev``, car_shapes.json).
 
-``score`` = soft_error / 255, the expected number of wrong pixels: the review list ranks by how
-much of a mask is probably wrong. The other columns are shown for the reviewer; measured on real
-out-of-fold maps they rank the errors less well (docs/accuracy.md, "Review list"). The list
-``<out>.review.csv`` (``img, score`` and the features, worst first) goes with every submission,
-shard, merge and ``predict`` run; ``review_figures`` measures a score against the truth out-of-fold
-(``evaluate``, ``report``): the share of all error pixels that the top 5 % of images hold, what a
-random 5 % holds, and the Spearman rank correlation between score and 1 - Dice.
+``score``, the expected number of wrong pixels, adds three pieces, each in pixels: ``uncertain_px``
+(soft_error / 255), ``view_px`` (the area a view disagrees with its own car by, past what true masks
+ever do) and ``shape_px`` (an implausible shape, judged against all cars only without car context).
+``framing_dev`` says when a whole car is framed unlike the train cars: shown, not counted (an
+unusual photo, not a wrong mask). ``why`` puts it in words, largest piece first. The list
+``<out>.review.csv`` (worst first) goes with every submission, shard, merge and ``predict`` run;
+``review_figures`` measures a score against the truth out-of-fold (``evaluate``, ``report``): the
+share of all error pixels that the top 5 % of images hold, what a random 5 % holds, and the Spearman
+rank correlation between score and 1 - Dice.
 """
 
 from __future__ import annotations
@@ -62,7 +66,20 @@ SHAPE_TOLERANCE = 0.25
 # Not wider: a model trained briefly leaves much of the background at 0.05..0.2, which says little about
 # errors (docs/accuracy.md, "Review list").
 UNCERTAIN_LO, UNCERTAIN_HI = 64, 191
-COLUMNS = ("img", "score", "shape_dev", "view_area_dev", *DEVICE_FEATURES)
+# The review list: the score, why (each piece of evidence and its pixels, largest first), the pieces, then
+# the device features.
+COLUMNS = (
+    "img",
+    "score",
+    "why",
+    "uncertain_px",
+    "view_px",
+    "shape_px",
+    "view_dev",
+    "shape_dev",
+    "framing_dev",
+    *DEVICE_FEATURES,
+)
 _CAR_VIEW_RE = re.compile(r"^([0-9a-f]{12})_(\d{2})\.\w+$")
 TOP_SHARE = 0.05  # the share of images a reviewer looks at, for review_figures
 
@@ -119,25 +136,87 @@ def car_view(img: str) -> tuple[str, int] | None:
 
 
 # -- the score ----------------------------------------------------------------------------------------
-def view_area_dev(images: list[str], area: np.ndarray) -> np.ndarray:
-    """Per image: |log(area / the median area of its car's mirror view and two neighbouring views)|.
+# Like with like: a view's mask against its own car's other views. Views 01..16 go round the car on a
+# turntable; view v and view 18 - v (mod 16) are mirror images (the same area and box rows), and
+# neighbouring views differ little. So a car framed wider or lower than the train cars moves all its
+# views alike, and only a view that disagrees with its own car is evidence about its mask. Each
+# tolerance lies just past the largest disagreement among the 3,888 true masks of the 243 cars outside
+# the test split (docs/accuracy.md, "Review list, round 4"; mirror: area 0.121, top 97 px, bottom 47 px
+# of 1280; neighbours: area 0.315, bottom 92 px): |log area ratio|, and the box's top and bottom rows as
+# shares of the image height.
+VIEW_TOLERANCE = {
+    "mirror": {"area": 0.13, "top": 0.08, "bottom": 0.04},
+    "neighbours": {"area": 0.33, "bottom": 0.075},
+}
 
-    Views 01..16 go round the car in equal steps; view v and view 18 - v (mod 16) are mirror images,
-    and neighbouring views differ little. An image without a Carvana name, or whose car lacks
-    those views here, gets 0.
-    """
-    keys = [car_view(i) for i in images]
-    by_key = {k: a for k, a in zip(keys, np.asarray(area, dtype=np.float64)) if k is not None}
-    out = np.zeros(len(images))
-    for j, (k, a) in enumerate(zip(keys, area)):
-        if k is None or a <= 0:
+
+def _view_refs(car: str, v: int) -> dict[str, list[tuple[str, int]]]:
+    mirror = (18 - v - 1) % 16 + 1
+    refs = {"neighbours": [(car, (v - 2) % 16 + 1), (car, v % 16 + 1)]}
+    if mirror != v:  # views 01 and 09 are their own mirror images
+        refs["mirror"] = [(car, mirror)]
+    return refs
+
+
+def _against(feats: dict, j: int, ref: dict, tolerance: dict, h: float) -> tuple[float, float, str]:
+    """(dev, px, what) of row ``j`` against one reference's median features."""
+    area, dev, px, what = feats["area"][j], 0.0, 0.0, ""
+    for f, tol in tolerance.items():
+        if f == "area":
+            d = abs(np.log(area / ref["area"])) if area > 0 else np.inf
+        elif area > 0:
+            d = abs(feats[f][j] - ref[f])
+        else:
             continue
-        car, v = k
-        others = [by_key.get((car, (w - 1) % 16 + 1)) for w in (18 - v, v - 1, v + 1)]
-        others = [o for o in others if o is not None and o > 0]
-        if others:
-            out[j] = abs(np.log(a / np.median(others)))
-    return out
+        if d / tol > dev:
+            dev = d / tol
+            px = min(max(dev - 1, 0.0), 1.0) * abs(area - ref["area"])
+            what = (
+                f"area {area / ref['area'] - 1:+.0%}"
+                if f == "area"
+                else f"box {f} {(feats[f][j] - ref[f]) * h:+.0f} px"
+            )
+    return dev, px, what
+
+
+def view_evidence(t: pd.DataFrame) -> pd.DataFrame:
+    """Per row of a table with ``img`` and DEVICE_FEATURES: how its mask disagrees with its own car's views.
+
+    Against each reference here (its mirror view; its two neighbours' median), the worst disagreement in
+    units of VIEW_TOLERANCE (1 = as far as any true mask's). A wrong view disagrees with every reference,
+    while its mirror partner still agrees with its own neighbours: so a view's ``view_dev`` is the smaller
+    of the two, and ``view_px`` the pixels that reference puts at stake, |area - its area|, in proportion
+    to how far past the tolerance (all of it at twice the tolerance). ``view_why`` names it. ``context``:
+    the row's car has a usable reference here (a Carvana name and a non-empty mask of its mirror or a
+    neighbour); only those rows are judged against their car instead of all cars.
+    """
+    keys = [car_view(i) for i in t["img"]]
+    h = t["height"].to_numpy(np.float64)
+    feats = {
+        "area": t["area"].to_numpy(np.float64),
+        "top": t["top"].to_numpy(np.float64) / h,
+        "bottom": t["bottom"].to_numpy(np.float64) / h,
+    }
+    row_of = {k: j for j, k in enumerate(keys) if k is not None}
+    n = len(t)
+    dev, px, context, why = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), [""] * n
+    for j, k in enumerate(keys):
+        if k is None:
+            continue
+        found = []
+        for ref_name, ref_keys in _view_refs(*k).items():
+            rows = [row_of[r] for r in ref_keys if r in row_of and feats["area"][row_of[r]] > 0]
+            if rows:
+                ref = {f: float(np.median(v[rows])) for f, v in feats.items()}
+                found.append((*_against(feats, j, ref, VIEW_TOLERANCE[ref_name], h[j]), ref_name))
+        if not found:
+            continue
+        context[j] = True
+        dev[j], px[j], _, _ = min(found, key=lambda f: f[0])
+        if dev[j] > 1:
+            names = {"mirror": "mirror view", "neighbours": "neighbouring views"}
+            why[j] = " and ".join(f"{what} against its {names[r]}" for _, _, what, r in found)
+    return pd.DataFrame({"view_dev": dev, "view_px": px, "context": context, "view_why": why}, index=t.index)
 
 
 @functools.cache
@@ -192,13 +271,11 @@ def shape_dev(t: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def score(features: pd.DataFrame) -> np.ndarray:
-    """The review score of each row of a features table (``DEVICE_FEATURES``, ``shape_dev``): the expected
-    number of wrong pixels. Among the uncertain pixels, their probability of being wrong (``soft_error``);
-    and for a mask whose shape is implausible for a car (``shape_dev`` past SHAPE_TOLERANCE), the whole mask
-    (or, on a Carvana photo, at least a typical car's area: a car is there), in proportion to how
-    implausible: confident mistakes have no uncertain pixels."""
-    soft = features["soft_error"].to_numpy(dtype=np.float64) / 255
+def shape_px(features: pd.DataFrame) -> np.ndarray:
+    """The pixels at stake when a mask's shape is implausible for a car (``shape_dev`` past SHAPE_TOLERANCE):
+    the whole mask (or, on a Carvana photo, at least a typical car's area: a car is there), in proportion to
+    how implausible. Confident mistakes have no uncertain pixels; this catches them where no view of the
+    same car is here to compare with."""
     weight = np.clip((features["shape_dev"].to_numpy(np.float64) - SHAPE_TOLERANCE) / (1 - SHAPE_TOLERANCE), 0, 1)
     area = features["area"].to_numpy(np.float64)
     # A Carvana photo (its name says car and view) certainly shows a car: a mask too small for one misses
@@ -207,12 +284,49 @@ def score(features: pd.DataFrame) -> np.ndarray:
     lo, hi = car_shapes()["all"]["area"]
     carvana = np.array([car_view(i) is not None for i in features["img"]], dtype=bool)
     at_stake = np.where(carvana, np.maximum(area, pixels * (lo + hi) / 2), area)
-    return soft + weight * at_stake
+    return weight * at_stake
+
+
+def framing_dev(t: pd.DataFrame, context: np.ndarray) -> np.ndarray:
+    """Per row: the median ``shape_dev`` of its car's views here (rows with car context; 0 otherwise). A car
+    framed unlike the train cars (larger, lower, the platform edge in view) moves all 16 views alike: that
+    is evidence about the photos, shown to the reviewer, not about the masks."""
+    cars = pd.Series([k[0] if k is not None and c else None for k, c in zip(map(car_view, t["img"]), context)])
+    dev = pd.Series(t["shape_dev"].to_numpy(np.float64))
+    med = dev.groupby(cars).transform("median")
+    return med.fillna(0.0).to_numpy()
+
+
+def _why(row) -> str:
+    parts = []
+    if row.uncertain_px >= 1:
+        parts.append((row.uncertain_px, f"{row.uncertain_px:,.0f} px of uncertain probabilities"))
+    if row.view_px >= 1:
+        parts.append((row.view_px, f"{row.view_px:,.0f} px: {row.view_why}"))
+    if row.shape_px >= 1:
+        parts.append(
+            (row.shape_px, f"{row.shape_px:,.0f} px: a shape unlike any train car's (shape_dev {row.shape_dev:.2f})")
+        )
+    text = "; ".join(p for _, p in sorted(parts, key=lambda p: -p[0]))
+    if row.framing_dev > SHAPE_TOLERANCE:
+        text += ("; " if text else "") + (
+            f"its car is framed unlike the train cars (framing_dev {row.framing_dev:.2f}; "
+            "not counted: an unusual photo)"
+        )
+    return text
+
+
+def score(features: pd.DataFrame) -> np.ndarray:
+    """The review score of each row of a review table: the expected number of wrong pixels, the sum of
+    ``uncertain_px`` (the probability on the wrong side summed over the uncertain pixels), ``view_px``
+    (disagreement with the same car's other views) and ``shape_px`` (an implausible shape, where no view
+    of the same car is here)."""
+    return features[["uncertain_px", "view_px", "shape_px"]].to_numpy(np.float64).sum(1)
 
 
 def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
     """Review scores of ``images`` (in that order) from their ``image_features`` dicts; the car
-    feature is computed over these images."""
+    evidence is computed over these images."""
     t = review_table(pd.DataFrame([{"img": i, **f} for i, f in zip(images, features)]))
     return t.set_index("img").loc[list(images), "score"].to_numpy()
 
@@ -220,9 +334,16 @@ def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
 def review_table(features: pd.DataFrame) -> pd.DataFrame:
     """``img`` + DEVICE_FEATURES rows (any order) -> the review list: COLUMNS, worst (highest score) first."""
     t = features[["img", *DEVICE_FEATURES]].copy()
-    t["view_area_dev"] = view_area_dev(t["img"].tolist(), t["area"].to_numpy())
+    t["uncertain_px"] = t["soft_error"].to_numpy(np.float64) / 255
+    views = view_evidence(t)
+    t["view_dev"], t["view_px"], view_why = views["view_dev"], views["view_px"], views["view_why"]
     t["shape_dev"] = shape_dev(t)
+    # Judged against all train cars only where no view of its own car is here to compare with.
+    t["shape_px"] = np.where(views["context"].to_numpy(), 0.0, shape_px(t))
+    t["framing_dev"] = framing_dev(t, views["context"].to_numpy())
     t["score"] = score(t)
+    t["view_why"] = view_why
+    t["why"] = [_why(r) for r in t.itertuples(index=False)]
     return t.sort_values(["score", "img"], ascending=[False, True], kind="stable")[list(COLUMNS)].reset_index(drop=True)
 
 
