@@ -83,8 +83,8 @@ SHARD ?=
 GPUS ?=
 submission: $(STAMP)
 	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m pipeline submission \
-		--recipe "$(RECIPE)" --data "$(DATA)" --out "$(SUBMISSION)" --device "$(DEVICE)" $(if $(SHARD),--shard="$(SHARD)") \
-		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
+		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)",--recipe "$(RECIPE)") --data "$(DATA)" --out "$(SUBMISSION)" \
+		--device "$(DEVICE)" $(if $(SHARD),--shard="$(SHARD)") $(ARGS)
 
 evaluate: $(STAMP)
 	$(PY) -m pipeline evaluate --data "$(DATA)" $(if $(PRETRAINED),--pretrained "$(PRETRAINED)",--runs "$(RUNS)" \
@@ -116,7 +116,8 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory submission $(DEMO_VARS)
 	$(MAKE) --no-print-directory report $(DEMO_VARS) REPORT=$(DEMO_DIR)/report ARGS="--worst 3"
 	first=$$(ls $(DEMO_DIR)/data/test/*.jpg | head -n 1); \
-		$(MAKE) --no-print-directory predict IN=$$first OUT=$(DEMO_DIR)/predictions ARGS="--background '#3a6ea5'"
+		$(MAKE) --no-print-directory predict IN=$$first OUT=$(DEMO_DIR)/predictions RECIPE="$(RECIPE)" \
+			ARGS="--background '#3a6ea5'"
 	@$(PY) -c "import json; r = json.load(open('$(RECIPE)')); \
 		print(f\"demo done: out-of-fold Dice {r['oof']['dice']:.5f} on {r['oof']['n_images']} images\"); \
 		print('  submission  $(SUBMISSION)  (python -m pipeline lineage $(SUBMISSION): what it was made from)'); \
@@ -150,7 +151,7 @@ gpu-check: $(STAMP)
 
 merge: $(STAMP)
 	$(PY) -m pipeline merge --data "$(DATA)" --out "$(SUBMISSION)" --shards-of submissions/submission.csv.gz \
-		$(if $(wildcard $(RECIPE)),--recipe "$(RECIPE)")
+		$(RECIPE_ARG)
 
 # One fold per GPU, in parallel: fold k on the k-th GPU of GPUS (FOLDS=... to choose other folds).
 # Logs in $(RUNS)/logs/; fails if any fold fails (after all have ended).
@@ -174,8 +175,8 @@ train-folds: $(STAMP)
 
 # -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
 IN ?= data/test
-# predict: the recipe if RECIPE was given or the default one exists; else the model this project ships
-RECIPE_ARG = $(if $(filter command line environment,$(origin RECIPE)),--recipe "$(RECIPE)",$(if $(wildcard $(RECIPE)),--recipe "$(RECIPE)"))
+# predict and merge: a recipe only when RECIPE is given (predict's default is the model this project ships)
+RECIPE_ARG = $(if $(filter command line environment,$(origin RECIPE)),--recipe "$(RECIPE)")
 OUT ?= predictions
 MESSAGE ?=
 

@@ -210,15 +210,14 @@ def cmd_submission(a) -> None:
         _at_least("--num-workers", a.num_workers, 0)
     if a.limit is not None:
         _at_least("--limit", a.limit, 1)
+    if a.pretrained and a.recipe:
+        raise SubmissionError("--recipe and --pretrained each name the model: give one of them")
     if a.pretrained:  # an exported model (make export, or the one shipped): a recipe of that one member
-        from pathlib import Path
-
-        from .inference.model_folder import check_folder, fetch
         from .stages.export import pretrained_recipe
 
-        name = check_folder(fetch(a.pretrained), a.pretrained)["name"]
-        a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent / f"recipe-{name}.json")
+        a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent)
         print(f"submission from the exported model {a.pretrained}: recipe {a.recipe}")
+    a.recipe = a.recipe or "submissions/recipe.json"
     check_recipe(a.recipe)
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
@@ -571,11 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("submission", help="predict test images with the recipe -> Kaggle .csv.gz (resumable)")
-    s.add_argument("--recipe", default="submissions/recipe.json")
+    s.add_argument("--recipe", help="the ensemble recipe (default submissions/recipe.json)")
     s.add_argument(
         "--pretrained",
         metavar="DIR_OR_HUB_ID",
-        help="an exported model folder or hub id instead of the recipe (writes recipe-<name>.json beside --out)",
+        help="an exported model folder or hub id instead of a recipe (writes recipe-pretrained-<its hash>.json "
+        "beside --out, once)",
     )
     s.add_argument("--data", default="data")
     s.add_argument("--out", default="submissions/submission.csv.gz")

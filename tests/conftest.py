@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.core.config import load_config
 from pipeline.data.demo_data import generate
-from pipeline.data.folds import make_folds
+from pipeline.data.folds import load_folds, make_folds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "data" / "carvana_real"
@@ -182,3 +182,37 @@ def write_recipe(path: Path, members: list[dict], threshold: int = 128, **over) 
     ]
     write_json(path, {"format": 2, "threshold": threshold, "members": full, **over})
     return path
+
+
+def tiny_test_split(tiny_data: Path, path: Path, n: int = 2) -> frozenset[str]:
+    """The first n cars of the tiny folds' fold 0 and 1 as a test split (one car of each)."""
+    import pandas as pd
+
+    folds = load_folds(tiny_data.parent / "folds.csv")
+    cars = [sorted(folds[folds.fold == f].car_id.unique())[0] for f in range(n)]
+    pd.DataFrame({"car_id": cars}).to_csv(path, index=False)
+    return frozenset(cars)
+
+
+@pytest.fixture(scope="session")
+def split_model(tiny_data, tmp_path_factory):
+    """A tiny member trained with a test split (folds 0 and 1, and full), exported with the recipe of its
+    folds, and the same without a test split: (test split, folder kept apart, folder that saw them)."""
+    from pipeline.stages.ensemble import tune
+    from pipeline.stages.export import export_model
+    from pipeline.stages.train import run
+
+    root = tmp_path_factory.mktemp("split_model")
+    split = root / "test_split.csv"
+    tiny_test_split(tiny_data, split)
+    folders = []
+    for name, over in (("apart", {"test_split": str(split)}), ("saw", {})):
+        runs = root / name / "runs"
+        for fold in (0, 1, "full"):
+            run(tiny_config(tiny_data, runs, name=name, fold=fold, **over), quiet=True)
+        recipe = root / name / "recipe.json"
+        tune(runs, tiny_data, recipe, steps=1, n_jobs=1, quiet=True, allow_incomplete=True, postprocess_steps="none")
+        folder = root / name / "model"
+        export_model(runs / name / "full" / "final.pt", folder, recipe=recipe, dtype="fp32", quiet=True)
+        folders.append(folder)
+    return split, *folders

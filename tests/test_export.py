@@ -227,7 +227,7 @@ def test_submission_from_an_exported_model_validates_and_is_traced(exported, tin
     moved = tmp_path / "m32"
     shutil.copytree(fp32, moved)
     (moved / "pipeline.json").write_text(json.dumps({**spec, "threshold": 200}))
-    recipe = out.parent / "recipe-m32.json"
+    (recipe,) = out.parent.glob("recipe-pretrained-*.json")  # named by the folder's hash, never by its name
     r = read_json(recipe)
     r["members"][0]["model"] = str(moved)
     recipe.write_text(json.dumps(r))
@@ -249,14 +249,15 @@ def test_predict_uses_the_shipped_model_when_there_is_no_recipe(exported, tiny_d
 
 def test_evaluate_and_report_score_an_exported_model(exported, tiny_data, tmp_path, capsys):
     fp32, _, _ = exported
-    code, printed, _ = _cli(capsys, "evaluate", "--pretrained", fp32, "--data", tiny_data, "--device", "cpu")
-    assert code == 0 and "m32" in printed and "review score" in printed
-    code, printed, _ = _cli(
+    """Trained on every car of the tiny data: nothing there is unseen, so nothing is scored as if it were
+    (tests/test_round4.py scores a model on the cars it never saw)."""
+    code, _, err = _cli(capsys, "evaluate", "--pretrained", fp32, "--data", tiny_data, "--device", "cpu")
+    assert code == 2 and "trained or tuned on every car here" in err
+    code, _, err = _cli(
         capsys, "report", "--pretrained", fp32, "--data", tiny_data, "--runs", tmp_path / "none", "--out",
         tmp_path / "rep", "--worst", "1", "--recipe", tmp_path / "none.json",
     )  # fmt: skip
-    page = (tmp_path / "rep" / "index.html").read_text()
-    assert code == 0 and "<td>m32</td>" in page and "Worst out-of-fold images (m32)" in page
+    assert code == 2 and "trained or tuned on every car here" in err
 
 
 def test_shipped_model_folder_is_complete():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REAL, tiny_config
+from conftest import REAL, tiny_config, tiny_test_split
 
 from pipeline.__main__ import main
 from pipeline.core.errors import DataError, ResumeError
@@ -15,14 +15,6 @@ from pipeline.data.folds import load_folds, load_test_split, split_fold
 from pipeline.stages.train import Trainer, run
 
 FOLDS = Path(__file__).resolve().parents[1] / "folds"
-
-
-def _tiny_test_split(tiny_data: Path, path: Path, n: int = 2) -> frozenset[str]:
-    """The first n cars of the tiny folds' fold 0 and 1 as a test split (one car of each)."""
-    folds = load_folds(tiny_data.parent / "folds.csv")
-    cars = [sorted(folds[folds.fold == f].car_id.unique())[0] for f in range(n)]
-    pd.DataFrame({"car_id": cars}).to_csv(path, index=False)
-    return frozenset(cars)
 
 
 def test_committed_test_split_is_27_cars_outside_the_earlier_60():
@@ -60,7 +52,7 @@ def test_folds_270_are_the_published_folds_of_the_usable_cars():
 
 def test_no_test_car_in_training_validation_or_out_of_fold_maps(tiny_data, tmp_path):
     split = tmp_path / "test_split.csv"
-    test = _tiny_test_split(tiny_data, split)
+    test = tiny_test_split(tiny_data, split)
     cfg = tiny_config(tiny_data, tmp_path / "runs", fold=0, test_split=str(split))
     trainer = Trainer(cfg, quiet=True)
     assert not set(trainer.train_df.car_id) & test and not set(trainer.val_df.car_id) & test
@@ -74,7 +66,7 @@ def test_no_test_car_in_training_validation_or_out_of_fold_maps(tiny_data, tmp_p
 
 def test_a_full_run_records_the_cars_it_saw_and_the_test_split(tiny_data, tmp_path):
     split = tmp_path / "test_split.csv"
-    test = _tiny_test_split(tiny_data, split)
+    test = tiny_test_split(tiny_data, split)
     cfg = tiny_config(tiny_data, tmp_path / "runs", fold="full", test_split=str(split), **{"train.epochs": 1})
     summary = run(cfg, quiet=True)
     trained = summary["trained_on"]
@@ -84,7 +76,7 @@ def test_a_full_run_records_the_cars_it_saw_and_the_test_split(tiny_data, tmp_pa
 
 def test_a_run_resumed_with_another_test_split_is_refused(tiny_data, tmp_path):
     split = tmp_path / "test_split.csv"
-    _tiny_test_split(tiny_data, split)
+    tiny_test_split(tiny_data, split)
     cfg = tiny_config(tiny_data, tmp_path / "runs", fold=0)
     run(cfg, quiet=True)  # trained without a test split
     with pytest.raises(ResumeError, match="another test split"):
@@ -111,29 +103,6 @@ def test_a_bad_test_split_file_is_named(tmp_path, text, problem):
         load_test_split(path)
     with pytest.raises(DataError, match="not found"):
         load_test_split(tmp_path / "missing.csv")
-
-
-@pytest.fixture(scope="module")
-def split_model(tiny_data, tmp_path_factory):
-    """A tiny member trained with a test split (folds 0 and 1, and full), exported with the recipe of its
-    folds, and the same without a test split: (test split, folder kept apart, folder that saw them)."""
-    from pipeline.stages.ensemble import tune
-    from pipeline.stages.export import export_model
-
-    root = tmp_path_factory.mktemp("split_model")
-    split = root / "test_split.csv"
-    _tiny_test_split(tiny_data, split)
-    folders = []
-    for name, over in (("apart", {"test_split": str(split)}), ("saw", {})):
-        runs = root / name / "runs"
-        for fold in (0, 1, "full"):
-            run(tiny_config(tiny_data, runs, name=name, fold=fold, **over), quiet=True)
-        recipe = root / name / "recipe.json"
-        tune(runs, tiny_data, recipe, steps=1, n_jobs=1, quiet=True, allow_incomplete=True, postprocess_steps="none")
-        folder = root / name / "model"
-        export_model(runs / name / "full" / "final.pt", folder, recipe=recipe, dtype="fp32", quiet=True)
-        folders.append(folder)
-    return split, *folders
 
 
 def test_the_recipe_of_a_split_run_never_tuned_on_a_test_car(split_model):

@@ -184,27 +184,38 @@ class OutputLock:
     the error message of a second run. (flock is local to a host on some network filesystems.)
     """
 
-    def __init__(self, target: str | Path, doing: str = "writing it"):
+    def __init__(self, target: str | Path, doing: str = "writing it", remove: bool = False):
         self.target = Path(target)
         self.path = self.target.with_name(self.target.name + ".lock")
         self.doing = doing
+        self.remove = remove  # delete the lock file on release: for locks in a user's own folder
         self.fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        except OSError as e:
-            raise _not_followed(self.path, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            except OSError as e:
+                raise _not_followed(self.path, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                raise DataError(
+                    f"{self.target}: another run is {self.doing} ({holder}; lock {self.path}). "
+                    "Wait for it or stop it; a killed run releases the lock by itself."
+                ) from None
+            # A holder that removes its file on release may have unlinked the one locked here: then
+            # the lock is on a file no one else will open; take the lock on the file at the path.
+            try:
+                current = os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
             os.close(fd)
-            raise DataError(
-                f"{self.target}: another run is {self.doing} ({holder}; lock {self.path}). "
-                "Wait for it or stop it; a killed run releases the lock by itself."
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
@@ -212,6 +223,8 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
+            if self.remove:  # unlinked while still held: a run that opens it next finds another file
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

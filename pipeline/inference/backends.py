@@ -6,11 +6,20 @@ out. The model is exported once per input size it meets (the TTA views of one me
 two), with a dynamic batch dimension, in memory; nothing is written to disk. Both runtimes are
 optional packages (``pip install onnxruntime`` or ``openvino``): asking for one that is not installed
 is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/benchmarks.md.
+
+Both runtimes write usage data of their own when loaded (ONNX Runtime a device id and a database under
+``~/.cache/Microsoft``, OpenVINO a client id and counters under ``~/intel`` and a file in the temp
+folder), and neither has a switch for it here: they are loaded and compiled with ``HOME`` and
+``TMPDIR`` pointed at a scratch folder that is removed at once, so nothing of theirs stays behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import torch
@@ -66,6 +75,10 @@ class Runtime(torch.nn.Module):
     def _compile(self, shape: tuple[int, int, int]):
         with torch.no_grad():
             onnx = _onnx_bytes(self.model, shape)
+        with _scratch_home():
+            return self._session(onnx)
+
+    def _session(self, onnx: bytes):
         if self.backend == "onnxruntime":
             import onnxruntime as ort
 
@@ -90,6 +103,26 @@ class Runtime(torch.nn.Module):
             run = self._runs[shape] = self._compile(shape)
         batch = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(np.asarray(run(batch)))
+
+
+@contextlib.contextmanager
+def _scratch_home():
+    """HOME and TMPDIR pointed at a fresh folder for as long as a runtime loads and compiles; removed after."""
+    scratch = tempfile.mkdtemp(prefix="pipeline-runtime-")
+    saved = {k: os.environ.get(k) for k in ("HOME", "TMPDIR")}
+    saved_tempdir = tempfile.tempdir
+    os.environ["HOME"] = os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = saved_tempdir
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def runtime(model: torch.nn.Module, backend: str = "torch") -> torch.nn.Module:

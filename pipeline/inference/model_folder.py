@@ -14,16 +14,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..core.config import run_name_problem
 from ..core.errors import LineageError, ModelFolderError
 from ..core.identity import file_sha256
+from ..masks.postprocess import KNOWN_STEPS
+from ..masks.snakes import params_problem
 from ..models.unet import SegModel
 from .engine import Member
+from .tta import TTAS
 
 FORMAT = 1
 PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD = "pipeline.json", "config.json", "model.safetensors", "README.md"
@@ -49,6 +54,20 @@ class Pretrained:
     @property
     def name(self) -> str:
         return self.spec["name"]
+
+    @property
+    def label(self) -> str:
+        """Its row in tables beside runs, ``recipe`` and ``blend``: no run name has a colon, so a folder
+        named like a run never takes that run's row."""
+        return f"model:{self.name}"
+
+    @property
+    def seen_cars(self) -> set[str] | None:
+        """Every car it was trained or tuned on, as its record says; None where the record does not say."""
+        seen = cars_seen(self.spec)
+        if any(cars is None for cars in seen.values()):
+            return None
+        return set().union(*seen.values())
 
     def member(self, precision: str | None = None):
         """The engine's member for this model: its input size and TTA, in ``precision`` or its own."""
@@ -118,13 +137,72 @@ def check_folder(folder: Path, source: str | None = None) -> dict:
                 f"{folder / f}: not the file {PIPELINE_JSON} names (sha256 differs): changed after export "
                 "(tampered, or replaced); export the model again"
             )
-    config = json.loads((folder / CONFIG_JSON).read_text())
-    model = spec.get("model") or {}
-    if config.get("_model_class", "").lower() != str(model.get("arch", "")).lower() or config.get(
-        "encoder_name"
-    ) != model.get("encoder"):
+    problem = _spec_problem(spec)
+    if problem:
+        raise ModelFolderError(f"{spec_path}: {problem}; export the model again (`make export`)")
+    try:
+        config = json.loads((folder / CONFIG_JSON).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{folder / CONFIG_JSON}: not valid JSON ({str(e)[:120]})") from None
+    model = spec["model"]
+    if not isinstance(config, dict) or (
+        str(config.get("_model_class", "")).lower() != model["arch"].lower()
+        or config.get("encoder_name") != model["encoder"]
+    ):
         raise ModelFolderError(f"{where}: {CONFIG_JSON} describes another model than {PIPELINE_JSON}")
     return spec
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x, low: int, high: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+
+
+def _spec_problem(spec: dict) -> str | None:
+    """What in pipeline.json this pipeline cannot apply as it is, or None: every value a stage uses,
+    checked once here where the folder is read, so predict, evaluate, report and submission agree."""
+    problem = run_name_problem(spec.get("name"))
+    if problem:  # the name labels its rows beside the runs and its recipe's member
+        return f"name: {problem}"
+    model, inp = spec.get("model"), spec.get("input")
+    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) and model[k] for k in ("arch", "encoder")):
+        return "model: needs 'arch' and 'encoder' names"
+    if not isinstance(inp, dict):
+        return "input: missing"
+    for key in ("height", "width"):
+        if not _whole(inp.get(key), 32, 8192):
+            return f"input.{key} {inp.get(key)!r}: a whole number of pixels, 32 to 8192"
+    if not _whole(inp.get("pad_to_multiple"), 32, 1024) or inp["pad_to_multiple"] % 32:
+        return f"input.pad_to_multiple {inp.get('pad_to_multiple')!r}: a multiple of 32 (the U-Net's stride)"
+    for key, low in (("mean", -1e9), ("std", 0)):
+        v = inp.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(_number(x) and x > low for x in v)):
+            return f"input.{key} {v!r}: three numbers, one per RGB channel on the 0..255 scale" + (
+                ", each above 0" if key == "std" else ""
+            )
+    tta = spec.get("tta")
+    if not isinstance(tta, list) or not all(isinstance(t, str) and t in TTAS for t in tta):
+        return f"tta {tta!r}: a list of {', '.join(sorted(TTAS))}"
+    if not _whole(spec.get("threshold"), 1, 255):
+        return f"threshold {spec.get('threshold')!r}: a whole number 1..255 (probability x 255)"
+    steps = spec.get("postprocess", [])
+    if not isinstance(steps, list) or not all(isinstance(s, str) and s in KNOWN_STEPS for s in steps):
+        return f"postprocess {steps!r}: a list of {', '.join(KNOWN_STEPS)}"
+    params = spec.get("postprocess_params", {})
+    if not isinstance(params, dict):
+        return "postprocess_params: a mapping of step to parameters"
+    if "active_contour" in steps:
+        problem = params_problem(params.get("active_contour"))
+        if problem:
+            return f"postprocess_params.active_contour: {problem}"
+    if spec.get("precision", "fp32") not in ("fp32", "fp16", "bf16"):
+        return f"precision {spec.get('precision')!r}: fp32, fp16 or bf16"
+    if not isinstance(spec.get("source", {}), dict):
+        return "source: a mapping"
+    return None
 
 
 def cars_seen(spec: dict) -> dict[str, set[str] | None]:
@@ -155,5 +233,6 @@ def load_pretrained(
             net = smp.from_pretrained(str(folder))
     except Exception as e:
         raise ModelFolderError(f"{source}: segmentation-models-pytorch could not load it ({str(e)[:200]})") from None
-    model = SegModel(net.float(), stride=int(spec["input"].get("pad_to_multiple", 32)))
+    inp = spec["input"]
+    model = SegModel(net.float(), stride=inp["pad_to_multiple"], mean=inp["mean"], std=inp["std"])
     return Pretrained(folder, str(source), spec, sha, model.to(device).eval())

@@ -7,12 +7,14 @@ submission cannot disagree on preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import inspect
 import io
 import pickle
+import socket
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -57,13 +59,17 @@ class RefineBlock(nn.Module):
 
 
 class SegModel(nn.Module):
-    def __init__(self, net: nn.Module, stride: int = 32, refine: int = 0):
+    def __init__(self, net: nn.Module, stride: int = 32, refine: int = 0, mean=None, std=None):
+        """``mean``/``std``: per RGB channel on the 0..255 scale (an exported folder's pipeline.json);
+        ImageNet's by default, as every model here is trained."""
         super().__init__()
         self.net = net
         self.stride = stride
         self.refine = RefineBlock(refine) if refine else None
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        mean = torch.tensor(mean, dtype=torch.float32) if mean is not None else torch.tensor(IMAGENET_MEAN) * 255
+        std = torch.tensor(std, dtype=torch.float32) if std is not None else torch.tensor(IMAGENET_STD) * 255
+        self.register_buffer("mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B,3,H,W) RGB in 0..255 (uint8 or float). Returns logits (B,1,H,W)."""
@@ -170,6 +176,32 @@ def resolve_model_config(mcfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(mcfg, decoder_channels=None if channels is None else list(channels))
 
 
+HUB_HOST = "huggingface.co"
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable(hub: bool, timeout: float = 3.0):
+    """Hub weights without the hub's minute of retries when it cannot be reached: a quick look at the
+    host first; unreachable, huggingface_hub runs offline (weights in its cache still load, others fail
+    at once with the WeightsError below)."""
+    if not hub:
+        yield
+        return
+    import huggingface_hub.constants as hf
+
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    was = hf.HF_HUB_OFFLINE
+    hf.HF_HUB_OFFLINE = was or not reachable
+    try:
+        yield
+    finally:
+        hf.HF_HUB_OFFLINE = was
+
+
 def build_model(mcfg: ModelConfig) -> SegModel:
     mcfg = resolve_model_config(mcfg)
     weights = mcfg.encoder_weights
@@ -182,9 +214,10 @@ def build_model(mcfg: ModelConfig) -> SegModel:
         kwargs["decoder_channels"] = channels[0] if takes_int else list(channels)
     hub = weights.lower() not in ("none", "") and not _looks_like_path(weights)
     try:
-        net = smp.create_model(
-            mcfg.arch, encoder_name=mcfg.encoder, encoder_weights=weights if hub else None, classes=1, **kwargs
-        )
+        with _offline_unless_reachable(hub):
+            net = smp.create_model(
+                mcfg.arch, encoder_name=mcfg.encoder, encoder_weights=weights if hub else None, classes=1, **kwargs
+            )
     except (OSError, ConnectionError, RuntimeError) as e:
         if not hub:
             raise

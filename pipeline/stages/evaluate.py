@@ -144,15 +144,31 @@ def score_pretrained(
     pretrained=None,
     test_split: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Per-image table of an exported model (folder or hub id) on every train image of ``data_dir``
-    that has a mask, at full resolution, with its threshold, TTA and post-processing; and the review score.
-    ``test_split``: only the images of its cars, checked to be cars the model never saw."""
+    """Per-image table of an exported model (folder or hub id) on the train images of ``data_dir``
+    that have a mask, at full resolution, with its threshold, TTA and post-processing; and the review score.
+    Images of the cars its record says it was trained or tuned on are left out. ``test_split``: only the
+    images of its cars, checked to be cars the model never saw."""
     from ..inference.model_folder import load_pretrained
 
     layout = Layout(data_dir)
     layout.require(layout.train_dir, layout.masks_dir)
     pretrained = pretrained or load_pretrained(source, "cpu")
     images = [layout.train_image(i) for i in list_images(layout.train_dir) if layout.mask(i).is_file()]
+    seen = pretrained.seen_cars
+    if test_split is None and seen:  # a model's score on its own training or tuning cars stands for nothing
+        unseen = [p for p in images if parse_name(p.name)[0] not in seen]
+        if images and not unseen:
+            raise DataError(
+                f"{layout.train_dir}: {pretrained.source} was trained or tuned on every car here; a score on them "
+                "would not stand for it (point --data at cars it never saw, or --test-split)"
+            )
+        images = unseen
+    elif test_split is None and not quiet:
+        print(
+            f"note: {pretrained.source} does not record the cars it was trained and tuned on: its scores may "
+            "include them (not out-of-fold)",
+            file=sys.stderr,
+        )
     if test_split is not None:
         test = unseen_test_cars(pretrained, test_split)
         images = [p for p in images if parse_name(p.name)[0] in test]
@@ -354,7 +370,7 @@ def evaluate(
         from ..inference.model_folder import load_pretrained
 
         model = load_pretrained(pretrained, "cpu")
-        tables[model.name] = score_pretrained(pretrained, data, device, quiet, pretrained=model, test_split=test_split)
+        tables[model.label] = score_pretrained(pretrained, data, device, quiet, pretrained=model, test_split=test_split)
     if not tables:
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}

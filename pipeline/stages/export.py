@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,13 +30,15 @@ import torch
 from ..core.config import Config, run_name_problem
 from ..core.errors import ModelFolderError
 from ..core.identity import code_version, file_sha256
-from ..core.io_utils import check_writable, plain_name, stored_path, write_json, write_text
+from ..core.io_utils import OutputLock, check_writable, stored_path, write_json, write_text
 from ..inference.model_card import render_card
 from ..inference.model_folder import (
     CARD,
+    CONFIG_JSON,
     FILES,
     FORMAT,
     PIPELINE_JSON,
+    WEIGHTS,
     check_folder,
     fetch,
     folder_sha256,
@@ -109,6 +112,54 @@ def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
     return recipe, figures
 
 
+STAGE_MARK = "export-"  # a folder being written: .<name>.export-XXXX beside the model folder
+OURS = (PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD)
+
+
+def _out_folder(out: Path) -> Path:
+    """``--out`` as the folder it names, refused where writing there would mean something else."""
+    if out.is_symlink():
+        raise ModelFolderError(f"{out}: a symbolic link; give the folder itself (export swaps folders by renaming)")
+    resolved = out.resolve()
+    if out.name in ("", ".", "..") or resolved == Path.cwd().resolve() or resolved == resolved.parent:
+        raise ModelFolderError(f"--out {out}: name a folder of its own for the model, e.g. models/NAME")
+    return resolved
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Folders a killed export left beside ``out`` (it holds the lock, so none is being written): removed
+    when they hold only the files an export writes, else named for the user to look at."""
+    for d in out.parent.glob(f".{out.name}.*"):
+        if (
+            not d.is_dir()
+            or d.is_symlink()
+            or not (d.name.startswith(f".{out.name}.{STAGE_MARK}") or ".old-" in d.name)
+        ):
+            continue
+        if all(f.name in OURS for f in d.iterdir()):
+            shutil.rmtree(d)
+        else:
+            print(
+                f"warning: {d}: left by a stopped export and holds other files; look inside, then remove it",
+                file=sys.stderr,
+            )
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """The complete new folder in place of ``out`` by renames: a user's own files in ``out`` (notes, an
+    onnx/ folder) move into the new one first; the old model's files are removed last."""
+    if not out.exists():
+        stage.rename(out)
+        return
+    for f in out.iterdir():
+        if f.name not in OURS and not (stage / f.name).exists():
+            f.rename(stage / f.name)
+    old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+    out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old)
+
+
 def export_model(
     checkpoint: str | Path,
     out: str | Path,
@@ -129,8 +180,11 @@ def export_model(
     checkpoint, out = Path(checkpoint), Path(out)
     if dtype not in ("fp16", "fp32"):
         raise ModelFolderError(f"--dtype {dtype!r}: fp16 or fp32")
+    out = _out_folder(out)
     name = name or out.name
-    plain_name(name, "--name")
+    problem = run_name_problem(name)
+    if problem:  # the name goes into the card's load line and into tables beside runs
+        raise ModelFolderError(f"--name: {problem}")
     model, cfg, ckpt_sha, meta = load_checkpoint(checkpoint)  # the hash of the very bytes exported
     if model.refine is not None:
         raise ModelFolderError(
@@ -151,74 +205,79 @@ def export_model(
     net = smp.create_model(cfg.model.arch, encoder_name=cfg.model.encoder, encoder_weights=None, classes=1, **kwargs)
     net.load_state_dict(model.net.state_dict())
     if dtype == "fp16":
+        # fp16 holds magnitudes up to 65504: a larger weight or statistic would be stored as infinity
+        # and change the masks. Refused, naming the tensor: such a model is exported in fp32.
+        limit = torch.finfo(torch.float16).max
+        for key, t in net.state_dict().items():
+            if t.is_floating_point() and t.numel() and float(t.abs().max()) > limit:
+                raise ModelFolderError(
+                    f"{checkpoint}: {key} holds {float(t.abs().max()):.4g}, beyond fp16's range ({limit:.0f}): "
+                    "stored as fp16 it would become infinity; export with --dtype fp32"
+                )
         net = net.half()
-    out_parent = check_writable(out.absolute().parent, "model folder")
-    if out.exists() and not (out / PIPELINE_JSON).is_file():
-        raise ModelFolderError(f"{out}: exists and is not an exported model folder; refusing to write into it")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out_parent))
-    try:
-        write_text(stage / CARD, "")  # smp writes its own card only where none is: ours replaces it below
-        net.save_pretrained(stage)
-        spec = {
-            "format": FORMAT,
-            "name": name,
-            "library": "segmentation-models-pytorch",
-            "load": f"smp.from_pretrained('{name}')",
-            "model": {
-                "arch": cfg.model.arch,
-                "encoder": cfg.model.encoder,
-                "decoder_channels": cfg.model.decoder_channels,
-                "weights_dtype": dtype,
-            },
-            "input": {
-                "height": cfg.image.height,
-                "width": cfg.image.width,
-                "channels": "RGB",
-                "range": [0, 255],
-                "mean": [round(m * 255, 6) for m in IMAGENET_MEAN],
-                "std": [round(s * 255, 6) for s in IMAGENET_STD],
-                "pad_to_multiple": model.stride,
-                "pad_mode": "replicate",
-                "resize": "the photo resized to height x width (pipeline.data.layout.read_image); "
-                "probabilities resized back bilinearly",
-            },
-            "output": "one channel of logits; probability = sigmoid, averaged over the TTA views",
-            "tta": inference.tta,
-            "threshold": inference.threshold,
-            "threshold_probability": round(inference.threshold / 255, 6),
-            "postprocess": inference.postprocess,
-            "postprocess_params": inference.postprocess_params,
-            "precision": inference.precision,
-            "files": {f: file_sha256(stage / f, 64) for f in FILES},
-            "source": {
-                "checkpoint": checkpoint.name,
-                "checkpoint_sha256": ckpt_sha,
-                "epoch": meta.get("epoch"),
-                "config": saved,
-                "trained": trained,
-                "recipe": figures,
-            },
-            "notes": notes or {},
-            "code": code_version(),
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        write_json(stage / PIPELINE_JSON, spec)
-        write_text(stage / CARD, render_card(spec))
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in stage.iterdir():  # mkdtemp and safetensors make private files: give them the usual mode
-            f.chmod(0o666 & ~umask)
-        stage.chmod(0o777 & ~umask)
-        if out.exists():  # an earlier export: swapped out only once the new one is complete
-            old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old)
-        else:
-            stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    out_parent = check_writable(out.parent, "model folder")
+    with OutputLock(out_parent / f".{out.name}.export", "exporting a model there", remove=True):
+        if out.exists() and not (out / PIPELINE_JSON).is_file():
+            raise ModelFolderError(f"{out}: exists and is not an exported model folder; refusing to write into it")
+        _remove_stale_stages(out)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{STAGE_MARK}", dir=out_parent))
+        try:
+            write_text(stage / CARD, "")  # smp writes its own card only where none is: ours replaces it below
+            net.save_pretrained(stage)
+            spec = {
+                "format": FORMAT,
+                "name": name,
+                "library": "segmentation-models-pytorch",
+                "load": f"smp.from_pretrained('{name}')",
+                "model": {
+                    "arch": cfg.model.arch,
+                    "encoder": cfg.model.encoder,
+                    "decoder_channels": cfg.model.decoder_channels,
+                    "weights_dtype": dtype,
+                },
+                "input": {
+                    "height": cfg.image.height,
+                    "width": cfg.image.width,
+                    "channels": "RGB",
+                    "range": [0, 255],
+                    "mean": [round(m * 255, 6) for m in IMAGENET_MEAN],
+                    "std": [round(s * 255, 6) for s in IMAGENET_STD],
+                    "pad_to_multiple": model.stride,
+                    "pad_mode": "replicate",
+                    "resize": "the photo resized to height x width (pipeline.data.layout.read_image); "
+                    "probabilities resized back bilinearly",
+                },
+                "output": "one channel of logits; probability = sigmoid, averaged over the TTA views",
+                "tta": inference.tta,
+                "threshold": inference.threshold,
+                "threshold_probability": round(inference.threshold / 255, 6),
+                "postprocess": inference.postprocess,
+                "postprocess_params": inference.postprocess_params,
+                "precision": inference.precision,
+                "files": {f: file_sha256(stage / f, 64) for f in FILES},
+                "source": {
+                    "checkpoint": checkpoint.name,
+                    "checkpoint_sha256": ckpt_sha,
+                    "epoch": meta.get("epoch"),
+                    "config": saved,
+                    "trained": trained,
+                    "recipe": figures,
+                },
+                "notes": notes or {},
+                "code": code_version(),
+                "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            write_json(stage / PIPELINE_JSON, spec)
+            write_text(stage / CARD, render_card(spec))
+            umask = os.umask(0)
+            os.umask(umask)
+            for f in stage.iterdir():  # mkdtemp and safetensors make private files: give them the usual mode
+                f.chmod(0o666 & ~umask)
+            stage.chmod(0o777 & ~umask)
+            _swap_in(stage, out)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     if not quiet:
         size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
         print(
@@ -229,13 +288,30 @@ def export_model(
     return spec
 
 
-def pretrained_recipe(source: str | Path, out: str | Path, device: torch.device | str = "cpu") -> Path:
-    """Write ``out``: a recipe of one member, the exported model ``source`` (a folder or hub id), with its
-    own threshold, TTA, post-processing and precision; what ``make submission PRETRAINED=...`` runs.
-    The recipe holds the folder's hash, so a submission's lineage reaches the model card's record."""
-    out = Path(out)
+PRETRAINED_RECIPE = "recipe-pretrained-{sha}.json"
+
+
+def pretrained_recipe(source: str | Path, out_dir: str | Path) -> Path:
+    """The recipe of one member, the exported model ``source`` (a folder or hub id), with its own
+    threshold, TTA, post-processing and precision: what ``make submission PRETRAINED=...`` runs. It is
+    ``out_dir/recipe-pretrained-<folder hash>.json``: named by the folder's content, never by its name
+    (which could be a path or another recipe's), written once and then kept, so two folders never share
+    one and a submission's lineage reaches the model card's record as long as the folder is the same."""
     folder = fetch(source)
     spec = check_folder(folder, str(source))
+    sha = folder_sha256(folder)
+    out = Path(out_dir) / PRETRAINED_RECIPE.format(sha=sha)
+    if out.is_file() or out.is_symlink():
+        try:
+            kept = json.loads(out.read_text()) if not out.is_symlink() else None
+        except (ValueError, UnicodeDecodeError, OSError):
+            kept = None
+        members = (kept or {}).get("members") if isinstance(kept, dict) else None
+        if not (isinstance(members, list) and len(members) == 1 and members[0].get("model_sha256") == sha):
+            raise ModelFolderError(
+                f"{out}: exists and is not the recipe of {source} this pipeline wrote; move it away to continue"
+            )
+        return out
     hub = not Path(str(source)).is_dir()
     name = spec["name"] if not run_name_problem(spec["name"]) else "pretrained"
     figures = (spec.get("source") or {}).get("recipe") or {}
@@ -253,7 +329,7 @@ def pretrained_recipe(source: str | Path, out: str | Path, device: torch.device 
                 "weight": 1,
                 "model": str(source) if hub else stored_path(folder, out),
                 "model_hub": hub,
-                "model_sha256": folder_sha256(folder),
+                "model_sha256": sha,
                 "tta": list(spec["tta"]),
                 "height": int(spec["input"]["height"]),
                 "width": int(spec["input"]["width"]),
@@ -267,5 +343,6 @@ def pretrained_recipe(source: str | Path, out: str | Path, device: torch.device 
         },
         "code": code_version(),
     }
+    check_writable(out.parent, "recipe")
     write_json(out, recipe)
     return out

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from ..core.errors import printable
 from ..core.identity import text_sha
-from ..core.io_utils import atomic_path, check_writable, open_nofollow, os_error_message
+from ..core.io_utils import OutputLock, atomic_path, check_writable, open_nofollow, os_error_message
 from ..data.layout import DataError, image_size, read_image
 from ..inference.engine import Engine, Member, blend, pick_device, resolve_precision
 from ..inference.review import DEVICE_FEATURES, image_features, review_table, write_review
@@ -63,21 +64,21 @@ class Predictor:
 
 
 def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
-    """(recipe, checkpoint, pretrained) as predict will use them: what was given, else the recipe if it
-    exists, else the model this project ships (models/), so a fresh clone cuts out real photos."""
+    """(recipe, checkpoint, pretrained) as predict will use them: the one the user named, else the model
+    this project ships (models/), so real photos get the model made for them, not whatever recipe was
+    last tuned here (the demo's, say); without the shipped folder, submissions/recipe.json."""
     from ..inference.model_folder import SHIPPED
 
-    given = [x for x in (checkpoint, pretrained) if x is not None]
+    given = [opt for opt, x in (("--recipe", recipe), ("--checkpoint", checkpoint), ("--pretrained", pretrained)) if x]
     if len(given) > 1:
-        raise DataError("--checkpoint and --pretrained each name the model: give one of them")
-    if given:
-        return None, checkpoint, pretrained
+        raise DataError(f"{' and '.join(given)} each name the model: give one of them")
     if recipe is not None:  # a recipe named by the user: it, or an error if it is not there
         return Path(recipe), None, None
-    default = Path("submissions/recipe.json")
-    if default.is_file() or not (SHIPPED / "pipeline.json").is_file():
-        return default, None, None
-    return None, None, SHIPPED
+    if checkpoint is not None or pretrained is not None:
+        return None, checkpoint, pretrained
+    if (SHIPPED / "pipeline.json").is_file():
+        return None, None, SHIPPED
+    return Path("submissions/recipe.json"), None, None
 
 
 def load_predictor(
@@ -324,6 +325,9 @@ def output_paths(out_dir: Path, image: Path, with_composite: bool) -> dict[str, 
     return paths
 
 
+UPRIGHT = ".upright-"  # the scratch folder of upright copies, inside the output folder
+
+
 def predict_images(
     predictor: Predictor,
     inputs: list[Path],
@@ -338,6 +342,13 @@ def predict_images(
     ``background``: what ``parse_background`` returns, or None for no composite.
     """
     out_dir = check_writable(out_dir, "predictions")
+    with OutputLock(
+        out_dir / ".predict", "predicting into it", remove=True
+    ):  # two runs would mix their outputs and log
+        return _predict_locked(predictor, inputs, out_dir, background, feather, resume, quiet)
+
+
+def _predict_locked(predictor, inputs, out_dir, background, feather, resume, quiet) -> dict:
     bg = background
     fitted: dict[tuple[int, int], np.ndarray] = {}  # the background per image size (folders are usually one size)
     stems: dict[str, Path] = {}
@@ -358,7 +369,12 @@ def predict_images(
     skipped: dict[str, str] = {}
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=quiet or len(todo) < 2)
     batch = max(1, predictor.batch_size)
-    with tempfile.TemporaryDirectory(prefix="predict-upright-") as upright:
+    # The upright copies of EXIF-rotated photos live in the output folder, a batch at a time: nothing goes
+    # to the system temp folder, and what a killed run left is removed here (the lock says none is running).
+    for stale in out_dir.glob(f"{UPRIGHT}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=UPRIGHT, dir=out_dir) as upright:
         for start in range(0, len(todo), batch):
             images: dict[str, np.ndarray] = {}  # by the name the engine reports
             source: dict[str, Path] = {}
@@ -385,6 +401,7 @@ def predict_images(
             for p in source.values():
                 log.mark(list(output_paths(out_dir, p, bg is not None).values()), keys[p], "claimed")
             for name, q in predictor.engine.predict(engine_paths):
+                (Path(upright) / name).unlink(missing_ok=True)  # an upright copy, read by the engine: not needed now
                 image, p = images.pop(name), source[name]
                 blended = blend(q, predictor.weights)
                 features = image_features(q[:, None], blended[None], predictor.threshold)[0].tolist()

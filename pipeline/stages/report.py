@@ -77,7 +77,7 @@ def predicted_mask(
     source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None, pretrained=None
 ) -> np.ndarray:
     """The binary prediction that ``evaluate`` scored for ``source`` (a member, the blend, or an exported model)."""
-    if pretrained is not None and source == pretrained.name:
+    if pretrained is not None and source == pretrained.label:
         ((_, _, car, _),) = evaluate.pretrained_predictions(pretrained, [layout.train_image(img)])
         return car.astype(bool)
     if source == BLEND:
@@ -506,8 +506,13 @@ def _draw(assets, runs_dir, layout, data_dir, recipe, recipe_path, names, n_wors
         notes.append(f"No completed run yet (none has out-of-fold maps): {e}")
     if recipe is not None:
         tables[BLEND] = evaluate.score_recipe(recipe_path, data_dir, n_jobs=n_jobs, quiet=quiet)
-    if model is not None:  # an exported model on this data's train images (not out-of-fold: see its card)
-        tables[model.name] = evaluate.score_pretrained(model.source, data_dir, quiet=quiet, pretrained=model)
+    if model is not None:  # an exported model on the cars of this data it never saw, where it records them
+        tables[model.label] = evaluate.score_pretrained(model.source, data_dir, quiet=quiet, pretrained=model)
+        if model.seen_cars is None:
+            notes.append(
+                f"{model.label}: its folder does not record the cars it was trained on, so its scores may include "
+                "them; its images are not among the worst out-of-fold images."
+            )
     summaries = {name: summarize(t) for name, t in tables.items()}
     for note in notes:
         if not quiet:
@@ -539,9 +544,11 @@ def _draw(assets, runs_dir, layout, data_dir, recipe, recipe_path, names, n_wors
         page["curves"].append({"name": name, "state": state, "file": file})
 
     worst = pd.DataFrame()
-    if tables:
-        # The worst images of what gets submitted: the blend, or else the best member.
-        source = BLEND if BLEND in tables else max(summaries, key=lambda n: summaries[n]["mean_dice"])
+    # The worst images of what gets submitted: the blend, or else the best member; never a model's
+    # scores on images it may have been trained on.
+    candidates = [n for n in summaries if not (model is not None and n == model.label and model.seen_cars is None)]
+    if candidates:
+        source = BLEND if BLEND in tables else max(candidates, key=lambda n: summaries[n]["mean_dice"])
         worst = tables[source].sort_values(["dice", "img"]).head(n_worst)
         page["worst_source"] = source
     for k, row in enumerate(worst.itertuples(), 1):

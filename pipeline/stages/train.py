@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from ..core import distributed
-from ..core.config import Config, ConfigError
+from ..core.config import Config, ConfigError, config_from_dict
 from ..core.distributed import RankSampler
 from ..core.errors import CheckpointError, ResumeError, TrainingError
 from ..core.identity import code_version, file_sha256
@@ -60,7 +60,27 @@ from ..models.unet import build_model, read_checkpoint
 from .oof import predict_oof
 
 # Config sections that must not change when resuming a run.
-_FIXED_ON_RESUME = ("model", "image", "fold", "name")
+# What may differ when a run is resumed or re-run: where things are and how fast they go. Every other
+# setting made the checkpoint (or, for predict.*, its out-of-fold maps, which are re-predicted when
+# they differ): changing one on resume would leave a record that describes a model it did not make.
+_FREE_ON_RESUME = {
+    "device", "data_dir", "folds_csv", "runs_dir", "test_split",  # the split's content is checked by its hash
+    "train.num_workers", "train.cache_images", "train.compile", "train.tensorboard", "train.channels_last",
+    "predict.batch_size", "predict.num_workers", "predict.tta", "predict.amp",
+    "train.amp",  # the device may change on resume (a CPU run goes on on a GPU), and 'auto' follows it
+}  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # Training steps between two looks at the loss on the host (progress bar, non-finite check): a look
 # waits for the device, so doing it every step would stall the GPU's queue of work each time.
 LOSS_SYNC_EVERY = 20
@@ -310,12 +330,14 @@ class Trainer:
     def _check_resumable(self) -> None:
         ckpt = _read_last(self.run_dir / "last.pt")
         check_same_folds(ckpt.get("folds"), self.folds_id, self.run_dir / "last.pt", self.cfg.folds_csv, "resume")
-        old, new = ckpt["config"], self.cfg.to_dict()
-        changed = [k for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
+        old, new = _flat(config_from_dict(ckpt["config"]).to_dict()), _flat(self.cfg.to_dict())
+        changed = sorted(k for k in old.keys() | new.keys() if k not in _FREE_ON_RESUME and old.get(k) != new.get(k))
         if changed:
+            shown = ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in changed[:3])
             raise ResumeError(
-                f"{self.run_dir / 'last.pt'}: the existing run was trained with a different {', '.join(changed)}. "
-                "Use another name, or --fresh to start this run over."
+                f"{self.run_dir / 'last.pt'}: the existing run was trained with {shown}"
+                f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}; resuming or re-running it so would "
+                "leave a record of a model it did not make. Use another name, or --fresh to start this run over."
             )
 
     def _model_state(self) -> dict:
