@@ -95,6 +95,18 @@ def open_nofollow(path: str | os.PathLike, mode: str = "a", perm: int = 0o666):
     return os.fdopen(fd, mode, buffering=0 if "b" in mode else -1)  # bytes unbuffered: a failed write raises here
 
 
+def append_synced(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` to ``path`` (never through a link) and fsync it: a record that survives kill -9 as a
+    whole line or not at all is what resumable outputs rely on. A DataError naming the file otherwise."""
+    try:
+        with open_nofollow(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise DataError(os_error_message(path, e)) from None
+
+
 def fresh_file(path: str | os.PathLike) -> None:
     """An empty new file at ``path``, made under a temporary name and renamed there: whatever stood at
     ``path`` (an old file of ours, or a symbolic link) is replaced, and nothing it pointed to is touched."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError
-from ..core.io_utils import atomic_path, open_nofollow, os_error_message
+from ..core.io_utils import append_synced, atomic_path, open_nofollow
 
 # Device features, in the order of image_features' columns (all exact integers on any device): the car's
 # area and outline, the uncertain pixels and the expected errors among them, the members' disagreement,
@@ -401,17 +400,8 @@ class ReviewSidecar:
     def flush(self, rows: int) -> int:
         """Append the first ``rows`` pending images (those the chunk just written holds); the new size."""
         done, self.pending = self.pending[:rows], self.pending[rows:]
-        self._append("".join(name + "," + ",".join(str(int(v)) for v in f) + "\n" for name, f in done))
+        append_synced(self.path, "".join(name + "," + ",".join(str(int(v)) for v in f) + "\n" for name, f in done))
         return self.path.stat().st_size
-
-    def _append(self, text: str) -> None:
-        try:
-            with open_nofollow(self.path, "a") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise DataError(os_error_message(self.path, e)) from None
 
     def finish(self, names: list[str], out: Path) -> Path:
         """Write ``review_path(out)`` from the sidecar, which must hold exactly ``names``, in order."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 from ..core.errors import printable
 from ..core.identity import text_sha
-from ..core.io_utils import OutputLock, atomic_path, check_writable, open_nofollow, os_error_message
+from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writable
 from ..data.layout import DataError, image_size, read_image
 from ..inference.engine import Engine, Member, blend, pick_device, resolve_precision
 from ..inference.review import DEVICE_FEATURES, image_features, review_table, write_review
@@ -256,13 +255,7 @@ class OutputLog:
         lines = "".join(
             json.dumps({"file": p.name, "key": key, "state": state, **x}) + "\n" for p, x in zip(paths, extra)
         )
-        try:
-            with open_nofollow(self.path, "a") as f:
-                f.write(lines)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise DataError(os_error_message(self.path, e)) from None
+        append_synced(self.path, lines)
         self.files.update({p.name: (key, state) for p in paths})
         if review is not None:
             self.review[paths[0].name] = review
