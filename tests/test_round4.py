@@ -380,3 +380,12 @@ def test_a_lock_in_a_user_s_folder_is_removed_on_release_and_still_excludes(tmp_
     assert list(tmp_path.iterdir()) == []  # nothing of ours left in the user's folder
     with OutputLock(target, remove=True):  # and the next run takes it
         pass
+
+
+def test_lineage_says_when_a_folder_s_settings_are_not_what_its_figures_measured(folder, capsys):
+    recorded = json.loads((folder / "pipeline.json").read_text())["source"]["recipe"]
+    code, out, _ = _cli(capsys, "lineage", folder)
+    assert code == 0 and "stands for it" in out and "other settings" not in out
+    _edit(folder, lambda spec: spec.update(postprocess=["remove_far_blobs", *recorded["postprocess"]]))
+    code, out, _ = _cli(capsys, "lineage", folder)
+    assert code == 0 and "measured it with other settings (postprocess" in out and "stands for it" not in out

@@ -221,13 +221,22 @@ def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> l
             f"code {code.get('pipeline', '?')} {(code.get('commit') or '')[:10]}",
         )
     )
+    measured = isinstance(figures, dict) and isinstance(figures.get("mean_dice"), float)
+    # A folder whose settings were changed after export (issue 24: the far-blob guard added) is not what
+    # its figures measured: say so rather than let them stand for it.
+    changed = [
+        f"{key} {figures.get(key)} when measured, {spec.get(key)} now"
+        for key in ("threshold", "postprocess")
+        if measured and key in figures and figures.get(key) != spec.get(key)
+    ]
     links.append(
         Link(
             depth + 1,
             None,
             f"out-of-fold Dice {figures['mean_dice']:.5f} on {figures['n_images']} images (folds {figures['folds']} of "
-            f"member {figures['member']}, recipe hash {figures['recipe_hash']}) stands for it"
-            if isinstance(figures, dict) and isinstance(figures.get("mean_dice"), float)
+            f"member {figures['member']}, recipe hash {figures['recipe_hash']}) "
+            + (f"measured it with other settings ({'; '.join(changed)})" if changed else "stands for it")
+            if measured
             else "no out-of-fold figures stand for it (exported without a recipe)",
         )
     )
