@@ -26,6 +26,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``python -m pipeline ARGV`` run in this process; never a traceback."""
+    from pipeline.__main__ import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err, out.err
+    return code, out.out, out.err
+
+
 def needs_real_data():
     return pytest.mark.skipif(not REAL.is_dir(), reason=f"real Carvana sample not found at {REAL} (../shared)")
 

@@ -120,14 +120,19 @@ def test_threshold_between_separated_levels(tiny_data, tmp_path):
     assert recipe["oof"]["dice_at_0.5"] < 1.0  # 0.5 (128) keeps the halo: tuning the threshold matters
 
 
-def test_post_processing_that_measurably_helps_goes_into_the_recipe(tiny_data, tmp_path):
-    layout = Layout(tiny_data)
+def _maps_with_a_corner_speck(layout: Layout) -> tuple[list[str], list[np.ndarray]]:
+    """Four images predicted exactly, plus a false speck in the corner, far from the car."""
     images = sorted(p.name for p in layout.train_dir.iterdir())[:4]
     maps = []
     for img in images:
         q = read_mask(layout.mask(img)) * 255
-        q[1:3, 1:3] = 255  # a false speck in the corner, away from the car
+        q[1:3, 1:3] = 255
         maps.append(q.astype(np.uint8))
+    return images, maps
+
+
+def test_post_processing_that_measurably_helps_goes_into_the_recipe(tiny_data, tmp_path):
+    images, maps = _maps_with_a_corner_speck(Layout(tiny_data))
     _fake_member(tmp_path / "runs", "specks", images, maps)
     recipe = tune(tmp_path / "runs", tiny_data, tmp_path / "r.json", n_jobs=1, quiet=True)
     assert recipe["oof"]["dice_before_postprocess"] < 1
@@ -164,12 +169,7 @@ def _copy_data(tiny_data, tmp_path):
 
 def test_the_far_blob_guard_is_kept_when_it_costs_no_image_anything(tiny_data, tmp_path):
     layout = Layout(tiny_data)
-    images = sorted(p.name for p in layout.train_dir.iterdir())[:4]
-    maps = []
-    for img in images:
-        q = read_mask(layout.mask(img)) * 255
-        q[1:3, 1:3] = 255  # a false blob far from the car
-        maps.append(q.astype(np.uint8))
+    images, maps = _maps_with_a_corner_speck(layout)
     _fake_member(tmp_path / "runs", "blobs", images, maps)
     recipe = tune(tmp_path / "runs", tiny_data, tmp_path / "r.json", n_jobs=1, quiet=True)
     guard = recipe["postprocess_guard"]["remove_far_blobs"]

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.__main__ import main
 from pipeline.core.errors import ModelFolderError
 from pipeline.core.io_utils import read_json
 from pipeline.inference.model_folder import check_folder, load_pretrained
@@ -24,16 +23,10 @@ from pipeline.lineage.runs import discover
 from pipeline.masks.submission_csv import read_sample_names
 from pipeline.stages.export import export_model
 from pipeline.stages.train import run
+from tests.conftest import run_cli as _cli
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

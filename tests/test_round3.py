@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.__main__ import main
 from pipeline.core.errors import LineageError
 from pipeline.core.io_utils import read_json, write_json
 from pipeline.stages import submission as submission_mod
 from pipeline.stages.submission import make_submission
 from tests.conftest import fake_fold, tiny_config
+from tests.conftest import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,13 +42,6 @@ def lab(tiny_runs, tmp_path):
     shutil.copytree(runs, tmp_path / "runs")
     shutil.copy(recipe, tmp_path / "recipe.json")  # its paths are relative to its folder: the copy holds
     return tmp_path / "runs", tmp_path / "recipe.json"
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out, out.err
 
 
 def _srcs(index: Path) -> list[str]:

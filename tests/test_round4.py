@@ -14,23 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.__main__ import main
 from pipeline.core.errors import ModelFolderError, ResumeError
 from pipeline.core.io_utils import OutputLock, read_json
 from pipeline.inference.model_folder import load_pretrained
 from pipeline.stages.export import export_model
 from pipeline.stages.predict import choose_model
 from pipeline.stages.train import Trainer, run
+from tests.conftest import run_cli as _cli
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    assert "Traceback" not in out.err, out.err
-    return code, out.out, out.err
 
 
 @pytest.fixture
