@@ -392,7 +392,7 @@ def cmd_export(a) -> None:
 
     out = a.out or f"models/{a.name or 'model'}"
     notes = {"figures": a.note} if a.note else None
-    export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name, notes=notes)
+    export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name, notes=notes, refiner=a.refiner)
 
 
 DEFAULT_BACKGROUND = "#3a6ea5"  # predict's composites, unless --background says otherwise (or none)
@@ -413,6 +413,12 @@ def add_user_stages(sub) -> None:
     s.add_argument("--dtype", default="fp16", choices=("fp16", "fp32"), help="the weights as stored (fp16: half size)")
     s.add_argument(
         "--note", action="append", metavar="TEXT", help="a measured figure for the model card, with its command"
+    )
+    s.add_argument(
+        "--refiner",
+        metavar="FILE",
+        help="an outline refiner's weights (docs/scripts/outline_refiner.py): redraws the outline at full "
+        "resolution, first after the threshold (post-processing step refine_outline)",
     )
     s.set_defaults(func=cmd_export)
 

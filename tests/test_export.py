@@ -281,3 +281,53 @@ def test_cpu_backends_give_the_torch_masks(exported, tiny_data, tmp_path, capsys
     assert len(masks) == 16 and agree >= 0.999
     code, _, err = _cli(capsys, *args, "--out", tmp_path / "x", "--backend", backend, "--precision", "bf16")
     assert code == 2 and "fp32" in err
+
+
+def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, capsys):
+    """``--refiner``: the step goes first after the threshold, its weights inside pipeline.json, checked
+    where the folder is read; predict and submission apply it, and a broken file or text is refused."""
+    from pipeline.masks.outline_refiner import OutlineRefiner
+
+    runs, run_dir = full
+    _, _, recipe = exported
+    net = OutlineRefiner(width=4, dilations=(1, 2, 4, 8))
+    with torch.no_grad():
+        net.head.bias.fill_(20.0)  # every pixel of a tile along the outline becomes car: visible in the masks
+    weights = tmp_path / "refiner.pt"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "models" / "mr"
+    spec = export_model(run_dir / "final.pt", out, recipe=recipe, dtype="fp32", name="mr", quiet=True, refiner=weights)
+    assert spec["postprocess"][0] == "refine_outline" and spec["postprocess"][1:] == ["fill_holes"]
+    assert spec["source"]["refiner"]["file"] == "refiner.pt"
+    assert check_folder(out)["postprocess_params"]["refine_outline"]["width"] == 4
+    plain = tmp_path / "models" / "mp"
+    export_model(run_dir / "final.pt", plain, recipe=recipe, dtype="fp32", name="mp", quiet=True)
+    areas = {}
+    for folder in (plain, out):
+        dest = tmp_path / f"pred-{folder.name}"
+        code, _, _ = _cli(
+            capsys, "predict", tiny_data / "test", "--pretrained", folder, "--out", dest, "--device", "cpu"
+        )
+        assert code == 0
+        areas[folder.name] = sum(
+            int(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(bool).sum()) for p in dest.glob("*_mask.png")
+        )
+    assert areas["mr"] > areas["mp"]  # the refiner's tiles were drawn in
+    sub = tmp_path / "sub" / "submission.csv.gz"
+    code, _, _ = _cli(capsys, "submission", "--pretrained", out, "--data", tiny_data, "--out", sub, "--device", "cpu")
+    assert code == 0 and read_json(sub.with_name(sub.name + ".json"))["rows"] > 0
+    # The weights in pipeline.json changed by hand: refused, naming the step.
+    broken = tmp_path / "models" / "broken"
+    shutil.copytree(out, broken)
+    spec = read_json(broken / "pipeline.json")
+    params = spec["postprocess_params"]["refine_outline"]
+    params["weights"] = params["weights"][:-12] + "A" * 11 + "="
+    (broken / "pipeline.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelFolderError, match="refine_outline.*sha256"):
+        check_folder(broken)
+    # Not a refiner's weights: one line saying so, and nothing written.
+    with pytest.raises(ModelFolderError, match="not an outline refiner"):
+        export_model(
+            run_dir / "final.pt", tmp_path / "models" / "x", recipe=recipe, quiet=True, refiner=run_dir / "final.pt"
+        )
+    assert not (tmp_path / "models" / "x").exists()

@@ -569,3 +569,19 @@ def test_user_stage_options_are_one_line_errors(lab, tiny_data, tmp_path, capsys
     code, err = _cli(capsys, *argv)
     assert code == 2 and expected in _one_error_line(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_same_recipe_ignores_speed_and_how_often_a_fold_is_scored():
+    """A full run (never validated) and the fold that stands for it may differ in val_every, workers and
+    caching: still one recipe. Any setting that changes the training is a different one."""
+    from pipeline.lineage.runs import same_recipe
+
+    fold = {
+        "seed": 42,
+        "model": {"encoder": "mobilenet_v2"},
+        "train": {"epochs": 46, "val_every": 46, "num_workers": 0},
+    }
+    full = {**fold, "train": {"epochs": 46, "val_every": 8, "num_workers": 2, "cache_images": False}}
+    assert same_recipe(fold, full) == []
+    assert same_recipe(fold, {**full, "train": {**full["train"], "epochs": 23}}) == ["train"]
+    assert same_recipe(fold, {**full, "seed": 1}) == ["seed"]

@@ -1,6 +1,7 @@
-"""Prototype (issue 24, section 4): a small full-resolution network that refines the coarse outline,
-after boundary patch refinement (Tang et al., CVPR 2021) and CascadePSP (Cheng et al., CVPR 2020); not
-part of the pipeline yet (docs/accuracy.md, "Levers at equal wall time").
+"""Train (and score) the outline refiner: the post-processing step ``refine_outline``
+(pipeline/masks/outline_refiner.py, after boundary patch refinement, Tang et al., CVPR 2021, and
+CascadePSP, Cheng et al., CVPR 2020). ``make export ... ARGS="--refiner FILE"`` puts it into a model folder;
+the shipped one is .exp/refiner/r1.pt from the first command below (docs/accuracy.md, "Levers at equal wall time").
 
 train: 64x64 patches along the true outline of 1,500 photos of the training folds (folds_270.csv
        fold != 0, test split left out), the coarse input made from the true mask (downsampled to
@@ -21,34 +22,18 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.data.folds import load_folds, load_test_split
 from pipeline.data.layout import read_image, read_mask
 from pipeline.masks.metrics import dice
+from pipeline.masks.outline_refiner import DEFAULTS, OutlineRefiner, params_for, refine_outline, to_tensors
 
 DATA = Path(".exp/cars270")  # docs/accuracy.md: the 270 cars of ../shared/data/more-cars.sh
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 
 
-class Refiner(nn.Module):
-    def __init__(self, width=16, dilations=(1, 2, 4, 8)):
-        super().__init__()
-        layers = [nn.Conv2d(4, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        for d in dilations:
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, 1, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, rgb, prob):  # rgb uint8-range float (N,3,H,W), prob in [0,1] (N,1,H,W)
-        p = prob.clamp(1e-4, 1 - 1e-4)
-        logit = torch.log(p / (1 - p))
-        x = torch.cat([(rgb - MEAN) / STD, (p - 0.5) * 4], 1)
-        return logit + self.head(self.body(x))
+def Refiner(width=16):  # noqa: N802 (the class the pipeline applies, under the name the commands above used)
+    return OutlineRefiner(width, DEFAULTS["dilations"])
 
 
 def coarse_from_truth(mask, rng, size=(480, 320)):
@@ -90,8 +75,7 @@ def bank(images, n_per, patch, seed):
 
 
 def to_t(X, P, Y=None):
-    rgb = torch.from_numpy(X).permute(0, 3, 1, 2).float()
-    p = torch.from_numpy(P).float().unsqueeze(1) / 255
+    rgb, p = to_tensors(X, P)
     return (rgb, p) if Y is None else (rgb, p, torch.from_numpy(Y).float().unsqueeze(1))
 
 
@@ -132,41 +116,10 @@ def train(a):
     print(f"trained {s + 1} steps in {time.time() - t0:.0f}s -> {a.out}")
 
 
-def refine_map(net, rgb, q, core=48, margin=8, band=3, batch=64):
-    """Refined uint8 probabilities: tiles of core x core along the outline of q >= 128 (a band of
-    `band` pixels each side), each seen with `margin` pixels of context."""
-    h, w = q.shape
-    m = (q >= 128).astype(np.uint8)
-    edge = cv2.morphologyEx(m, cv2.MORPH_GRADIENT, np.ones((2 * band + 1, 2 * band + 1), np.uint8))
-    gh, gw = -(-h // core), -(-w // core)
-    pad_e = np.zeros((gh * core, gw * core), np.uint8)
-    pad_e[:h, :w] = edge
-    cells = np.argwhere(pad_e.reshape(gh, core, gw, core).any(axis=(1, 3)))
-    if not len(cells):
-        return q
-    H, W = gh * core + 2 * margin, gw * core + 2 * margin
-    rgb_p = cv2.copyMakeBorder(rgb, margin, H - h - margin, margin, W - w - margin, cv2.BORDER_REFLECT)
-    q_p = cv2.copyMakeBorder(q, margin, H - h - margin, margin, W - w - margin, cv2.BORDER_REFLECT)
-    out = q.copy()
-    k = core + 2 * margin
-    with torch.inference_mode():
-        for i in range(0, len(cells), batch):
-            cs = cells[i : i + batch]
-            X = np.stack([rgb_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
-            P = np.stack([q_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
-            prob = torch.sigmoid(net(*to_t(X, P)))[:, 0, margin : margin + core, margin : margin + core]
-            prob = (prob * 255 + 0.5).clamp(0, 255).byte().numpy()
-            for (r, c), t in zip(cs, prob):
-                y0, x0 = r * core, c * core
-                hh, ww = min(core, h - y0), min(core, w - x0)
-                out[y0 : y0 + hh, x0 : x0 + ww] = t[:hh, :ww]
-    return out
-
-
 def evaluate(a):
     net = Refiner(a.width)
-    net.load_state_dict(torch.load(a.out))
-    net.eval()
+    net.load_state_dict(torch.load(a.out, weights_only=True))
+    params = params_for(net.eval())
     run = Path(a.run)
     rows = []
     t_ref = 0
@@ -176,9 +129,10 @@ def evaluate(a):
         rgb = read_image(DATA / "train" / f"{p.stem}.jpg")
         gt = read_mask(DATA / "train_masks" / f"{p.stem}_mask.gif")
         t = time.perf_counter()
-        r = refine_map(net, rgb, q)
+        coarse = (q >= 128).astype(np.uint8)
+        r = refine_outline(coarse, q, rgb, params)
         t_ref += time.perf_counter() - t
-        rows.append((p.stem, dice((q >= 128).astype(np.uint8), gt), dice((r >= 128).astype(np.uint8), gt)))
+        rows.append((p.stem, dice(coarse, gt), dice(r, gt)))
     d = pd.DataFrame(rows, columns=["img", "coarse", "refined"])
     d.to_csv(Path(a.out).with_suffix(".eval.csv"), index=False)
     print(

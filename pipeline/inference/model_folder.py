@@ -24,8 +24,7 @@ import torch
 from ..core.config import run_name_problem
 from ..core.errors import LineageError, ModelFolderError
 from ..core.identity import file_sha256
-from ..masks.postprocess import KNOWN_STEPS
-from ..masks.snakes import params_problem
+from ..masks.postprocess import KNOWN_STEPS, PHOTO_STEPS, params_problem
 from ..models.unet import SegModel
 from .engine import Member
 from .tta import TTAS
@@ -194,10 +193,10 @@ def _spec_problem(spec: dict) -> str | None:
     params = spec.get("postprocess_params", {})
     if not isinstance(params, dict):
         return "postprocess_params: a mapping of step to parameters"
-    if "active_contour" in steps:
-        problem = params_problem(params.get("active_contour"))
+    for step in PHOTO_STEPS:
+        problem = params_problem(step, params.get(step)) if step in steps else None
         if problem:
-            return f"postprocess_params.active_contour: {problem}"
+            return f"postprocess_params.{step}: {problem}"
     if spec.get("precision", "fp32") not in ("fp32", "fp16", "bf16"):
         return f"precision {spec.get('precision')!r}: fp32, fp16 or bf16"
     if not isinstance(spec.get("source", {}), dict):

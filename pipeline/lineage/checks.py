@@ -129,8 +129,7 @@ MEMBER_KEYS = {
 def _recipe_problem(recipe) -> str | None:
     """The first thing that makes ``recipe`` unusable, checked before any checkpoint is read."""
     from ..inference.tta import TTAS
-    from ..masks.postprocess import KNOWN_STEPS, PHOTO_STEPS
-    from ..masks.snakes import params_problem
+    from ..masks.postprocess import KNOWN_STEPS, PHOTO_STEPS, params_problem
 
     if not isinstance(recipe, dict) or not isinstance(recipe.get("members"), list) or not recipe["members"]:
         return "no 'members' list"
@@ -163,7 +162,7 @@ def _recipe_problem(recipe) -> str | None:
     for step in PHOTO_STEPS:
         if step in steps and step not in params:
             return f"'postprocess' has {step!r} but 'postprocess_params' has no parameters for it"
-        problem = params_problem(params[step]) if step in params else None
+        problem = params_problem(step, params[step]) if step in params else None
         if problem:
             return f"'postprocess_params' of {step!r}: {problem}"
     need = {"name": str, "weight": int, "tta": list, "height": int, "width": int}

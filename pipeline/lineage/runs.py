@@ -217,9 +217,25 @@ def discover(
 RECIPE_SECTIONS = ("seed", "model", "image", "augment", "train", "predict")
 
 
+# Settings of those sections that never change the training itself: how fast it goes, and how often a
+# fold run is scored on its held-out cars (which epochs best.pt may be taken from; a full run, which
+# has none, still records a val_every).
+NOT_THE_RECIPE = {
+    "train": {"num_workers", "cache_images", "compile", "tensorboard", "val_every"},
+    "predict": {"batch_size", "num_workers"},
+}
+
+
+def _section(config: dict, key: str):
+    value = config.get(key)
+    if isinstance(value, dict) and key in NOT_THE_RECIPE:
+        return {k: v for k, v in value.items() if k not in NOT_THE_RECIPE[key]}
+    return value
+
+
 def same_recipe(a: dict, b: dict) -> list[str]:
     """The config sections in which two runs' configs (dicts) differ: [] when one recipe made both."""
-    return [k for k in RECIPE_SECTIONS if a.get(k) != b.get(k)]
+    return [k for k in RECIPE_SECTIONS if _section(a, k) != _section(b, k)]
 
 
 def cross_validation(runs_dir: str | Path, name: str, config: dict, folds_sha: str, holder: Path) -> dict | None:

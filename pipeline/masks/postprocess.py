@@ -18,8 +18,10 @@ Steps:
   Image Segmentation for Cars" (see `adaptive_smooth`), then rasterisation of the smoothed contours.
 
 Steps that need more than the mask (`PHOTO_STEPS`): `active_contour` (pipeline/masks/snakes.py) moves the
-uncertain stretches of the outline onto the photo's edges; `apply` runs it when given the blended
-uint8 probabilities, the photo and the recipe's `postprocess_params`, and refuses it without them.
+uncertain stretches of the outline onto the photo's edges; `refine_outline` (pipeline/masks/outline_refiner.py)
+redraws the tiles along the outline with a small learned network at full resolution. `apply` runs them
+when given the blended uint8 probabilities, the photo and the recipe's `postprocess_params`, and
+refuses them without.
 
 Contour convention (measured, see tests): `cv2.findContours(CHAIN_APPROX_NONE)` returns the centres of
 the foreground pixels on the boundary, for outer contours and for holes alike. `cv2.fillPoly` fills
@@ -36,8 +38,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from . import outline_refiner, snakes
 from .contours import find_contours, rasterize_contours
-from .snakes import refine
 
 # Thresholds as fractions of the image area (0.0005 of 1918x1280 is 1,227 pixels).
 MIN_BLOB_FRACTION = 0.0005
@@ -231,8 +233,16 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-PHOTO_STEPS = ("active_contour",)  # steps that also need the blended probabilities and the photo
+# Steps that also need the blended probabilities and the photo, and their parameters' checks.
+PHOTO_STEPS = ("active_contour", "refine_outline")
+_PHOTO = {"active_contour": snakes.refine, "refine_outline": outline_refiner.refine_outline}
+_PARAMS_PROBLEM = {"active_contour": snakes.params_problem, "refine_outline": outline_refiner.params_problem}
 KNOWN_STEPS = (*POSTPROCESS, *PHOTO_STEPS)
+
+
+def params_problem(step: str, params) -> str | None:
+    """What in a photo step's parameters cannot be applied as it is, or None."""
+    return _PARAMS_PROBLEM[step](params)
 
 
 def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
@@ -272,7 +282,9 @@ def apply(
         if name in PHOTO_STEPS:
             if blended is None or image is None:
                 raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
-            out = refine(out, blended, image, (params or {}).get(name))
+            if name == "refine_outline" and not (params or {}).get(name):
+                raise ValueError("post-processing step 'refine_outline' needs its parameters (the refiner's weights)")
+            out = _PHOTO[name](out, blended, image, (params or {}).get(name))
         elif name != "none":
             out = POSTPROCESS[name](out)
     return out

@@ -112,6 +112,33 @@ def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
     return recipe, figures
 
 
+def _add_refiner(inference: Inference, path: Path) -> dict:
+    """Put the outline refiner at ``path`` (safetensors, or a torch state dict, loaded without unpickling
+    code) first among the post-processing steps, its weights in the step's parameters; returns its record.
+    The refiner's dilations (1, 2, 4, 8) are its architecture's, not stored with the weights."""
+    from ..masks.outline_refiner import DEFAULTS, OutlineRefiner, params_for
+
+    if not path.is_file():
+        raise ModelFolderError(f"--refiner {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        net = OutlineRefiner(int(state["head.weight"].shape[1]), DEFAULTS["dilations"])
+        net.load_state_dict(state)
+    except Exception as e:  # another network, a pickle with code, a broken file: one line saying so
+        raise ModelFolderError(
+            f"--refiner {path}: not an outline refiner's weights ({type(e).__name__}: {str(e)[:160]})"
+        ) from None
+    steps = [s for s in inference.postprocess if s != "refine_outline"]
+    inference.postprocess = ["refine_outline", *steps]
+    inference.postprocess_params = {**inference.postprocess_params, "refine_outline": params_for(net.eval())}
+    return {"file": path.name, "sha256": file_sha256(path, 64)}
+
+
 STAGE_MARK = "export-"  # a folder being written: .<name>.export-XXXX beside the model folder
 OURS = (PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD)
 
@@ -168,12 +195,14 @@ def export_model(
     name: str | None = None,
     notes: dict | None = None,
     quiet: bool = False,
+    refiner: str | Path | None = None,
 ) -> dict:
     """Write the model folder ``out`` from ``checkpoint`` (a full run's final.pt, or any best.pt); return
     its pipeline.json. ``recipe``: a recipe of the same config's folds, whose threshold, TTA,
     post-processing and precision the folder takes, and whose out-of-fold figures its card quotes.
     ``dtype``: the weights as stored, fp16 (half the size) or fp32. ``notes``: measured figures for the
-    card (e.g. ``{"fp16_oof_dice_change": ...}``, ``{"predict_seconds_per_photo": ...}``)."""
+    card (e.g. ``{"fp16_oof_dice_change": ...}``, ``{"predict_seconds_per_photo": ...}``). ``refiner``: the
+    weights of an outline refiner (pipeline/masks/outline_refiner.py), applied first after the threshold."""
     import segmentation_models_pytorch as smp
 
     start = time.time()
@@ -194,6 +223,7 @@ def export_model(
     saved = meta["config"]  # as trained (the rebuilt cfg says encoder_weights none: the weights are loaded)
     standing, figures = _standing_recipe(Path(recipe), saved) if recipe else (None, None)
     inference = _inference_from(cfg, standing)
+    refiner_source = _add_refiner(inference, Path(refiner)) if refiner else None
     full = checkpoint.parent / "full.json"
     trained = json.loads(full.read_text()) if checkpoint.name == "final.pt" and full.is_file() else None
     if trained is not None and trained.get("checkpoint_sha256") != ckpt_sha:
@@ -262,6 +292,7 @@ def export_model(
                     "config": saved,
                     "trained": trained,
                     "recipe": figures,
+                    "refiner": refiner_source,
                 },
                 "notes": notes or {},
                 "code": code_version(),
