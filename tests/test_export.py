@@ -300,6 +300,7 @@ def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, cap
     assert spec["postprocess"][0] == "refine_outline" and spec["postprocess"][1:] == ["fill_holes"]
     assert spec["source"]["refiner"]["file"] == "refiner.pt"
     assert check_folder(out)["postprocess_params"]["refine_outline"]["width"] == 4
+    assert "smp alone does not apply it" in (out / "README.md").read_text()  # the card says what smp alone misses
     plain = tmp_path / "models" / "mp"
     export_model(run_dir / "final.pt", plain, recipe=recipe, dtype="fp32", name="mp", quiet=True)
     areas = {}

@@ -65,6 +65,17 @@ def render_card(spec: dict) -> str:
         "",
         "Sizes must be multiples of 32 (pad with edge pixels, then crop). With the pipeline, which applies the "
         "settings below exactly as the out-of-fold figures were measured (TTA, threshold, post-processing):",
+        *(
+            [
+                "",
+                "Its post-processing starts with `refine_outline`: a network of about 10,000 weights that redraws "
+                "the outline at the photo's full resolution from the photo and the probabilities, in 48x48 tiles "
+                "along it (pipeline/masks/outline_refiner.py). Its weights are inside `pipeline.json` "
+                "(`postprocess_params.refine_outline`, bound by their sha256); smp alone does not apply it.",
+            ]
+            if "refine_outline" in spec.get("postprocess", [])
+            else []
+        ),
         "",
         "```bash",
         f"make predict IN=photo.jpg PRETRAINED=models/{name}      # masks, cut-outs, composites",
@@ -87,10 +98,17 @@ def render_card(spec: dict) -> str:
     ]
     if figures:
         per_fold = ", ".join(f"fold {k}: {_fmt(v['dice_at_0.5'])}" for k, v in sorted(figures["per_fold"].items()))
+        held_out = len(on.get("test_split_cars") or [])
         lines += [
-            "The model itself was trained on every car, so nothing is held out from it; what stands for it is "
-            f"the same config's cross-validation (member `{figures['member']}`, folds {figures['folds']}, recipe hash "
-            f"`{figures['recipe_hash']}`), out-of-fold at full resolution (1918x1280) against the Kaggle masks:",
+            (
+                f"It was trained on every car but the {held_out} of the test split (its figure there is below); "
+                "beside that stands"
+                if held_out
+                else "The model itself was trained on every car, so nothing is held out from it; what stands for it is"
+            )
+            + f" the same config's cross-validation (member `{figures['member']}`, folds {figures['folds']}, "
+            f"recipe hash `{figures['recipe_hash']}`), out-of-fold at full resolution (1918x1280) against the "
+            "Kaggle masks:",
             "",
             "| out-of-fold images | mean Dice | Dice 5th percentile | per fold (Dice at 0.5) |",
             "|---|---|---|---|",
@@ -110,7 +128,9 @@ def render_card(spec: dict) -> str:
         "| | |",
         "|---|---|",
         f"| data | {on.get('n_images', '-')} images of {on.get('n_cars', '-')} cars of the Carvana train set, all of "
-        f"them (fold `full`); split fingerprint `{(on.get('folds') or {}).get('folds_sha', '-')}` |"
+        f"them (fold `full`)"
+        + (f" but the {len(on['test_split_cars'])} test-split cars" if on.get("test_split_cars") else "")
+        + f"; split fingerprint `{(on.get('folds') or {}).get('folds_sha', '-')}` |"
         if trained
         else f"| data | the training split of `{src.get('checkpoint')}` |",
         f"| checkpoint | `{src['checkpoint']}` epoch {src.get('epoch')}, sha256 `{src['checkpoint_sha256']}` |",
