@@ -262,6 +262,14 @@ def test_shipped_model_folder_is_complete():
     spec = check_folder(SHIPPED)
     assert spec["model"]["weights_dtype"] == "fp16"
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 15e6
+    # Its record names the cars it was trained on and those that tuned its threshold and post-processing:
+    # none is a car of the test split its card is scored on.
+    from pipeline.data.folds import load_test_split
+    from pipeline.inference.model_folder import cars_seen
+
+    seen = cars_seen(spec)
+    assert all(seen.values()), seen
+    assert not set().union(*seen.values()) & load_test_split(REPO / "folds" / "test_split.csv")
     model = load_pretrained(SHIPPED)
     x = torch.zeros(1, 3, spec["input"]["height"], spec["input"]["width"])
     with torch.no_grad():
