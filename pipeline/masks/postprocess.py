@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from . import outline_refiner, snakes
+from . import snakes
 from .contours import find_contours, rasterize_contours
 
 # Thresholds as fractions of the image area (0.0005 of 1918x1280 is 1,227 pixels).
@@ -235,14 +235,21 @@ POSTPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 # Steps that also need the blended probabilities and the photo, and their parameters' checks.
 PHOTO_STEPS = ("active_contour", "refine_outline")
-_PHOTO = {"active_contour": snakes.refine, "refine_outline": outline_refiner.refine_outline}
-_PARAMS_PROBLEM = {"active_contour": snakes.params_problem, "refine_outline": outline_refiner.params_problem}
 KNOWN_STEPS = (*POSTPROCESS, *PHOTO_STEPS)
+
+
+def _photo_step(step: str):
+    """(apply, params_problem) of a photo step; the refiner's module (torch) is imported only when used."""
+    if step == "refine_outline":
+        from . import outline_refiner
+
+        return outline_refiner.refine_outline, outline_refiner.params_problem
+    return snakes.refine, snakes.params_problem
 
 
 def params_problem(step: str, params) -> str | None:
     """What in a photo step's parameters cannot be applied as it is, or None."""
-    return _PARAMS_PROBLEM[step](params)
+    return _photo_step(step)[1](params)
 
 
 def parse_steps(steps: str | Sequence[str] | None) -> list[str]:
@@ -284,7 +291,7 @@ def apply(
                 raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
             if name == "refine_outline" and not (params or {}).get(name):
                 raise ValueError("post-processing step 'refine_outline' needs its parameters (the refiner's weights)")
-            out = _PHOTO[name](out, blended, image, (params or {}).get(name))
+            out = _photo_step(name)[0](out, blended, image, (params or {}).get(name))
         elif name != "none":
             out = POSTPROCESS[name](out)
     return out
