@@ -2,6 +2,8 @@
 
 ``rle`` (Kaggle run-length encoding), ``submission_csv`` (the submission file checked against
 ``sample_submission.csv``), ``metrics`` (Dice and friends at full resolution), ``contours`` (outlines
-as sub-pixel polygons), ``snakes`` (active contours), ``postprocess`` (the steps a recipe may name).
-Imports: ``core`` only. No model, no data layout: a mask in, a mask or a number out.
+as sub-pixel polygons), ``snakes`` (active contours), ``outline_refiner`` (a small learned network that
+redraws the outline from the photo; its weights come with its parameters), ``postprocess`` (the steps a
+recipe may name). Imports: ``core`` only. No trained segmentation model, no data layout: a mask in, a
+mask or a number out.
 """
