@@ -270,6 +270,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
+# Settings that change how fast a run goes, never what it computes: a resumed run and the comparison of
+# two runs' recipes both leave them out (pipeline/stages/train.py, pipeline/lineage/runs.py).
+SPEED_SETTINGS = frozenset(
+    {"train.num_workers", "train.cache_images", "train.compile", "train.tensorboard", "predict.batch_size",
+     "predict.num_workers"}
+)  # fmt: skip
 _LEGACY_AMP_DTYPES = {"bfloat16": "auto", "float16": "fp16"}  # what `amp: true` meant with each amp_dtype
 
 

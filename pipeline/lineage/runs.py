@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..core.config import run_name_problem
+from ..core.config import SPEED_SETTINGS, run_name_problem
 from ..core.identity import file_sha256
 from ..core.io_utils import check_csv_name, plain_name, read_json, stored_path
 from ..data.layout import DataError, Layout, decode_file, read_mask
@@ -220,16 +220,13 @@ RECIPE_SECTIONS = ("seed", "model", "image", "augment", "train", "predict")
 # Settings of those sections that never change the training itself: how fast it goes, and how often a
 # fold run is scored on its held-out cars (which epochs best.pt may be taken from; a full run, which
 # has none, still records a val_every).
-NOT_THE_RECIPE = {
-    "train": {"num_workers", "cache_images", "compile", "tensorboard", "val_every"},
-    "predict": {"batch_size", "num_workers"},
-}
+NOT_THE_RECIPE = SPEED_SETTINGS | {"train.val_every"}
 
 
 def _section(config: dict, key: str):
     value = config.get(key)
-    if isinstance(value, dict) and key in NOT_THE_RECIPE:
-        return {k: v for k, v in value.items() if k not in NOT_THE_RECIPE[key]}
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if f"{key}.{k}" not in NOT_THE_RECIPE}
     return value
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from ..core import distributed
-from ..core.config import Config, ConfigError, config_from_dict
+from ..core.config import SPEED_SETTINGS, Config, ConfigError, config_from_dict
 from ..core.distributed import RankSampler
 from ..core.errors import CheckpointError, ResumeError, TrainingError
 from ..core.identity import code_version, file_sha256
@@ -64,9 +64,9 @@ from .oof import predict_oof
 # setting made the checkpoint (or, for predict.*, its out-of-fold maps, which are re-predicted when
 # they differ): changing one on resume would leave a record that describes a model it did not make.
 _FREE_ON_RESUME = {
+    *SPEED_SETTINGS,
     "device", "data_dir", "folds_csv", "runs_dir", "test_split",  # the split's content is checked by its hash
-    "train.num_workers", "train.cache_images", "train.compile", "train.tensorboard", "train.channels_last",
-    "predict.batch_size", "predict.num_workers", "predict.tta", "predict.amp",
+    "train.channels_last", "predict.tta", "predict.amp",
     "train.amp",  # the device may change on resume (a CPU run goes on on a GPU), and 'auto' follows it
 }  # fmt: skip
 
