@@ -27,13 +27,9 @@ import torch.nn.functional as F
 from pipeline.data.folds import load_folds, load_test_split
 from pipeline.data.layout import read_image, read_mask
 from pipeline.masks.metrics import dice
-from pipeline.masks.outline_refiner import DEFAULTS, OutlineRefiner, params_for, refine_outline, to_tensors
+from pipeline.masks.outline_refiner import OutlineRefiner, params_for, refine_outline, to_tensors
 
 DATA = Path(".exp/cars270")  # docs/accuracy.md: the 270 cars of ../shared/data/more-cars.sh
-
-
-def Refiner(width=16):  # noqa: N802 (the class the pipeline applies, under the name the commands above used)
-    return OutlineRefiner(width, DEFAULTS["dilations"])
 
 
 def coarse_from_truth(mask, rng, size=(480, 320)):
@@ -89,7 +85,7 @@ def train(a):
     X, P, Y = bank(imgs, a.per, a.patch, 1)
     print(f"bank {len(X)} patches in {time.time() - t0:.0f}s", flush=True)
     torch.manual_seed(0)
-    net = Refiner(a.width)
+    net = OutlineRefiner(a.width)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-4)
     steps = a.steps
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=steps, pct_start=0.05)
@@ -117,7 +113,7 @@ def train(a):
 
 
 def evaluate(a):
-    net = Refiner(a.width)
+    net = OutlineRefiner(a.width)
     net.load_state_dict(torch.load(a.out, weights_only=True))
     params = params_for(net.eval())
     run = Path(a.run)

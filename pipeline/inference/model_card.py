@@ -29,6 +29,16 @@ def render_card(spec: dict) -> str:
     machine = trained.get("machine") or {}
     code = trained.get("code") or spec.get("code") or {}
     config = src.get("config") or {}
+    refiner_lines = []
+    if "refine_outline" in spec.get("postprocess", []):
+        core = ((spec.get("postprocess_params") or {}).get("refine_outline") or {}).get("core")
+        refiner_lines = [
+            "",
+            "Its post-processing starts with `refine_outline`: a small network that redraws the outline at the "
+            f"photo's full resolution from the photo and the probabilities, in {core}x{core} tiles along it "
+            "(pipeline/masks/outline_refiner.py). Its weights are inside `pipeline.json` "
+            "(`postprocess_params.refine_outline`, bound by their sha256); smp alone does not apply it.",
+        ]
     lines = [
         "---",
         "library_name: segmentation-models-pytorch",
@@ -65,17 +75,7 @@ def render_card(spec: dict) -> str:
         "",
         "Sizes must be multiples of 32 (pad with edge pixels, then crop). With the pipeline, which applies the "
         "settings below exactly as the out-of-fold figures were measured (TTA, threshold, post-processing):",
-        *(
-            [
-                "",
-                "Its post-processing starts with `refine_outline`: a network of about 10,000 weights that redraws "
-                "the outline at the photo's full resolution from the photo and the probabilities, in 48x48 tiles "
-                "along it (pipeline/masks/outline_refiner.py). Its weights are inside `pipeline.json` "
-                "(`postprocess_params.refine_outline`, bound by their sha256); smp alone does not apply it.",
-            ]
-            if "refine_outline" in spec.get("postprocess", [])
-            else []
-        ),
+        *refiner_lines,
         "",
         "```bash",
         f"make predict IN=photo.jpg PRETRAINED=models/{name}      # masks, cut-outs, composites",

@@ -34,7 +34,7 @@ _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 class OutlineRefiner(nn.Module):
     """Coarse logit + a correction from the photo and the coarse probability (zero at initialisation)."""
 
-    def __init__(self, width: int = 16, dilations=(1, 2, 4, 8)):
+    def __init__(self, width: int = DEFAULTS["width"], dilations=tuple(DEFAULTS["dilations"])):
         super().__init__()
         layers = [nn.Conv2d(4, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         for d in dilations:
@@ -103,7 +103,7 @@ def params_problem(params) -> str | None:
     if hashlib.sha256(text.encode("ascii", "replace")).hexdigest() != sha:
         return "weights: not the ones its sha256 names (changed or cut short)"
     try:
-        _network(text, int(params.get("width", 16)), tuple(dil))
+        _network(text, int(params.get("width", DEFAULTS["width"])), tuple(dil))
     except Exception as e:  # bad base64, not safetensors, other shapes: one line saying so
         return f"weights: cannot be loaded into the refiner ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     return None
@@ -123,7 +123,7 @@ def network(params: dict) -> OutlineRefiner:
     if problem:
         raise ValueError(f"refine_outline: {problem}")
     dilations = tuple(params.get("dilations", DEFAULTS["dilations"]))
-    return _network(params["weights"], int(params.get("width", 16)), dilations)
+    return _network(params["weights"], int(params.get("width", DEFAULTS["width"])), dilations)
 
 
 # -- apply -------------------------------------------------------------------------------------------
@@ -138,7 +138,15 @@ def outline_tiles(mask: np.ndarray, core: int, band: int) -> np.ndarray:
 
 
 def refine_probabilities(
-    net: OutlineRefiner, image: np.ndarray, blended: np.ndarray, mask: np.ndarray, core=48, margin=8, band=3, batch=64
+    net: OutlineRefiner,
+    image: np.ndarray,
+    blended: np.ndarray,
+    mask: np.ndarray,
+    *,
+    core: int,
+    margin: int,
+    band: int,
+    batch: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tiles, refined uint8 probabilities (T, core, core)) along the outline of ``mask``."""
     h, w = mask.shape

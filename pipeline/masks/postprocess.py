@@ -289,8 +289,6 @@ def apply(
         if name in PHOTO_STEPS:
             if blended is None or image is None:
                 raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
-            if name == "refine_outline" and not (params or {}).get(name):
-                raise ValueError("post-processing step 'refine_outline' needs its parameters (the refiner's weights)")
             out = _photo_step(name)[0](out, blended, image, (params or {}).get(name))
         elif name != "none":
             out = POSTPROCESS[name](out)

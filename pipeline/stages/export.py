@@ -116,7 +116,7 @@ def _add_refiner(inference: Inference, path: Path) -> dict:
     """Put the outline refiner at ``path`` (safetensors, or a torch state dict, loaded without unpickling
     code) first among the post-processing steps, its weights in the step's parameters; returns its record.
     The refiner's dilations (1, 2, 4, 8) are its architecture's, not stored with the weights."""
-    from ..masks.outline_refiner import DEFAULTS, OutlineRefiner, params_for
+    from ..masks.outline_refiner import OutlineRefiner, params_for
 
     if not path.is_file():
         raise ModelFolderError(f"--refiner {path}: no such file")
@@ -127,7 +127,7 @@ def _add_refiner(inference: Inference, path: Path) -> dict:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        net = OutlineRefiner(int(state["head.weight"].shape[1]), DEFAULTS["dilations"])
+        net = OutlineRefiner(int(state["head.weight"].shape[1]))
         net.load_state_dict(state)
     except Exception as e:  # another network, a pickle with code, a broken file: one line saying so
         raise ModelFolderError(
