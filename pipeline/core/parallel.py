@@ -1,4 +1,4 @@
-"""joblib process pools whose workers end with the process that started them.
+"""joblib process pools whose workers end with the process that started them, and an ordered thread map.
 
 joblib's loky workers outlive a parent that is killed (SIGTERM's default action, kill -9, the OOM
 killer): they wait for work until their idle timeout, minutes later, each holding the memory it
@@ -12,8 +12,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from joblib import Parallel, parallel_config
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 POLL_SECONDS = 0.5
 
@@ -35,3 +42,28 @@ def parallel(n_jobs: int, **kwargs) -> Parallel:
     # read when the Parallel is made
     with parallel_config(backend="loky", initializer=_die_with_parent, initargs=(os.getpid(),)):
         return Parallel(n_jobs=n_jobs, **kwargs)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int = 2) -> Iterator[R]:
+    """``map(fn, items)`` on ``workers`` threads, results in input order, at most ``workers + ahead`` in flight.
+
+    For work that releases the GIL (OpenCV, NumPy, torch and OpenVINO kernels): each item's whole chain runs
+    on one thread, so the cores stay busy without one worker waiting on another's step. An item's
+    exception is raised when its turn comes, after every result before it; what is still in flight is
+    cancelled or waited for, never left running. ``workers`` 1: a plain loop on this thread.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="photo") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= workers + ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()

@@ -7,33 +7,43 @@ two), with a dynamic batch dimension, in memory; nothing is written to disk. Bot
 optional packages (``pip install onnxruntime`` or ``openvino``): asking for one that is not installed
 is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/benchmarks.md.
 
+OpenVINO runs in fp32 or, where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), in bf16: about
+twice as fast, with masks that agree with fp32's to well within the bound docs/benchmarks.md states.
+``resolve_runtime`` turns ``--backend``/``--precision`` into what runs: on a CPU the default is OpenVINO in
+the fastest precision this CPU has, ``--precision fp32`` the PyTorch fp32 path. One ``Runtime`` may be
+called from several threads at once (the engine's photo workers): each thread gets its own inference
+request, and OpenVINO runs them side by side as streams of one thread each.
+
 Both runtimes write usage data of their own when loaded (ONNX Runtime a device id and a database under
 ``~/.cache/Microsoft``, OpenVINO a client id and counters under ``~/intel`` and a file in the temp
 folder), and neither has a switch for it here: they are loaded and compiled with ``HOME`` and
-``TMPDIR`` pointed at a scratch folder that is removed at once, so nothing of theirs stays behind.
+``TMPDIR`` pointed at a scratch folder that is removed at once (``core.cpu_runtime.scratch_home``), so
+nothing of theirs stays behind.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import io
-import os
-import shutil
-import tempfile
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..core.config import ConfigError
+from ..core.cpu_runtime import openvino_callable, scratch_home
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 OPSET = 17
+# OpenVINO's name of each precision it may run a model in (INFERENCE_PRECISION_HINT).
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def check_backend(name: str) -> None:
-    if name not in BACKENDS:
-        raise ConfigError(f"--backend {name!r}: one of {', '.join(BACKENDS)}")
-    if name == "torch":
+    if name not in ("auto", *BACKENDS):
+        raise ConfigError(f"--backend {name!r}: one of auto, {', '.join(BACKENDS)}")
+    if name in ("auto", "torch"):
         return
     import importlib.util
 
@@ -58,16 +68,103 @@ def _onnx_bytes(model: torch.nn.Module, shape: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-class Runtime(torch.nn.Module):
-    """A SegModel run by ONNX Runtime or OpenVINO: the engine's model interface (uint8 or float in, logits out)."""
+@functools.cache
+def cpu_capabilities() -> frozenset[str]:
+    """What OpenVINO says this CPU runs natively (``BF16``, ``INT8``, ``FP32``...); empty without OpenVINO."""
+    import importlib.util
 
-    def __init__(self, model: torch.nn.Module, backend: str, threads: int | None = None):
+    if importlib.util.find_spec("openvino") is None:
+        return frozenset()
+    with scratch_home():
+        import openvino as ov
+
+        return frozenset(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What runs the network: ``backend`` (torch, onnxruntime, openvino) and ``precision`` (None: each
+    member's own, PyTorch only), and the words that say so at start (``describe``)."""
+
+    backend: str
+    precision: str | None
+    why: str = ""
+
+    def describe(self, device: torch.device, threads: int) -> str:
+        if self.backend == "torch":
+            what = f"PyTorch {self.precision or 'in each model’s own precision'} on {device}"
+            if device.type == "cpu":
+                what += f" ({max(threads, torch.get_num_threads())} threads)"
+        else:
+            name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[self.backend]
+            what = f"{name} {self.precision} on the CPU ({threads} thread{'s' if threads > 1 else ''})"
+        return f"inference: {what}" + (f"; {self.why}" if self.why else "")
+
+
+def resolve_runtime(backend: str, precision: str | None, device: torch.device) -> RuntimeChoice:
+    """``--backend``/``--precision`` as run on ``device``.
+
+    - ``auto`` (the default): on a GPU, PyTorch; on a CPU, OpenVINO (when installed) in bf16 where the
+      CPU has bfloat16 instructions, else in fp32; ``--precision fp32`` (or fp16) keeps PyTorch, exact.
+    - ``openvino``: bf16 where the CPU has it, else fp32 (asking for bf16 on a CPU without it is an error);
+      ``onnxruntime``: fp32; both on the CPU only.
+    - ``torch``: each member's recorded precision, or ``precision`` for all.
+    """
+    check_backend(backend)
+    has_bf16 = "BF16" in cpu_capabilities()
+    if backend == "auto":
+        if device.type != "cpu" or precision not in (None, "bf16") or "openvino" not in _installed():
+            return RuntimeChoice("torch", precision)
+        if precision == "bf16" and not has_bf16:
+            return RuntimeChoice("torch", precision, "this CPU has no bfloat16 instructions: PyTorch's bf16")
+        backend = "openvino"
+    if backend == "torch":
+        return RuntimeChoice("torch", precision)
+    if device.type != "cpu":
+        raise ConfigError(f"--backend {backend}: runs on the CPU (--device cpu), not on {device}")
+    if backend == "onnxruntime":
+        if precision not in (None, "fp32"):
+            raise ConfigError(f"--backend onnxruntime: runs in fp32, not {precision}; use --precision fp32")
+        return RuntimeChoice(backend, "fp32")
+    if precision is None:
+        if has_bf16:
+            return RuntimeChoice(backend, "bf16", "the CPU's bfloat16 instructions (--precision fp32: PyTorch, exact)")
+        return RuntimeChoice(backend, "fp32", "this CPU has no bfloat16 instructions")
+    if precision not in OPENVINO_PRECISIONS:
+        raise ConfigError(f"--backend openvino: runs in {' or '.join(OPENVINO_PRECISIONS)}, not {precision}")
+    if precision == "bf16" and not has_bf16:
+        raise ConfigError("--precision bf16: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX); use fp32")
+    return RuntimeChoice(backend, precision)
+
+
+def _installed() -> set[str]:
+    import importlib.util
+
+    return {n for n in BACKENDS[1:] if importlib.util.find_spec(n) is not None}
+
+
+class Runtime(torch.nn.Module):
+    """A SegModel run by ONNX Runtime or OpenVINO: the engine's model interface (uint8 or float in, logits out).
+
+    ``streams``: how many threads call it at once (OpenVINO runs as many requests side by side, each on
+    ``threads // streams`` threads); ``precision``: fp32, or bf16 (OpenVINO)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        backend: str,
+        threads: int | None = None,
+        precision: str = "fp32",
+        streams: int = 1,
+    ):
         super().__init__()
         check_backend(backend)
         self.model = model.float().eval().to(memory_format=torch.contiguous_format)
         self.backend = backend
         self.threads = threads or torch.get_num_threads()
+        self.precision, self.streams = precision, max(1, streams)
         self._runs: dict[tuple[int, ...], object] = {}
+        self._lock = threading.Lock()
 
     def to(self, *args, **kwargs):  # the runtime holds its own copy of the weights: moves are no-ops
         return self
@@ -75,7 +172,9 @@ class Runtime(torch.nn.Module):
     def _compile(self, shape: tuple[int, int, int]):
         with torch.no_grad():
             onnx = _onnx_bytes(self.model, shape)
-        with _scratch_home():
+        if self.backend == "openvino":
+            return openvino_callable(onnx, OPENVINO_PRECISIONS[self.precision], self.threads, self.streams)
+        with scratch_home():
             return self._session(onnx)
 
     def _session(self, onnx: bytes):
@@ -88,43 +187,28 @@ class Runtime(torch.nn.Module):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
             return lambda x: session.run(None, {"image": x})[0]
-        import openvino as ov
-
-        core = ov.Core()
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": self.threads})
-        compiled = core.compile_model(core.read_model(onnx), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return lambda x: compiled(x)[0]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[1:])
         run = self._runs.get(shape)
         if run is None:
-            run = self._runs[shape] = self._compile(shape)
+            with self._lock:  # two photo workers meeting a new size compile it once
+                run = self._runs.get(shape)
+                if run is None:
+                    run = self._runs[shape] = self._compile(shape)
         batch = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(np.asarray(run(batch)))
 
 
-@contextlib.contextmanager
-def _scratch_home():
-    """HOME and TMPDIR pointed at a fresh folder for as long as a runtime loads and compiles; removed after."""
-    scratch = tempfile.mkdtemp(prefix="pipeline-runtime-")
-    saved = {k: os.environ.get(k) for k in ("HOME", "TMPDIR")}
-    saved_tempdir = tempfile.tempdir
-    os.environ["HOME"] = os.environ["TMPDIR"] = scratch
-    tempfile.tempdir = scratch
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        tempfile.tempdir = saved_tempdir
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def runtime(model: torch.nn.Module, backend: str = "torch") -> torch.nn.Module:
+def runtime(
+    model: torch.nn.Module,
+    backend: str = "torch",
+    precision: str = "fp32",
+    streams: int = 1,
+    threads: int | None = None,
+) -> torch.nn.Module:
     """``model`` itself for PyTorch, else the same model run by ``backend`` (on the CPU)."""
-    return model if backend == "torch" else Runtime(model, backend)
+    if backend == "torch":
+        return model
+    return Runtime(model, backend, threads, precision=precision, streams=streams)

@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..core.parallel import ordered_map
+from ..core.profile import PROFILE
 from ..data.datasets import InferenceDataset
 from ..models.unet import SegModel
-from .backends import runtime
+from .backends import OPENVINO_PRECISIONS, runtime
 from .tta import resolve
 
 
@@ -43,6 +45,16 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_jobs(jobs: int | None, device: torch.device) -> int:
+    """Photos in flight at once on the CPU, one thread each: ``jobs``, or one per core this process may
+    use (its affinity, not the machine's count); 1 on a GPU, which takes batches."""
+    if device.type != "cpu":
+        return 1
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, int(jobs))
 
 
 def use_device(device: torch.device) -> None:
@@ -137,6 +149,17 @@ def blend(quantized, weights: list[int]):
     return torch.div(acc + total // 2, total, rounding_mode="floor").to(torch.uint8)
 
 
+def _same_size_together(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Consecutive views of one size concatenated (view-major), in order: one call per run of a size."""
+    runs: list[list[torch.Tensor]] = []
+    for v in inputs:
+        if runs and runs[-1][0].shape == v.shape:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return [torch.cat(r) if len(r) > 1 else r[0] for r in runs]
+
+
 class Engine:
     """Streams images through the ensemble: workers decode, the device does everything else.
 
@@ -145,6 +168,11 @@ class Engine:
     ``SegModel``), the TTA views (all views of a batch in one forward call), the averaging, the
     bilinear resize back to the image size, the uint8 quantization, the blend and the threshold
     all run on the device. Only the final boolean masks come back to the host.
+
+    On the CPU with ``jobs`` > 1, photos go through ``jobs`` threads instead, each photo's whole chain
+    (decode, every view, resize, blend, threshold, review features) on one thread, one thread per core:
+    no step waits for another's, and the network's runtime (OpenVINO) runs one request per thread. The
+    same functions compute the same numbers as the batched path.
     """
 
     def __init__(
@@ -158,14 +186,24 @@ class Engine:
         compile: bool | str | Callable = False,
         views_in_one_call: bool = True,
         backend: str = "torch",
+        jobs: int = 1,
     ):
         """``precision``: None runs each member in its own (``Member.precision``); a setting
         (auto|bf16|fp16|off|fp32) runs all of them in it. ``compile``: True (inductor) or a
         ``torch.compile`` backend. ``backend``: torch, or onnxruntime / openvino on the CPU
-        (pipeline/inference/backends.py; fp32)."""
+        (pipeline/inference/backends.py; fp32, or bf16 in OpenVINO). ``jobs``: photos in flight at once
+        on the CPU, one thread each (1: batches through a DataLoader, as on a GPU)."""
         self.members = members
         self.device = device
         use_device(device)
+        self.jobs = max(1, int(jobs)) if device.type == "cpu" else 1
+        runtime_precision = None
+        if backend != "torch":
+            runtime_precision = precision or "fp32"
+            allowed = OPENVINO_PRECISIONS if backend == "openvino" else ("fp32",)
+            if runtime_precision not in allowed:
+                raise ValueError(f"backend {backend}: runs in fp32 (or bf16 in OpenVINO), not {precision}")
+            precision = None
         self.precisions = {id(m): resolve_precision(precision or m.precision, device) for m in members}
         self.channels_last = resolve_channels_last(channels_last, device)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -188,9 +226,13 @@ class Engine:
                     model.to(memory_format=torch.channels_last)
             # torch.compile is off by default: it costs minutes of compilation per model and has
             # not been measured to pay off here (make bench, docs/benchmarks.md).
-            if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model in fp32 on the CPU
-                self._forward[id(m)] = [runtime(model, runtime_name) for model in m.models]
-                self.precisions[id(m)] = "fp32"
+            if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model on the CPU
+                threads = self.jobs if self.jobs > 1 else None
+                self._forward[id(m)] = [
+                    runtime(model, runtime_name, runtime_precision, streams=self.jobs, threads=threads)
+                    for model in m.models
+                ]
+                self.precisions[id(m)] = runtime_precision
                 continue
             self._forward[id(m)] = [
                 torch.compile(model, dynamic=False, backend=backend) if compile else model for model in m.models
@@ -211,14 +253,18 @@ class Engine:
         inputs = [forward(x) for forward, _ in views]
         if self.views_in_one_call and len(views) > 1 and len({v.shape for v in inputs}) == 1:
             inputs = [torch.cat(inputs)]  # (V*B, 3, h, w), view-major; views of other sizes go one by one
+        elif self.views_in_one_call and self.backend != "torch":
+            inputs = _same_size_together(inputs)  # a CPU runtime: the views of one size in one call
         if self.channels_last:
             inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
         total = None
         for model in self._forward[id(member)]:
             logits = []
             for v in inputs:
-                with autocast(self.device, self.precisions[id(member)]):
-                    logits.extend(model(v).chunk(len(views) // len(inputs)))
+                # A CPU runtime runs the graph in its own precision: PyTorch only traces it, in fp32.
+                with autocast(self.device, self.precisions[id(member)] if self.backend == "torch" else "fp32"):
+                    with PROFILE.step(f"network {v.shape[-2]}x{v.shape[-1]} ({v.shape[0] // n_images} view(s))"):
+                        logits.extend(model(v).chunk(v.shape[0] // x.shape[0]))
             # Accumulate model by model, view by view: the same order as an unbatched loop.
             for (_, inverse), lg in zip(views, logits):
                 p = torch.sigmoid(inverse(lg).float())
@@ -247,6 +293,44 @@ class Engine:
             prefetch_factor=4 if self.num_workers else None,
         )
 
+    def _photo_maps(self, path: Path) -> tuple[str, torch.Tensor]:
+        """One photo's name and (M, H, W) uint8 maps, on this thread: the batched path for a batch of one."""
+        with PROFILE.step("decode at the model's size"):
+            item = InferenceDataset([path], self.sizes, hwc=self.channels_last)[0]
+        h, w = item["height"], item["width"]
+        maps = []
+        for m in self.members:
+            prob = self.member_probs(m, item[f"x{self.sizes.index((m.height, m.width))}"][None])
+            with PROFILE.step("probabilities to the photo's size"):
+                maps.append(self.quantize(prob, h, w)[0])
+        return item["name"], torch.stack(maps)
+
+    @property
+    def openvino(self) -> tuple[str, int] | None:
+        """(OpenVINO precision, threads) for post-processing networks to run as the model runs; None: PyTorch."""
+        if self.backend != "openvino":
+            return None
+        return OPENVINO_PRECISIONS[next(iter(self.precisions.values()))], self.jobs
+
+    def warm_up(self) -> None:
+        """Compile every input size the members' views meet, on this thread, before photos go to threads
+        (a CPU runtime compiles on first use, with the process's environment pointed at a scratch folder)."""
+        if self.backend == "torch":
+            return
+        for m in self.members:
+            self.member_probs(m, torch.zeros(1, 3, m.height, m.width, dtype=torch.uint8))
+
+    def _parallel(self, fn: Callable, images: list[Path]) -> Iterator:
+        """``fn(path)`` for every photo on ``jobs`` threads, in input order; torch kernels stay on the
+        calling thread (one per core: threads that each started a pool of their own would thrash)."""
+        self.warm_up()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from ordered_map(fn, images, self.jobs, ahead=2 * self.jobs)
+        finally:
+            torch.set_num_threads(threads)
+
     def _quantized(self, images: list[Path]) -> Iterator[tuple[list[str], list[tuple[list[int], torch.Tensor]]]]:
         """Per batch: the names, and per group of images of one size (indices, (M,b,H,W) uint8 on the device)."""
         for batch in self.loader(images):
@@ -256,23 +340,27 @@ class Engine:
                 groups.setdefault((h, w), []).append(i)
             out = []
             for (h, w), idx in groups.items():
-                if len(idx) < len(batch["name"]):  # mixed sizes in one batch (never in Kaggle's test set)
-                    sel = torch.tensor(idx, device=self.device)
-                    qs = [self.quantize(p[sel], h, w) for p in probs]
-                else:
-                    qs = [self.quantize(p, h, w) for p in probs]
+                with PROFILE.step("probabilities to the photo's size"):
+                    if len(idx) < len(batch["name"]):  # mixed sizes in one batch (never in Kaggle's test set)
+                        sel = torch.tensor(idx, device=self.device)
+                        qs = [self.quantize(p[sel], h, w) for p in probs]
+                    else:
+                        qs = [self.quantize(p, h, w) for p in probs]
                 out.append((idx, qs[0][None] if len(qs) == 1 else torch.stack(qs)))
             yield list(batch["name"]), out
 
     def predict(self, images: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (image name, uint8 maps (M, H, W) on the engine's device), in input order."""
+        if self.jobs > 1:
+            yield from self._parallel(self._photo_maps, images)
+            return
         for names, groups in self._quantized(images):
             per_image = {i: q[:, j] for idx, q in groups for j, i in enumerate(idx)}
             for i, name in enumerate(names):
                 yield name, per_image[i]
 
     def masks(
-        self, images: list[Path], weights: list[int], threshold: int, features=None, blends: bool = False
+        self, images: list[Path], weights: list[int], threshold: int, features=None, blends: bool = False, finish=None
     ) -> Iterator[tuple[list[str], list, np.ndarray | None]]:
         """Per batch: (names, boolean masks (H, W) as NumPy arrays on the host, features), in input order.
 
@@ -282,15 +370,22 @@ class Engine:
         ``features(maps, blended, threshold)`` (e.g. ``review.image_features``), when given, runs on
         the device too and only its few numbers per image come back: a (batch, F) int64 array.
         ``blends``: hand over the uint8 blends (as many bytes as the masks) instead of the masks, for
-        host-side steps that need the probabilities; the caller thresholds them.
+        host-side steps that need the probabilities; the caller thresholds them. ``finish(name, mask)``:
+        what to hand over instead of each mask, computed on the photo's thread (``jobs`` > 1 only).
         """
+        if self.jobs > 1:
+            yield from self._parallel_masks(images, weights, threshold, features, blends, finish)
+            return
+        if finish is not None:
+            raise ValueError("finish: for photos on threads (jobs > 1)")
         pending = None
         for names, groups in self._quantized(images):
             copies = []
             for idx, q in groups:
                 blended = blend(q, weights)
                 m = blended if blends else blended >= threshold  # (b, H, W) uint8 or bool
-                f = features(q, blended, threshold) if features is not None else None
+                with PROFILE.step("review features"):
+                    f = features(q, blended, threshold) if features is not None else None
                 if self.device.type == "cuda":
                     host = torch.empty(m.shape, dtype=m.dtype, pin_memory=True)
                     host.copy_(m, non_blocking=True)
@@ -309,6 +404,31 @@ class Engine:
             pending = (names, copies, event)
         if pending is not None:
             yield self._host_masks(*pending)
+
+    def _parallel_masks(self, images, weights, threshold, features, blends, finish):
+        """``masks`` on ``jobs`` threads: each photo's maps, blend, threshold, features (and ``finish``) on one."""
+
+        def one(path: Path):
+            name, q = self._photo_maps(path)
+            blended = blend(q, weights)
+            m = (blended if blends else blended >= threshold).numpy()
+            with PROFILE.step("review features"):
+                f = features(q[:, None], blended[None], threshold) if features is not None else None
+            return name, m if finish is None else finish(name, m), f
+
+        batch: list = []
+        for done in self._parallel(one, images):
+            batch.append(done)
+            if len(batch) == self.batch_size:
+                yield self._batch_of(batch)
+                batch = []
+        if batch:
+            yield self._batch_of(batch)
+
+    @staticmethod
+    def _batch_of(done: list) -> tuple[list[str], list, np.ndarray | None]:
+        feats = [f for _, _, f in done if f is not None]
+        return [n for n, _, _ in done], [m for _, m, _ in done], torch.cat(feats).numpy() if feats else None
 
     @staticmethod
     def _host_masks(names, copies, event) -> tuple[list[str], list, np.ndarray | None]:
