@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import threading
 
 import cv2
 import numpy as np
@@ -137,6 +138,47 @@ def outline_tiles(mask: np.ndarray, core: int, band: int) -> np.ndarray:
     return np.argwhere(padded.reshape(gh, core, gw, core).any(axis=(1, 3)))
 
 
+def openvino_runner(params: dict, precision: str, threads: int):
+    """The refiner of ``params`` compiled by OpenVINO (``precision``: ``f32`` or ``bf16``) for its tile size:
+    ``run(rgb (N,k,k,3) uint8, prob (N,k,k) uint8) -> logits (N,1,k,k)``, from any thread. Built once per
+    weights, precision and thread count (compiling takes about a second)."""
+    network(params)  # checked as every use of the step checks it
+    k = int(params.get("core", DEFAULTS["core"])) + 2 * int(params.get("margin", DEFAULTS["margin"]))
+    dilations = tuple(params.get("dilations", DEFAULTS["dilations"]))
+    with _COMPILING:  # photo threads meeting it first build it once
+        return _openvino_runner(
+            params["weights"], int(params.get("width", DEFAULTS["width"])), dilations, k, precision, threads
+        )
+
+
+_COMPILING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _openvino_runner(text: str, width: int, dilations: tuple[int, ...], k: int, precision: str, threads: int):
+    import io
+
+    from ..core.cpu_runtime import openvino_callable
+
+    net = _network(text, width, dilations)
+    buf = io.BytesIO()
+    example = (torch.zeros(1, 3, k, k), torch.zeros(1, 1, k, k))
+    axes = {"rgb": {0: "n"}, "prob": {0: "n"}, "logit": {0: "n"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            net, example, buf, input_names=["rgb", "prob"], output_names=["logit"], dynamic_axes=axes,
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    run = openvino_callable(buf.getvalue(), precision, threads, streams=threads)
+
+    def logits(rgb: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32)
+        p = prob[:, None].astype(np.float32) / 255  # as to_tensors: the same inputs as the PyTorch network's
+        return run(x, p)
+
+    return logits
+
+
 def refine_probabilities(
     net: OutlineRefiner,
     image: np.ndarray,
@@ -147,8 +189,11 @@ def refine_probabilities(
     margin: int,
     band: int,
     batch: int,
+    run=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tiles, refined uint8 probabilities (T, core, core)) along the outline of ``mask``."""
+    """(tiles, refined uint8 probabilities (T, core, core)) along the outline of ``mask``.
+
+    ``run``: the network compiled by another runtime (``openvino_runner``), else ``net`` in PyTorch."""
     h, w = mask.shape
     cells = outline_tiles(mask, core, band)
     if not len(cells):
@@ -164,16 +209,24 @@ def refine_probabilities(
             cs = cells[i : i + batch]
             x = np.stack([rgb_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
             p = np.stack([q_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
-            prob = torch.sigmoid(net(*to_tensors(x, p)))[:, 0, margin : margin + core, margin : margin + core]
+            logit = net(*to_tensors(x, p)) if run is None else torch.from_numpy(run(x, p))
+            prob = torch.sigmoid(logit)[:, 0, margin : margin + core, margin : margin + core]
             out.append((prob * 255 + 0.5).clamp(0, 255).byte().numpy())
     return cells, np.concatenate(out)
 
 
-def refine_outline(mask: np.ndarray, blended: np.ndarray, image: np.ndarray, params: dict) -> np.ndarray:
+def refine_outline(
+    mask: np.ndarray,
+    blended: np.ndarray,
+    image: np.ndarray,
+    params: dict,
+    openvino: tuple[str, int] | None = None,
+) -> np.ndarray:
     """The mask with every tile along its outline redrawn where the refined probability is >= 1/2.
 
     The refiner was trained to put the outline at probability 1/2 (its logit correction is learnt with
-    binary cross-entropy), so inside the tiles that is the threshold; outside them nothing changes."""
+    binary cross-entropy), so inside the tiles that is the threshold; outside them nothing changes.
+    ``openvino``: (precision, threads) to run the network in OpenVINO (``openvino_runner``), else PyTorch."""
     if blended.shape != mask.shape or image.shape[:2] != mask.shape:
         raise ValueError(
             f"refine_outline: the mask {mask.shape}, probabilities {blended.shape} and photo {image.shape[:2]} "
@@ -181,7 +234,8 @@ def refine_outline(mask: np.ndarray, blended: np.ndarray, image: np.ndarray, par
         )
     net = network(params)
     geo = {k: int(params.get(k, DEFAULTS[k])) for k in ("core", "margin", "band", "batch")}
-    cells, tiles = refine_probabilities(net, image, blended, mask, **geo)
+    run = openvino_runner(params, *openvino) if openvino else None
+    cells, tiles = refine_probabilities(net, image, blended, mask, **geo, run=run)
     out = mask.astype(np.uint8, copy=True)
     core, (h, w) = geo["core"], mask.shape
     for (r, c), t in zip(cells, tiles):

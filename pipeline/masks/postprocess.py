@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from ..core.profile import PROFILE
 from . import snakes
 from .contours import find_contours, rasterize_contours
 
@@ -276,12 +277,14 @@ def apply(
     blended: np.ndarray | None = None,
     image: np.ndarray | None = None,
     params: dict | None = None,
+    openvino: tuple[str, int] | None = None,
 ) -> np.ndarray:
     """Apply the named post-processing steps in order to a binary mask; returns a new uint8 0/1 mask.
 
     ``blended`` (the uint8 blend the mask was thresholded from), ``image`` (the RGB photo) and
     ``params`` (``{step: its parameters}``, the recipe's ``postprocess_params``) are what
-    PHOTO_STEPS need; a ValueError names the step if they are missing.
+    PHOTO_STEPS need; a ValueError names the step if they are missing. ``openvino``: (precision,
+    threads) for the steps with a network (``refine_outline``) to run it in OpenVINO, as the model is.
     """
     names = parse_steps(steps)
     out = _as_mask(mask)
@@ -289,7 +292,10 @@ def apply(
         if name in PHOTO_STEPS:
             if blended is None or image is None:
                 raise ValueError(f"post-processing step {name!r} needs the blended probabilities and the photo")
-            out = _photo_step(name)[0](out, blended, image, (params or {}).get(name))
+            extra = {"openvino": openvino} if openvino and name == "refine_outline" else {}
+            with PROFILE.step(f"post-processing: {name}"):
+                out = _photo_step(name)[0](out, blended, image, (params or {}).get(name), **extra)
         elif name != "none":
-            out = POSTPROCESS[name](out)
+            with PROFILE.step(f"post-processing: {name}"):
+                out = POSTPROCESS[name](out)
     return out
