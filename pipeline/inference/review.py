@@ -30,6 +30,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -89,8 +90,17 @@ def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) ->
     Integer arithmetic throughout, so the numbers are identical on CPU and GPU. ``soft_error`` is the
     probability on the wrong side of the threshold summed over the uncertain pixels (255 - blend where
     the mask says car, blend where it says background), in units of 1/255 pixel: the expected number of
-    wrong pixels among them if the probabilities were calibrated.
+    wrong pixels among them if the probabilities were calibrated. On the CPU the same numbers come from
+    the blend's histogram and OpenCV's erosion (``_host_features``): a tenth of the time.
     """
+    if blended.device.type == "cpu":
+        q, b = maps.numpy(), blended.numpy()
+        return torch.tensor([_host_features(q[:, i], b[i], threshold) for i in range(b.shape[0])], dtype=torch.int64)
+    return _device_features(maps, blended, threshold)
+
+
+def _device_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) -> torch.Tensor:
+    """``image_features`` as tensor operations on the maps' device (a GPU: only the numbers come back)."""
     car = blended >= threshold
     area = torch.count_nonzero(car, dim=(-2, -1))  # count_nonzero: 3x faster than a bool sum on CPU
     # Outline: car pixels with a 4- or 8-neighbour outside the car; the image frame is not an outline
@@ -117,6 +127,28 @@ def image_features(maps: torch.Tensor, blended: torch.Tensor, threshold: int) ->
     box = [torch.where(empty, -1, v) for v in (top, bottom, left, right)]
     size = [torch.full_like(area, h), torch.full_like(area, w)]
     return torch.stack([area, perimeter, soft, uncertain, disagreement, *size, *box], dim=1).to(torch.int64)
+
+
+def _host_features(maps: np.ndarray, blended: np.ndarray, threshold: int) -> list[int]:
+    """``image_features`` of one image on the host: (M, H, W) uint8 maps and their (H, W) blend -> its row."""
+    h, w = blended.shape
+    counts = cv2.calcHist([blended], [0], None, [256], [0, 256])[:, 0].astype(np.int64)
+    values = np.arange(256)
+    area = int(counts[threshold:].sum())
+    unsure = (values >= UNCERTAIN_LO) & (values <= UNCERTAIN_HI)
+    uncertain = int(counts[unsure].sum())
+    soft = int((counts * np.where(values >= threshold, 255 - values, values) * unsure).sum())
+    car = cv2.threshold(blended, threshold - 1, 1, cv2.THRESH_BINARY)[1]  # blended >= threshold, as 0/1
+    # An outline pixel is a car pixel with a background 8-neighbour; outside the frame counts as car.
+    inner = cv2.erode(car, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    perimeter = area - cv2.countNonZero(inner)
+    disagreement = 0
+    if maps.shape[0] > 1:
+        votes = (maps >= threshold).sum(0, dtype=np.uint8)
+        disagreement = int(np.count_nonzero((votes > 0) & (votes < maps.shape[0])))
+    x, y, bw, bh = cv2.boundingRect(car)  # of the non-zero pixels
+    box = [y, y + bh - 1, x, x + bw - 1] if area else [-1, -1, -1, -1]
+    return [area, perimeter, soft, uncertain, disagreement, h, w, *box]
 
 
 def features_of(maps: np.ndarray, weights: list[int], threshold: int) -> dict[str, int]:
