@@ -42,15 +42,19 @@ def _precision(a) -> str | None:
 
 
 def _check_backend(a) -> None:
-    """An ONNX Runtime / OpenVINO run: the package installed, on the CPU, in fp32, without torch.compile."""
+    """The runtime asked for: its package installed; ONNX Runtime / OpenVINO on the CPU, without torch.compile
+    (which is PyTorch's: ``--compile`` makes ``auto`` PyTorch). Precisions are checked where the runtime is
+    chosen (``backends.resolve_runtime``)."""
     from .core.config import ConfigError
     from .inference.backends import check_backend
 
     check_backend(a.backend)
-    if a.backend == "torch":
+    if a.backend == "auto" and a.compile:
+        a.backend = "torch"
+    if a.backend in ("auto", "torch"):
         return
-    if a.device not in ("cpu", "auto") or a.compile or a.precision not in (None, "fp32"):
-        raise ConfigError(f"--backend {a.backend}: runs on the CPU in fp32 without --compile (--device cpu)")
+    if a.device not in ("cpu", "auto") or a.compile:
+        raise ConfigError(f"--backend {a.backend}: runs on the CPU without --compile (--device cpu)")
     a.device = "cpu"
 
 
@@ -72,16 +76,26 @@ def _add_compile_option(s, what: str) -> None:
 def _add_inference_options(s) -> None:
     s.add_argument(
         "--backend",
-        default="torch",
-        choices=("torch", "onnxruntime", "openvino"),
-        help="the runtime on the CPU: PyTorch, or the same model exported to ONNX Runtime / OpenVINO (fp32)",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="the network's runtime. auto: on a CPU, OpenVINO in the fastest precision this CPU has (bf16 "
+        "where it has bfloat16 instructions, else fp32), on a GPU PyTorch; torch; onnxruntime or openvino "
+        "(CPU only). The run says at start which runtime and precision it uses",
     )
     s.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
-        help="inference precision for every member (default: each member's, as its out-of-fold maps were made)",
+        help="inference precision for every member. Default: the fastest this runtime has within the masks' "
+        "bound (PyTorch: each member's, as its out-of-fold maps were made); fp32 on a CPU: PyTorch fp32, exact",
     )
     s.add_argument("--no-amp", action="store_true", help="deprecated: --precision fp32")
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="photos in flight at once on the CPU, one thread each (default: one per core this process may use; "
+        "1: batches, as PyTorch runs them)",
+    )
     s.add_argument(
         "--channels-last", default="auto", choices=("auto", "true", "false"), help="memory format (auto: CUDA only)"
     )
@@ -210,6 +224,8 @@ def cmd_submission(a) -> None:
         _at_least("--num-workers", a.num_workers, 0)
     if a.limit is not None:
         _at_least("--limit", a.limit, 1)
+    if a.jobs is not None:
+        _at_least("--jobs", a.jobs, 1)
     if a.pretrained and a.recipe:
         raise SubmissionError("--recipe and --pretrained each name the model: give one of them")
     if a.pretrained:  # an exported model (make export, or the one shipped): a recipe of that one member
@@ -246,6 +262,8 @@ def cmd_submission(a) -> None:
             channels_last=_channels_last(a.channels_last),
             quiet=info.world > 1 and not info.is_main,  # torchrun: rank 0 alone shows progress
             backend=a.backend,
+            jobs=a.jobs,
+            profile=a.profile,
         )
         if info.world > 1:
             distributed.barrier()
@@ -343,6 +361,8 @@ def cmd_predict(a) -> None:
     _at_least("--batch-size", a.batch_size, 1)
     check_compile(a.compile, "--compile")
     _check_backend(a)
+    if a.jobs is not None:
+        _at_least("--jobs", a.jobs, 1)
     run_predict(
         a.input,
         a.out,
@@ -358,6 +378,7 @@ def cmd_predict(a) -> None:
         channels_last=_channels_last(a.channels_last),
         compile=a.compile,
         backend=a.backend,
+        jobs=a.jobs,
     )
 
 
@@ -593,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         "--force", action="store_true", help="redo a complete submission, or replace one made from another recipe"
     )
     s.add_argument("--limit", type=int, help="only the first N rows, to <out stem>.limit<N>-trial.csv.gz (a trial)")
+    s.add_argument(
+        "--profile",
+        action="store_true",
+        help="at the end, print where the time went: each step's milliseconds per photo on its thread",
+    )
     s.add_argument("--shard", metavar="I/N", help="compute only slice I of N (contiguous) into its own file; see merge")
     s.set_defaults(func=cmd_submission)
 

@@ -36,7 +36,8 @@ from ..core.errors import printable
 from ..core.identity import text_sha
 from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writable
 from ..data.layout import DataError, image_size, read_image
-from ..inference.engine import Engine, Member, blend, pick_device, resolve_precision
+from ..inference.backends import resolve_runtime
+from ..inference.engine import Engine, Member, blend, cpu_jobs, pick_device, resolve_precision
 from ..inference.review import DEVICE_FEATURES, image_features, review_table, write_review
 from ..lineage.provenance import load_recipe, rows_source
 from ..masks.postprocess import apply as postprocess
@@ -60,6 +61,7 @@ class Predictor:
     batch_size: int = 4  # images decoded and handed to the engine at a time
     lineage: dict = field(default_factory=dict)  # what every mask depends on (provenance.rows_source or checkpoint)
     postprocess_params: dict = field(default_factory=dict)  # the recipe's parameters of photo steps (active_contour)
+    runtime: str = ""  # what runs the network, in words (backends.RuntimeChoice.describe)
 
 
 def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
@@ -89,17 +91,20 @@ def load_predictor(
     channels_last: bool | str = "auto",
     compile: bool | str = False,
     pretrained: str | Path | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
+    jobs: int | None = None,
 ) -> Predictor:
     """The recipe's ensemble, one checkpoint, or an exported model folder / hub id (``pretrained``).
 
     Each member runs in its recorded precision (a checkpoint: its config's ``predict.amp``, as its
     out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
-    the outputs' key records it.
+    the outputs' key records it. ``backend``/``precision``: as ``backends.resolve_runtime`` decides (auto:
+    OpenVINO on a CPU, bf16 where the CPU has it); ``jobs``: photos in flight on the CPU (None: one per core).
     """
     dev = pick_device(device)
-    if backend != "torch":
-        precision = "fp32"  # ONNX Runtime and OpenVINO run the exported graph in fp32
+    choice = resolve_runtime(backend, precision, dev)
+    backend, precision = choice.backend, choice.precision
+    jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1
     if pretrained is not None:
         from ..inference.model_folder import load_pretrained
 
@@ -131,9 +136,10 @@ def load_predictor(
     if backend != "torch":
         lineage = {**lineage, "backend": backend}
     engine = Engine(
-        members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile, backend=backend
-    )
-    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage, params)
+        members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile, backend=backend,
+        jobs=jobs,
+    )  # fmt: skip
+    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage, params, choice.describe(dev, jobs))
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -406,6 +412,7 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
                         blended.cpu().numpy(),
                         image,
                         predictor.postprocess_params,
+                        openvino=predictor.engine.openvino,
                     )
                 mask = car.astype(np.uint8) * 255
                 alpha = feather_alpha(mask, feather)
@@ -451,7 +458,8 @@ def run_predict(
     channels_last: bool | str = "auto",
     compile: bool | str = False,
     pretrained: str | Path | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
+    jobs: int | None = None,
 ) -> dict:
     """The CLI stage; raises DataError at the end (non-zero exit) if any input was unreadable."""
     if feather < 0:
@@ -467,8 +475,10 @@ def run_predict(
         print(f"no recipe (make ensemble) or --checkpoint: using the model this project ships, {pretrained}")
     predictor = load_predictor(
         recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile,
-        pretrained=pretrained, backend=backend,
+        pretrained=pretrained, backend=backend, jobs=jobs,
     )  # fmt: skip
+    if not quiet:
+        print(predictor.runtime)
     result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
     if not quiet:
         print(

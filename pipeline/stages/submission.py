@@ -55,8 +55,10 @@ from ..core.io_utils import (
     stored_path,
     write_json,
 )
+from ..core.profile import PROFILE
 from ..data.layout import DataError, Layout, read_image
-from ..inference.engine import Engine, Member, pick_device, precision_label, resolve_precision
+from ..inference.backends import resolve_runtime
+from ..inference.engine import Engine, Member, cpu_jobs, pick_device, precision_label, resolve_precision
 from ..inference.review import DEVICE_FEATURES, ReviewSidecar, image_features, merge_reviews, review_path
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle
@@ -124,18 +126,41 @@ def _write_all(f, data: bytes) -> None:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None) -> str:
+def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None, openvino=None) -> str:
     """One CSV row: the recipe's post-processing (pipeline.masks.postprocess), then the RLE.
 
     ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
-    the photo is decoded here, in the pool, not on the loader's or the device's time.
+    the photo is decoded here, in the pool, not on the loader's or the device's time. ``openvino``: how
+    a step's network runs (as the model does, ``Engine.openvino``).
     """
     if photo is not None:
         blended, path, params = photo
-        mask = postprocess(mask, steps, blended, read_image(path), params)
+        with PROFILE.step("decode the photo (post-processing)"):
+            image = read_image(path)
+        mask = postprocess(mask, steps, blended, image, params, openvino=openvino)
     elif steps:
         mask = postprocess(mask, steps)
-    return f"{name},{rle.encode(mask)}\n"
+    with PROFILE.step("RLE"):
+        return f"{name},{rle.encode(mask)}\n"
+
+
+def _timed(items, name: str):
+    """``items``, the time spent waiting for each one profiled as ``name``."""
+    it = iter(items)
+    while True:
+        with PROFILE.step(name):
+            item = next(it, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
+def _profiled(name: str, fn, *args):
+    with PROFILE.step(name):
+        return fn(*args)
 
 
 class RowWriter:
@@ -148,9 +173,19 @@ class RowWriter:
     ``on_chunk(rows, offset)`` is called after each chunk is on disk.
     """
 
-    def __init__(self, f, pool: ThreadPoolExecutor, chunk_rows: int, compress, on_chunk, max_rows: int = 32, steps=()):
+    def __init__(
+        self,
+        f,
+        pool: ThreadPoolExecutor,
+        chunk_rows: int,
+        compress,
+        on_chunk,
+        max_rows: int = 32,
+        steps=(),
+        openvino=None,
+    ):
         self.f, self.pool, self.chunk_rows, self.compress, self.on_chunk = f, pool, chunk_rows, compress, on_chunk
-        self.steps = list(steps)
+        self.steps, self.openvino = list(steps), openvino
         self.max_rows, self.max_chunks = max_rows, 2
         self.rows: deque[Future] = deque()
         self.chunks: deque[tuple[Future, int]] = deque()
@@ -158,14 +193,24 @@ class RowWriter:
         self.broken = False  # a row failed: nothing after it may be written
 
     def add(self, name: str, mask: np.ndarray, photo: tuple | None = None) -> None:
-        self.rows.append(self.pool.submit(_row, name, mask, self.steps, photo))
+        self._queue(self.pool.submit(_row, name, mask, self.steps, photo, self.openvino))
+
+    def add_row(self, line: str) -> None:
+        """A row computed elsewhere (``_row`` on the engine's photo thread), in its turn."""
+        done: Future = Future()
+        done.set_result(line)
+        self._queue(done)
+
+    def _queue(self, row: Future) -> None:
+        self.rows.append(row)
         while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
 
     def _take_row(self) -> None:
         try:
-            line = self.rows.popleft().result()
+            with PROFILE.step("main thread: waiting for rows"):
+                line = self.rows.popleft().result()
         except BaseException:
             self.broken = True
             raise
@@ -176,7 +221,7 @@ class RowWriter:
     def _submit_chunk(self) -> None:
         text, n = "".join(self.lines), len(self.lines)
         self.lines = []
-        self.chunks.append((self.pool.submit(self.compress, text), n))
+        self.chunks.append((self.pool.submit(_profiled, "compress a chunk", self.compress, text), n))
 
     def _write_chunks(self, block: bool) -> None:
         while self.chunks and (block or self.chunks[0][0].done()):
@@ -184,9 +229,10 @@ class RowWriter:
             self._write(future.result(), n)
 
     def _write(self, data: bytes, n: int) -> None:
-        _write_all(self.f, data)
-        os.fsync(self.f.fileno())
-        self.on_chunk(n, self.f.tell())
+        with PROFILE.step("write + fsync a chunk, progress"):
+            _write_all(self.f, data)
+            os.fsync(self.f.fileno())
+            self.on_chunk(n, self.f.tell())
 
     def finish(self) -> None:
         while self.rows:
@@ -349,7 +395,9 @@ def make_submission(
     rle_threads: int = 2,
     load=load_members,
     channels_last: bool | str = "auto",
-    backend: str = "torch",
+    backend: str = "auto",
+    jobs: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
 
@@ -357,7 +405,10 @@ def make_submission(
     first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members.
     ``precision`` (auto|bf16|fp16|fp32) overrides every member's recorded one; it is part of the
     resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
-    members' ``predict.num_workers``.
+    members' ``predict.num_workers``. ``backend``/``precision``: as ``backends.resolve_runtime`` decides
+    (auto: OpenVINO on a CPU, in bf16 where the CPU has it); ``jobs``: photos in flight on the CPU, one
+    thread each (None: one per core; a GPU takes batches). ``profile``: print where the time went, step by
+    step per photo (core/profile.py), at the end.
     """
     start = time.time()
     recipe_path, out = Path(recipe_path), Path(out)
@@ -370,8 +421,9 @@ def make_submission(
     dev = pick_device(device)
     if num_workers is None:
         num_workers = configured_workers(recipe)
-    if backend != "torch":
-        precision = "fp32"  # ONNX Runtime and OpenVINO run the exported graph in fp32
+    choice = resolve_runtime(backend, precision, dev)
+    backend, precision = choice.backend, choice.precision
+    jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1  # PyTorch: today's batches unless asked
     source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision), backend)
     key = submission_key(source, names, paths, f"{shard[0]}/{shard[1]}" if shard else None, limit)
     files = _Files(out)
@@ -402,15 +454,24 @@ def make_submission(
 
         todo = paths[rows_done:]
         if todo:
+            if not quiet:
+                print(choice.describe(dev, jobs))
             members, weights = load(recipe, dev)
             engine = Engine(
                 members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers,
-                compile=compile, backend=backend,
+                compile=compile, backend=backend, jobs=jobs,
             )  # fmt: skip
+            if profile:
+                PROFILE.start()
+            started = time.perf_counter()
             size = _write_rows(
                 engine, weights, recipe, layout, todo, files, key, review, compress,
                 rows_done, size, len(names), chunk_rows, batch_size, rle_threads, quiet,
             )  # fmt: skip
+            if profile:
+                PROFILE.stop()
+                cores = cpu_jobs(None, dev)
+                print(PROFILE.report(len(todo), time.perf_counter() - started, cores))
 
         summary, check = _finish(files, key, names, size, review, recipe_path, limit, shard, dev, num_workers, start)
     if not quiet:
@@ -501,31 +562,55 @@ def _write_rows(
         bar.update(n)
 
     with open_nofollow(files.part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
+        steps = recipe.get("postprocess", [])
         writer = RowWriter(
-            f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), recipe.get("postprocess", [])
-        )
+            f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), steps, engine.openvino
+        )  # fmt: skip
+        if engine.openvino and "refine_outline" in steps:  # compiled here, before the pool's threads use it
+            from ..masks.outline_refiner import openvino_runner
+
+            openvino_runner(recipe["postprocess_params"]["refine_outline"], *engine.openvino)
         # Steps that need the photo and the probabilities (active_contour) get the uint8 blend
         # instead of the mask (as many bytes) and threshold it here.
-        photo_step = needs_photo(recipe.get("postprocess", []))
+        photo_step = needs_photo(steps)
         threshold = int(recipe["threshold"])
+
+        def row_of(name: str, m: np.ndarray) -> tuple[tuple | None, np.ndarray]:
+            """(what a photo step needs, the mask) of an image's mask, or of its blend for photo steps."""
+            if not photo_step:
+                return None, m
+            return (m, layout.test_dir / name, recipe.get("postprocess_params")), m >= threshold
+
+        finish = None
+        if engine.jobs > 1:  # each photo's post-processing and RLE on its photo thread: no pool competes for cores
+
+            def finish(name: str, m: np.ndarray) -> tuple[str, tuple[int, int]]:
+                photo, mask = row_of(name, m)
+                return _row(name, mask, steps, photo, engine.openvino), (mask.shape[1], mask.shape[0])
+
         try:
-            batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step)
+            batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step, finish=finish)
+            batches = _timed(batches, "main thread: waiting for masks")
             for batch_names, masks, features in batches:
                 review.add(batch_names, features)
                 for name, mask in zip(batch_names, masks):
-                    photo = None
-                    if photo_step:
-                        photo = (mask, layout.test_dir / name, recipe.get("postprocess_params"))
-                        mask = mask >= threshold
+                    if finish is None:
+                        photo, mask = row_of(name, mask)
+                        width_height = (mask.shape[1], mask.shape[0])
+                    else:
+                        line, width_height = mask
                     if state["size"] is None:
-                        state["size"] = [mask.shape[1], mask.shape[0]]
-                    elif [mask.shape[1], mask.shape[0]] != state["size"]:
+                        state["size"] = list(width_height)
+                    elif list(width_height) != state["size"]:
                         w0, h0 = state["size"]
                         raise DataError(
-                            f"{layout.test_dir / name}: {mask.shape[1]}x{mask.shape[0]}, but the test "
+                            f"{layout.test_dir / name}: {width_height[0]}x{width_height[1]}, but the test "
                             f"images before it are {w0}x{h0}"
                         )
-                    writer.add(name, mask, photo)
+                    if finish is None:
+                        writer.add(name, mask, photo)
+                    else:
+                        writer.add_row(line)
             writer.finish()
         except BaseException as e:
             try:
