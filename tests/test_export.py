@@ -278,17 +278,19 @@ def test_shipped_model_folder_is_complete():
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_cpu_backends_give_the_torch_masks(exported, tiny_data, tmp_path, capsys, backend):
-    """The same exported model in ONNX Runtime / OpenVINO: masks as PyTorch's (fp32 both; only pixels at
+    """The same exported model in ONNX Runtime / OpenVINO fp32: masks as PyTorch's fp32 (only pixels at
     the threshold could differ), and the outputs' key says which runtime made them."""
     fp32, _, _ = exported
-    args = ["predict", tiny_data / "test", "--pretrained", fp32, "--background", "none"]
+    args = ["predict", tiny_data / "test", "--pretrained", fp32, "--background", "none", "--precision", "fp32"]
     assert _cli(capsys, *args, "--out", tmp_path / "torch")[0] == 0
     assert _cli(capsys, *args, "--out", tmp_path / backend, "--backend", backend)[0] == 0
     masks = sorted((tmp_path / "torch").glob("*_mask.png"))
     agree = np.mean([(cv2.imread(str(p), 0) == cv2.imread(str(tmp_path / backend / p.name), 0)).mean() for p in masks])
     assert len(masks) == 16 and agree >= 0.999
-    code, _, err = _cli(capsys, *args, "--out", tmp_path / "x", "--backend", backend, "--precision", "bf16")
-    assert code == 2 and "fp32" in err
+    log = (tmp_path / backend / "lineage.jsonl").read_text()
+    assert log != (tmp_path / "torch" / "lineage.jsonl").read_text()  # another runtime: another key
+    code, _, err = _cli(capsys, *args[:-2], "--out", tmp_path / "x", "--backend", backend, "--precision", "fp16")
+    assert code == 2 and "fp16" in err
 
 
 def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, capsys):
