@@ -1,0 +1,113 @@
+"""The CPU levers of the submission, each held against the masks of the same model in PyTorch fp32.
+
+    PYTHONPATH=. python docs/scripts/cpu_levers.py DATA [--model DIR] [--every K] [--cars CSV]
+        [--variants a,b,...] [--csv OUT]
+
+DATA is a Kaggle-layout root with train/ and train_masks/; every K-th photo of it (in name order, of the
+cars in --cars when given, e.g. folds/test_split.csv) is cut out by the model folder's full recipe (TTA,
+threshold, post-processing) once per variant. Per variant and photo: the Dice with the true mask, and
+the pixels that differ from the reference (PyTorch fp32, today's path). Printed per variant: the mean
+Dice, its change against the reference, the largest loss of one photo, and the mean pixels changed.
+The rule a lever must pass (docs/benchmarks.md): mean change within 1e-4, no photo losing more than 2e-3.
+
+Variants (name: runtime, precision, TTA, refiner): ref (torch fp32, the folder's TTA, PyTorch refiner),
+ov_fp32, ov_bf16 (network and refiner in OpenVINO bf16), ov_bf16_torch_refiner, ov_bf16_no_hflip,
+ov_bf16_no_scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.data.layout import read_image, read_mask
+from pipeline.inference.engine import Engine, Member
+from pipeline.inference.model_folder import load_pretrained
+from pipeline.masks.metrics import score_image
+from pipeline.masks.postprocess import apply as postprocess
+
+VARIANTS = {
+    # name: (backend, precision, views to drop, refiner in OpenVINO)
+    "ref": ("torch", None, (), False),
+    "ov_fp32": ("openvino", "fp32", (), True),
+    "ov_bf16": ("openvino", "bf16", (), True),
+    "ov_bf16_torch_refiner": ("openvino", "bf16", (), False),
+    "ov_bf16_no_hflip": ("openvino", "bf16", ("hflip",), True),
+    "ov_bf16_no_scale": ("openvino", "bf16", ("scale1.25",), True),
+}
+
+
+def masks_of(variant: str, pre, paths: list[Path], jobs: int):
+    backend, precision, drop, ov_refiner = VARIANTS[variant]
+    spec = pre.spec
+    inp = spec["input"]
+    tta = [t for t in spec["tta"] if t not in drop]
+    member = Member(pre.name, [pre.model], inp["height"], inp["width"], tta, "fp32")
+    engine = Engine([member], torch.device("cpu"), precision, False, batch_size=4, num_workers=0, backend=backend,
+                    jobs=jobs if backend != "torch" else 1)  # fmt: skip
+    steps, params, threshold = spec.get("postprocess", []), spec.get("postprocess_params", {}), int(spec["threshold"])
+    openvino = engine.openvino if ov_refiner else None
+
+    def finish(name, blended):
+        path = next(p for p in paths if p.name == name)
+        return postprocess(blended >= threshold, steps, blended, read_image(path), params, openvino=openvino)
+
+    if engine.jobs > 1:
+        for names, masks, _ in engine.masks(paths, [1], threshold, blends=True, finish=finish):
+            yield from zip(names, masks)
+    else:
+        for name, q in engine.predict(paths):
+            yield name, finish(name, q[0].numpy())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--model", default="models/carvana-unet-mobilenetv2")
+    ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--cars", help="a CSV with a car_id column: only these cars (e.g. folds/test_split.csv)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--csv", help="per photo and variant: Dice and pixels changed")
+    a = ap.parse_args()
+    data = Path(a.data)
+    paths = sorted((data / "train").glob("*.jpg"))
+    if a.cars:
+        cars = set(pd.read_csv(a.cars)["car_id"].astype(str))
+        paths = [p for p in paths if p.name.split("_")[0] in cars]
+    paths = paths[:: a.every]
+    pre = load_pretrained(a.model, torch.device("cpu"))
+    truth = {p.name: read_mask(data / "train_masks" / p.name.replace(".jpg", "_mask.gif")) for p in paths}
+    names = ["ref"] + [v for v in a.variants.split(",") if v != "ref"]
+    ref: dict[str, np.ndarray] = {}
+    rows = []
+    for v in names:
+        start = time.perf_counter()
+        for name, mask in masks_of(v, pre, paths, a.jobs):
+            mask = mask.astype(bool)
+            if v == "ref":
+                ref[name] = np.packbits(mask)
+            changed = int(np.bitwise_count(np.packbits(mask) ^ ref[name]).sum()) if v != "ref" else 0
+            rows.append({"variant": v, "img": name, "dice": score_image(mask, truth[name])["dice"], "changed": changed})
+        print(f"{v}: {len(paths)} photos in {time.perf_counter() - start:.0f} s", flush=True)
+    t = pd.DataFrame(rows)
+    if a.csv:
+        t.to_csv(a.csv, index=False)
+    base = t[t.variant == "ref"].set_index("img")["dice"]
+    print(f"{len(paths)} photos of {len({p.name.split('_')[0] for p in paths})} cars, {a.model}")
+    for v in names:
+        d = t[t.variant == v].set_index("img")["dice"]
+        delta = d - base.loc[d.index]
+        print(
+            f"{v:24s} mean Dice {d.mean():.6f}  change {delta.mean():+.2e}  worst photo {delta.min():+.2e}  "
+            f"pixels changed per photo {t[t.variant == v].changed.mean():.0f} (max {t[t.variant == v].changed.max()})"
+        )
+
+
+if __name__ == "__main__":
+    main()
