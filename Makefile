@@ -27,12 +27,14 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds \
+.PHONY: help install demo test test-fast lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds \
 	lineage smoke gpu-check
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
-	@echo "make test                       the test suite (CPU)"
+	@echo "make test                       the whole test suite (CPU; what CI runs)"
+	@echo "make test-fast                  the fast subset while editing (about a minute): no slow, browser,"
+	@echo "                                real-data or multi-process tests"
 	@echo "make folds                      DATA=$(DATA) -> $(FOLDS_CSV)"
 	@echo "make train FOLD=0 MODEL=vgg11   (MODEL=resnet50; FOLD=0..4 or all) -> $(RUNS)/<model>/fold<k>/"
 	@echo "make ensemble                   tune weights + threshold out-of-fold -> $(RECIPE)"
@@ -131,6 +133,11 @@ clean-demo:
 # One worker per core; a test file stays on one worker (its module fixtures are built once).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+# The tests that take seconds, not minutes: markers in pyproject.toml (make test runs them all).
+FAST_MARKERS = not slow and not browser and not real_data and not multiprocess and not gpu
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist loadfile -m "$(FAST_MARKERS)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,9 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def needs_real_data():
-    return pytest.mark.skipif(not REAL.is_dir(), reason=f"real Carvana sample not found at {REAL} (../shared)")
+    """A test of the real Carvana sample: marked real_data, and skipped, saying why, where ../shared lacks it."""
+    skip = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Carvana sample not found at {REAL} (../shared)")
+    return lambda test: pytest.mark.real_data(skip(test))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -41,6 +42,8 @@ def _device_worker(rank: int, world: int, port: int, out: Path) -> None:
         distributed.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_torchrun_ranks_get_one_gpu_each_whatever_device_was_asked(tmp_path):
     """--device cuda:0 (or DEVICE=, or a config's device:) must not put every rank on GPU 0."""
     import json

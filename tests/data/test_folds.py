@@ -136,6 +136,7 @@ def real_folds(tmp_path_factory):
     return make_folds(REAL, tmp_path_factory.mktemp("real") / "folds.csv", k=5, seed=42)
 
 
+@pytest.mark.slow
 @needs_real_data()
 def test_real_sample_folds(real_folds):
     df = real_folds
@@ -162,6 +163,7 @@ def test_an_index_gives_the_same_folds_as_the_images(tiny_data, tmp_path):
         make_folds(None, tmp_path / "c.csv", index=index)
 
 
+@pytest.mark.real_data
 def test_published_folds_are_the_folds_of_the_kaggle_train_index(tmp_path):
     """folds/folds.csv (committed) is a group k-fold of the whole Kaggle train set, and exactly what
     `make folds INDEX=../shared/data/kaggle_train_index.csv` gives."""
@@ -192,6 +194,7 @@ def test_real_masks_match_the_published_index(real_folds):
     assert (index.loc[scanned.index, "mask_area"] == scanned.mask_area).all()
 
 
+@pytest.mark.slow
 def test_views_other_than_01_to_16_are_reported(tiny_data, tmp_path, capsys):
     data = _copy(tiny_data, tmp_path)
     layout = Layout(data)

@@ -26,6 +26,7 @@ def test_committed_test_split_is_27_cars_outside_the_earlier_60():
         assert len(earlier) == 60 and not test & earlier
 
 
+@pytest.mark.real_data
 def test_committed_test_split_is_what_its_rule_draws(tmp_path):
     index, cars = REAL.parent / "kaggle_train_index.csv", REAL.parent / "train_cars.txt"
     if not (index.is_file() and cars.is_file() and REAL.is_dir()):

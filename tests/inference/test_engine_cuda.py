@@ -8,7 +8,7 @@ from pipeline.inference.engine import Engine, Member, blend
 from pipeline.models.unet import build_model
 from tests.conftest import H, W, tiny_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")

@@ -36,6 +36,7 @@ BAD_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value, expected", BAD_SETTINGS)
 def test_a_bad_setting_in_pipeline_json_is_refused_by_every_stage(
     folder, tiny_data, tmp_path, capsys, key, value, expected
@@ -62,6 +63,7 @@ def test_a_bad_setting_in_pipeline_json_is_refused_by_every_stage(
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").glob("*.json"))  # no recipe written first
 
 
+@pytest.mark.slow
 def test_a_malformed_config_json_is_one_line(folder, tiny_data, tmp_path, capsys):
     (folder / "config.json").write_text("{not json")
     _edit(
@@ -72,6 +74,7 @@ def test_a_malformed_config_json_is_one_line(folder, tiny_data, tmp_path, capsys
     assert code == 2 and "config.json: not valid JSON" in err
 
 
+@pytest.mark.slow
 def test_the_folder_s_mean_and_std_are_applied(folder):
     _edit(folder, lambda spec: spec["input"].update(mean=[10.0, 20.0, 30.0], std=[2.0, 3.0, 4.0]))
     model = load_pretrained(folder).model

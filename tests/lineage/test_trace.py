@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 
+import pytest
+
 from pipeline.stages.submission import make_submission
 from tests.conftest import edit_pipeline_json as _edit
 from tests.conftest import run_cli as _cli
@@ -35,6 +37,7 @@ def test_lineage_says_what_each_file_of_the_pipeline_is(lab, tiny_data, tmp_path
     assert code == 2 and "a folder" in err
 
 
+@pytest.mark.slow
 def test_lineage_says_when_a_folder_s_settings_are_not_what_its_figures_measured(folder, capsys):
     recorded = json.loads((folder / "pipeline.json").read_text())["source"]["recipe"]
     code, out, _ = _cli(capsys, "lineage", folder)

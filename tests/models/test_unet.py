@@ -62,6 +62,7 @@ def test_mismatched_weights_file_fails_clearly(tmp_path):
         build_model(_tiny(tmp_path / "absent.pth"))
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not SHARED_MNV2.is_file(), reason=f"ImageNet MobileNetV2 weights not found at {SHARED_MNV2}")
 def test_shared_imagenet_mobilenet_v2_loads_strictly():
     model = build_model(_tiny(SHARED_MNV2, encoder="mobilenet_v2"))

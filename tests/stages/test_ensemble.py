@@ -256,6 +256,8 @@ def _children(pid: int) -> set[int]:
     return kids
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_killed_ensemble_leaves_no_worker_running(tiny_data, tmp_path):
     """kill -9 of `ensemble` mid-search: its process pool's workers end within seconds (they used to wait
     minutes for work, holding their memory)."""

@@ -195,6 +195,7 @@ def test_evaluate_reads_submissions_and_masks_as_strictly_as_validate(tiny_data,
         score_pred_dir(pred, masks, n_jobs=1)
 
 
+@pytest.mark.slow
 def test_a_model_named_like_a_run_never_takes_its_row(split_model, folder, tiny_data, tmp_path, capsys):
     split, _, _ = split_model
     _edit(folder, lambda spec: spec.update(name="apart"))  # the name of the run it was made from
@@ -209,6 +210,7 @@ def test_a_model_named_like_a_run_never_takes_its_row(split_model, folder, tiny_
     assert sources == {"apart", "model:apart"}  # both rows, each its own
 
 
+@pytest.mark.slow
 def test_a_model_is_scored_only_on_cars_it_never_saw(split_model, folder, tiny_data, tmp_path, capsys):
     split, _, _ = split_model
     per_image = tmp_path / "scores.csv"

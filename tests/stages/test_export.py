@@ -54,6 +54,7 @@ def exported(full, tiny_data, tmp_path_factory):
     return fp32, fp16, recipe
 
 
+@pytest.mark.slow
 def test_full_run_trains_on_every_car_and_is_never_a_fold(full, tiny_data, capsys):
     runs, run_dir = full
     record = read_json(run_dir / "full.json")
@@ -83,6 +84,7 @@ def test_full_fold_value_is_checked(tiny_data, tmp_path, capsys):
     assert code == 2 and "'all' or 'full'" in err
 
 
+@pytest.mark.slow
 def test_export_round_trip_gives_the_checkpoints_masks(full, exported, tiny_data, tmp_path, capsys):
     _, run_dir = full
     fp32, _, recipe = exported
@@ -106,6 +108,27 @@ def test_export_round_trip_gives_the_checkpoints_masks(full, exported, tiny_data
     assert len(list(out.glob("*_mask.png"))) == 16
 
 
+def test_a_fold_checkpoint_exports_with_its_exact_weights(tiny_runs, tmp_path):
+    """Any best.pt exports, not only a full run's final.pt: the folder loads with the checkpoint's weights
+    exactly and its training TTA; a recipe blending several members cannot stand for one model."""
+    runs, recipe = tiny_runs
+    ckpt = runs / "a" / "fold0" / "best.pt"
+    with pytest.raises(ModelFolderError, match="blends 2 members"):
+        export_model(ckpt, tmp_path / "a0", recipe=recipe, quiet=True)
+    assert not (tmp_path / "a0").exists()
+    spec = export_model(ckpt, tmp_path / "a0", dtype="fp32", quiet=True)
+    assert (spec["name"], spec["tta"], spec["threshold"], spec["source"]["checkpoint"]) == (
+        "a0",
+        ["hflip"],
+        128,
+        "best.pt",
+    )
+    model = load_pretrained(tmp_path / "a0")
+    weights = torch.load(ckpt, weights_only=True)["model"]
+    assert all(torch.equal(v, weights[k]) for k, v in model.model.state_dict().items())
+
+
+@pytest.mark.slow
 def test_folder_loads_with_smp_alone(exported):
     """smp.from_pretrained loads it in a process that never imports this pipeline."""
     fp32, _, _ = exported
@@ -121,6 +144,7 @@ def test_folder_loads_with_smp_alone(exported):
     assert done.returncode == 0 and done.stdout.split()[-1] == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_fp16_weights_against_fp32(exported, tiny_data):
     """fp16 storage rounds each weight once (loaded back into fp32): the maps move by at most two levels of
     255, so a mask pixel changes side only right at the threshold (the effect on real out-of-fold Dice is
@@ -143,6 +167,7 @@ def test_fp16_weights_against_fp32(exported, tiny_data):
     assert (fp16 / "model.safetensors").stat().st_size < 0.6 * (fp32 / "model.safetensors").stat().st_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["pickled", "tampered", "config", "format", "half"])
 def test_a_pickled_or_tampered_folder_is_refused(exported, tmp_path, capsys, tiny_data, fault):
     fp32, _, _ = exported
@@ -173,6 +198,7 @@ def test_a_pickled_or_tampered_folder_is_refused(exported, tmp_path, capsys, tin
     assert code == 2 and expected in err and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_hub_id_goes_through_huggingface_hub(exported, tiny_data, tmp_path, capsys, monkeypatch):
     """A hub id is downloaded with huggingface_hub (mocked here: no network in CI), then checked and loaded
     as a folder; offline, the error says what to do."""
@@ -202,6 +228,7 @@ def test_hub_id_goes_through_huggingface_hub(exported, tiny_data, tmp_path, caps
     assert code == 2 and "could not download it from the Hugging Face hub" in err and "offline?" in err
 
 
+@pytest.mark.slow
 def test_submission_from_an_exported_model_validates_and_is_traced(exported, tiny_data, tmp_path, capsys):
     fp32, _, _ = exported
     out = tmp_path / "sub" / "submission.csv.gz"
@@ -226,6 +253,7 @@ def test_submission_from_an_exported_model_validates_and_is_traced(exported, tin
     assert code == 1 and "BROKEN" in printed
 
 
+@pytest.mark.slow
 def test_predict_uses_the_shipped_model_when_there_is_no_recipe(exported, tiny_data, tmp_path, capsys, monkeypatch):
     import pipeline.inference.model_folder as export_mod
 
@@ -238,6 +266,7 @@ def test_predict_uses_the_shipped_model_when_there_is_no_recipe(exported, tiny_d
     assert mask.shape == (64, 96)
 
 
+@pytest.mark.slow
 def test_evaluate_and_report_score_an_exported_model(exported, tiny_data, tmp_path, capsys):
     fp32, _, _ = exported
     """Trained on every car of the tiny data: nothing there is unseen, so nothing is scored as if it were
@@ -251,6 +280,7 @@ def test_evaluate_and_report_score_an_exported_model(exported, tiny_data, tmp_pa
     assert code == 2 and "trained or tuned on every car here" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_cpu_backends_give_the_torch_masks(exported, tiny_data, tmp_path, capsys, backend):
     """The same exported model in ONNX Runtime / OpenVINO: masks as PyTorch's (fp32 both; only pixels at
@@ -266,6 +296,7 @@ def test_cpu_backends_give_the_torch_masks(exported, tiny_data, tmp_path, capsys
     assert code == 2 and "fp32" in err
 
 
+@pytest.mark.slow
 def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, capsys):
     """``--refiner``: the step goes first after the threshold, its weights inside pipeline.json, checked
     where the folder is read; predict and submission apply it, and a broken file or text is refused."""
@@ -323,6 +354,7 @@ def final_pt(split_model):
     return apart.parent / "runs" / "apart" / "full" / "final.pt"
 
 
+@pytest.mark.slow
 def test_re_export_keeps_the_user_s_files_and_a_killed_one_leaves_nothing(final_pt, tmp_path):
     out = tmp_path / "models" / "m"
     export_model(final_pt, out, dtype="fp32", quiet=True)
@@ -338,6 +370,7 @@ def test_re_export_keeps_the_user_s_files_and_a_killed_one_leaves_nothing(final_
     load_pretrained(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["dot", "link", "quote"])
 def test_export_refuses_an_output_or_name_that_means_something_else(final_pt, tmp_path, monkeypatch, what):
     monkeypatch.chdir(tmp_path)
@@ -356,6 +389,7 @@ def test_export_refuses_an_output_or_name_that_means_something_else(final_pt, tm
         assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_fp16_export_refuses_a_weight_beyond_its_range(final_pt, tmp_path):
     ckpt = torch.load(final_pt, weights_only=False)
     key = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.numel() > 1)
@@ -368,6 +402,7 @@ def test_fp16_export_refuses_a_weight_beyond_its_range(final_pt, tmp_path):
     assert not (tmp_path / "m16").exists()
 
 
+@pytest.mark.slow
 def test_two_exports_or_predicts_into_one_folder_are_refused(folder, final_pt, tiny_data, tmp_path, capsys):
     out = tmp_path / "models" / "m"
     with OutputLock(out.parent / ".m.export"):

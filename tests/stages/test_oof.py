@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from pipeline.core.identity import file_sha256
 from pipeline.core.io_utils import read_json
@@ -11,6 +12,7 @@ from pipeline.stages.train import run
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_fresh_repredicts_out_of_fold_maps(tiny_data, tmp_path):
     """--fresh with another seed leaves the new model's maps, not the old ones (only missing maps were predicted)."""
     old = run(tiny_config(tiny_data, tmp_path / "x", seed=1), quiet=True)

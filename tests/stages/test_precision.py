@@ -57,6 +57,7 @@ def _agreement(a, b) -> float:
     return float(np.mean(a == b))
 
 
+@pytest.mark.slow
 def test_training_in_bf16_channels_last_on_cpu(confident, tiny_data, tmp_path):
     """The CUDA branch of training (autocast + channels_last), taken on CPU: same masks as fp32, the
     loss in fp32, the parameters fp32 after the step."""
@@ -93,6 +94,7 @@ def test_fp16_training_on_cpu_scales_the_loss(tiny_data, tmp_path):
     assert t.scaler.get_scale() > 1
 
 
+@pytest.mark.slow
 def test_out_of_fold_maps_in_bf16_channels_last(confident, tiny_data, tmp_path):
     runs = _copy_run(confident, tmp_path)
     base = {**CONFIDENT, "name": "conf"}
@@ -125,6 +127,7 @@ def _rows(path) -> dict[str, np.ndarray]:
     return {n: rle.decode(r, H, W) for n, r in (line.split(",") for line in lines)}
 
 
+@pytest.mark.slow
 def test_submission_and_predict_in_bf16_channels_last(confident, tiny_data, tmp_path):
     recipe = tmp_path / "recipe.json"
     tune(confident, tiny_data, recipe, steps=1, n_jobs=1, quiet=True, allow_incomplete=True)
@@ -148,6 +151,7 @@ def test_submission_and_predict_in_bf16_channels_last(confident, tiny_data, tmp_
         assert np.array_equal(cv2.imread(str(out / f"{name[:-4]}_mask.png"), cv2.IMREAD_UNCHANGED) > 0, mask), name
 
 
+@pytest.mark.slow
 def test_recipe_precision_is_applied_and_keys_the_rows(confident, tiny_data, tmp_path):
     """A member runs in the precision its out-of-fold maps were made in (recipe), unless overridden;
     either way the rows' resume key says which, so a resume never mixes precisions."""
@@ -174,6 +178,7 @@ def test_recipe_precision_is_applied_and_keys_the_rows(confident, tiny_data, tmp
     assert _text(tmp_path / "own.csv.gz") == _text(tmp_path / "fp32.csv.gz") != bf16_rows
 
 
+@pytest.mark.slow
 def test_recipe_with_an_unknown_precision_is_refused(confident, tiny_data, tmp_path):
     recipe = tmp_path / "recipe.json"
     tune(confident, tiny_data, recipe, steps=1, n_jobs=1, quiet=True, allow_incomplete=True)
@@ -184,6 +189,7 @@ def test_recipe_with_an_unknown_precision_is_refused(confident, tiny_data, tmp_p
         check_recipe(recipe)
 
 
+@pytest.mark.slow
 def test_compiled_engine_pads_the_partial_last_batch(confident, tiny_data):
     """One graph per model whatever the number of images: 5 images in batches of 4 compile no more
     graphs than 4 do, and give the eager masks."""

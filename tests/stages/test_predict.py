@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.__main__ import main
@@ -37,6 +38,7 @@ def _rgb(path):
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+@pytest.mark.slow
 def test_folder_with_recipe_equals_the_submission(tiny_data, tiny_runs, tmp_path):
     _, recipe = tiny_runs
     out = tmp_path / "out"
@@ -223,6 +225,7 @@ def test_missing_recipe_says_what_to_run(tiny_data, tmp_path, capsys):
     assert "recipe not found; run `make ensemble` first, or pass --checkpoint PATH" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tiny_data, tiny_runs, tmp_path):
     from pipeline.data.layout import read_image
     from pipeline.inference.engine import blend

@@ -10,11 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_a_photo_name_that_is_not_utf8_is_cut_out(lab, tiny_data, tmp_path):
     runs, _ = lab
     src = tmp_path / "in"
@@ -47,6 +50,7 @@ def test_predict_never_reads_its_own_outputs_as_photos(lab, tiny_data, tmp_path,
     assert not any("_mask_mask" in p.name or "_cutout_mask" in p.name for p in out.iterdir())
 
 
+@pytest.mark.slow
 def test_predict_keeps_its_upright_copies_in_its_own_folder(folder, tiny_data, tmp_path, monkeypatch, capsys):
     from PIL import Image
 

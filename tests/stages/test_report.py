@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from pipeline.__main__ import main
 from pipeline.core.identity import file_sha256
@@ -26,6 +27,7 @@ def _srcs(index):
     return re.findall(r'<img src="([^"]+)"', index.read_text())
 
 
+@pytest.mark.slow
 def test_report_writes_index_with_its_images(tiny_data, tiny_runs, tmp_path):
     runs, recipe = tiny_runs
     out = tmp_path / "report"
@@ -119,6 +121,7 @@ def test_error_regions_largest_first_with_exact_areas():
     assert u0 <= 250 and u1 >= 255 and v0 <= 150 and v1 >= 152 and u1 <= 300 and v1 <= 200
 
 
+@pytest.mark.slow
 def test_a_failed_report_leaves_the_last_one_whole(lab, tiny_data, tmp_path, capsys):
     runs, recipe = lab
     data = tmp_path / "data"
@@ -136,6 +139,7 @@ def test_a_failed_report_leaves_the_last_one_whole(lab, tiny_data, tmp_path, cap
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [Path(_srcs(out / "index.html")[0]).parts[0]]
 
 
+@pytest.mark.slow
 def test_report_removes_and_replaces_only_its_own_files(lab, tiny_data, tmp_path, capsys):
     runs, recipe = lab
     out = tmp_path / "report"
@@ -158,6 +162,7 @@ def test_report_removes_and_replaces_only_its_own_files(lab, tiny_data, tmp_path
     assert (other / "index.html").read_text() == "<p>my own page</p>"
 
 
+@pytest.mark.slow
 def test_report_escapes_every_value_from_names_and_paths(lab, tiny_data, tmp_path, capsys):
     runs, recipe = lab
     shutil.copytree(runs / "a", runs / 'a" onerror="alert(1)')  # a copy under a name no run can have
@@ -172,6 +177,7 @@ def test_report_escapes_every_value_from_names_and_paths(lab, tiny_data, tmp_pat
     assert all(re.fullmatch(r"report-[\w-]+/[\w.]+\.png", s) for s in _srcs(out / "index.html"))
 
 
+@pytest.mark.slow
 def test_report_draws_no_worst_image_from_a_model_that_may_have_trained_on_it(folder, tiny_data, tmp_path, capsys):
     _edit(folder, lambda spec: spec["source"].update(trained=None))  # a folder that does not say what it saw
     code, _, err = _cli(
@@ -184,6 +190,7 @@ def test_report_draws_no_worst_image_from_a_model_that_may_have_trained_on_it(fo
     assert "does not record the cars it was trained on" in page
 
 
+@pytest.mark.slow
 def test_report_works_on_runs_in_every_state(lab, tiny_data, tmp_path, capsys):
     runs, recipe = lab
     killed = runs / "c" / "fold0"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.__main__ import main
 from tests.conftest import REAL, needs_real_data
 
@@ -37,6 +39,7 @@ def _smoke(data, tmp_path, capsys, size, config):
     return json.loads(out.read_text()), printed, scratch
 
 
+@pytest.mark.slow
 def test_smoke_on_tiny_data(tiny_data, tmp_path, capsys):
     res, printed, scratch = _smoke(tiny_data, tmp_path, capsys, (32, 48), "configs/demo-mobilenetv3.yaml")
     assert [s["stage"] for s in res["stages"]] == STAGES
@@ -48,6 +51,7 @@ def test_smoke_on_tiny_data(tiny_data, tmp_path, capsys):
     assert not Path(scratch).exists()  # a temporary folder, removed; nothing in runs/
 
 
+@pytest.mark.slow
 @needs_real_data()
 def test_smoke_on_two_real_cars_at_reduced_size(tmp_path, capsys):
     res, _, _ = _smoke(REAL, tmp_path, capsys, (128, 192), "configs/vgg11.yaml")

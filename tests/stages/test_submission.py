@@ -3,6 +3,7 @@ members' configs, a finished file replaced only when asked."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.core.io_utils import read_json
@@ -38,6 +39,7 @@ def test_submission_input_errors(cli, tiny_data, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.multiprocess
 def test_submission_workers_default_to_the_configs(tiny_data, tmp_path):
     from tests.conftest import write_recipe
 
@@ -49,6 +51,7 @@ def test_submission_workers_default_to_the_configs(tiny_data, tmp_path):
     assert summary["num_workers"] == 1  # predict.num_workers of the member's config, not a fixed 2
 
 
+@pytest.mark.slow
 def test_a_finished_submission_of_another_precision_is_never_replaced_silently(lab, tiny_data, tmp_path, capsys):
     _, recipe = lab
     out = tmp_path / "s.csv.gz"

@@ -3,8 +3,12 @@ never over a user's file; shards and merge as for a recipe."""
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.core.io_utils import read_json
 from tests.conftest import run_cli as _cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_submission_from_a_folder_keeps_every_recipe_it_did_not_write(folder, tiny_data, tmp_path, capsys):

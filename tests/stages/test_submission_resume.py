@@ -24,6 +24,7 @@ from tests.conftest import tiny_submission as _sub
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_path, monkeypatch):
     runs, recipe = lab
     names = read_sample_names(tiny_data / "sample_submission.csv")
@@ -55,6 +56,7 @@ def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_
     assert _rows(out) == _rows(clean)
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_keeps_the_rows_written_and_names_the_file(lab, tiny_data, tmp_path):
     _, recipe = lab
     out = tmp_path / "s.csv.gz"

@@ -83,6 +83,7 @@ def test_single_run_has_real_rows(single, tiny_data):
     assert not single.with_name(single.name + ".review.part").exists()
 
 
+@pytest.mark.slow
 def test_shards_merge_to_the_single_run(recipe, tiny_data, single, tmp_path):
     out = tmp_path / "sub" / "other.csv.gz"
     names = read_sample_names(tiny_data / "sample_submission.csv")
@@ -116,6 +117,7 @@ def test_merge_names_a_missing_or_incomplete_shard(recipe, tiny_data, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     out = tmp_path / "k.csv.gz"
     shard1 = shard_path(out, 1, 2)
@@ -161,6 +163,8 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     assert review_path(out).read_text() == review_path(single).read_text()  # each image's review data once
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_torchrun_two_ranks_shard_and_merge(recipe, tiny_data, single, tmp_path):
     out = tmp_path / "tr" / "submission.csv.gz"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline"]
@@ -216,6 +220,7 @@ def test_crash_after_the_final_rename_does_not_recompute(recipe, tiny_data, sing
     assert _text(out) == _text(single)
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_stale_lock_is_not(recipe, tiny_data, single, tmp_path):
     out = tmp_path / "s.csv.gz"
     lock = out.with_name(out.name + ".lock")

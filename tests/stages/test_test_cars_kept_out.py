@@ -46,6 +46,7 @@ def test_a_run_resumed_with_another_test_split_is_refused(tiny_data, tmp_path):
         Trainer(tiny_config(tiny_data, tmp_path / "runs", fold=0, test_split=str(split)), quiet=True)
 
 
+@pytest.mark.slow
 def test_the_recipe_of_a_split_run_never_tuned_on_a_test_car(split_model):
     split, apart, saw = split_model
     test = load_test_split(split)
@@ -59,6 +60,7 @@ def test_the_recipe_of_a_split_run_never_tuned_on_a_test_car(split_model):
     assert set(spec["source"]["recipe"]["tuned_on_cars"]) & test  # without the split, fold 0's test car tuned it
 
 
+@pytest.mark.slow
 def test_test_split_score_only_on_unseen_test_cars(split_model, tiny_data, tmp_path, capsys):
     split, apart, saw = split_model
     per_image = tmp_path / "per_image.csv"

@@ -35,6 +35,7 @@ def _params(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_continues_identically(tiny_data, tmp_path):
     # Uninterrupted: 2 epochs.
     a = Trainer(tiny_config(tiny_data, tmp_path / "a"), quiet=True)
@@ -69,6 +70,7 @@ def test_early_stopping_and_best_checkpoint(tiny_data, tmp_path):
     assert again.epoch == 2
 
 
+@pytest.mark.slow
 def test_weight_average_is_what_is_validated_saved_and_resumed(tiny_data, tmp_path):
     over = {"train.ema": 0.9, "train.epochs": 2, "train.val_every": 2}  # one validation: best.pt is epoch 2
     a = Trainer(tiny_config(tiny_data, tmp_path / "a", **over), quiet=True)
@@ -136,6 +138,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tiny_data, tmp_path
     assert len(pd.read_csv(cfg.run_dir / "history.csv")) == 1 and not (cfg.run_dir / "oof.json").exists()
 
 
+@pytest.mark.multiprocess
 def test_dataloader_worker_error_is_one_line(cli, tiny_data, tmp_path):
     data = _copy(tiny_data, tmp_path)
     folds = load_folds(tmp_path / "folds.csv")

@@ -7,7 +7,7 @@ import torch
 from pipeline.stages.train import Trainer, run
 from tests.conftest import tiny_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

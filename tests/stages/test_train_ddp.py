@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,6 +10,8 @@ import torch.multiprocessing as mp
 from pipeline.stages.train import Trainer
 from tests.conftest import free_port as _free_port
 from tests.conftest import tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def _worker(rank: int, world: int, port: int, data: Path, root: Path) -> None:

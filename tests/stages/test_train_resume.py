@@ -32,6 +32,7 @@ def test_a_finished_run_rerun_with_another_setting_is_refused(tiny_data, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumed_with_another_setting_is_refused(tiny_data, tmp_path):
     from tests.conftest import kill_after_first_epoch
 
@@ -104,6 +105,7 @@ def test_a_second_training_of_the_same_fold_stops_and_names_the_holder(tiny_data
     assert not (cfg.run_dir / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_run_resumes_in_another_precision(tiny_data, tmp_path):
     """train.amp may change on resume: an fp32 run (its GradScaler disabled, saved empty) goes on in fp16."""
     kill_after_first_epoch(Trainer(tiny_config(tiny_data, tmp_path / "runs"), quiet=True))

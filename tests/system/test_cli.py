@@ -122,6 +122,7 @@ def test_user_stage_options_are_one_line_errors(lab, tiny_data, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_compile_option_of_train_and_predict(tiny_data, tmp_path):
     """The README's ARGS="--compile" reaches train and predict (a backend name picks other than inductor)."""
     from pipeline.__main__ import main

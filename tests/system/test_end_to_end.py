@@ -22,6 +22,8 @@ from pipeline.stages.submission import make_submission
 from pipeline.stages.train import run
 from tests.conftest import H, W, tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):

@@ -14,6 +14,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import gpu_check  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def test_gpu_check_dry_run_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "gc"

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_make_predict_takes_paths_with_spaces(lab, tiny_data, tmp_path):
     runs, _ = lab
     folder = tmp_path / "my photos"

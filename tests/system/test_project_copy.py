@@ -5,7 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli as _cli
+
+pytestmark = pytest.mark.slow
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
