@@ -2,51 +2,23 @@
 and folds CSVs named; the published folds are those of the Kaggle train index."""
 
 from __future__ import annotations
-import gzip
+
 import shutil
-import cv2
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import yaml
 from PIL import Image
+
 from pipeline.__main__ import main
-from pipeline.core.config import ConfigError
-from pipeline.core.errors import ResumeError, TrainingError
-from pipeline.core.identity import file_sha256
-from pipeline.core.io_utils import read_json
-from pipeline.data.folds import load_folds, make_folds, scan_train
-from pipeline.data.layout import DataError, Layout, read_image, read_mask
-from pipeline.masks.submission_csv import SubmissionError, read_sample_names, validate_submission
-from pipeline.models.unet import build_model
-from pipeline.stages.ensemble import tune
-from pipeline.stages.oof import predict_oof
-from pipeline.stages.train import Trainer, run
-from pipeline.data.folds import assign_folds, make_folds, scan_train
+from pipeline.data.folds import assign_folds, load_folds, make_folds, scan_train
 from pipeline.data.layout import DataError, Layout, read_mask
-import csv
-import fcntl
-import json
-import os
-import re
-import subprocess
-import sys
-import textwrap
-import zipfile
-from pathlib import Path
-from pipeline.core.errors import CheckpointError, LineageError
-from pipeline.core.io_utils import read_json, write_json
-from pipeline.data.folds import load_folds
-from pipeline.data.layout import DataError
-from pipeline.masks.submission_csv import SubmissionError, read_sample_names
-from pipeline.models.unet import read_checkpoint
-from pipeline.stages import submission as submission_mod
-from pipeline.stages.evaluate import score_pred_dir, score_submission
-from pipeline.stages.kaggle import KaggleError, unpack
-from pipeline.stages.report import make_report
-from pipeline.stages.submission import make_submission, merge_shards, shard_path
-from tests.conftest import REAL, copy_data as _copy, first_train_image as _first_train_image, needs_real_data, one_error_line as _one_error_line, run_cli_stderr as _cli, tiny_config
+from tests.conftest import REAL, needs_real_data, tiny_config
+from tests.conftest import copy_data as _copy
+from tests.conftest import first_train_image as _first_train_image
+from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import run_cli_stderr as _cli
 
 
 def test_group_kfold_invariants(tiny_data, tmp_path):
@@ -167,7 +139,6 @@ def test_an_index_gives_the_same_folds_as_the_images(tiny_data, tmp_path):
 def test_published_folds_are_the_folds_of_the_kaggle_train_index(tmp_path):
     """folds/folds.csv (committed) is a group k-fold of the whole Kaggle train set, and exactly what
     `make folds INDEX=../shared/data/kaggle_train_index.csv` gives."""
-    from pathlib import Path
 
     published = Path(__file__).resolve().parents[2] / "folds" / "folds.csv"
     df = pd.read_csv(published)

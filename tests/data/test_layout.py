@@ -3,32 +3,16 @@ and a broken file named."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import cv2
 import numpy as np
 import pytest
-from pipeline.core.config import ConfigError, load_config
-from pipeline.data.layout import DataError, read_image, read_mask
-from pipeline.lineage.checks import check_train_config
-import gzip
-import shutil
-import cv2
-import pandas as pd
-import torch
-import yaml
 from PIL import Image
-from pipeline.__main__ import main
-from pipeline.core.config import ConfigError
-from pipeline.core.errors import ResumeError, TrainingError
-from pipeline.core.identity import file_sha256
-from pipeline.core.io_utils import read_json
-from pipeline.data.folds import load_folds, make_folds, scan_train
+
+from pipeline.data.folds import scan_train
 from pipeline.data.layout import DataError, Layout, read_image, read_mask
-from pipeline.masks.submission_csv import SubmissionError, read_sample_names, validate_submission
-from pipeline.models.unet import build_model
-from pipeline.stages.ensemble import tune
-from pipeline.stages.oof import predict_oof
-from pipeline.stages.train import Trainer, run
-from tests.conftest import copy_data as _copy, first_train_image as _first_train_image, truncate as _truncate
+from tests.conftest import copy_data as _copy
+from tests.conftest import first_train_image as _first_train_image
+from tests.conftest import truncate as _truncate
 
 
 def test_corrupt_image_named(tmp_path):

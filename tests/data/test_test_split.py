@@ -2,15 +2,16 @@
 and kept out of both sides of every fold."""
 
 from __future__ import annotations
+
 from pathlib import Path
+
 import pandas as pd
 import pytest
-from pipeline.__main__ import main
-from pipeline.core.errors import DataError, ResumeError
-from pipeline.data.folds import load_folds, load_test_split, split_fold
-from pipeline.stages.train import Trainer, run
-from tests.conftest import REAL
 
+from pipeline.__main__ import main
+from pipeline.core.errors import DataError
+from pipeline.data.folds import load_folds, load_test_split, split_fold
+from tests.conftest import REAL
 
 FOLDS = Path(__file__).resolve().parents[2] / "folds"
 
