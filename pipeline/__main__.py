@@ -110,31 +110,12 @@ def cmd_folds(a) -> None:
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
 
 
-def _car_list(path: str) -> list[str]:
-    """Car ids from a text file (one per line, # comments) or a Kaggle data root's train/ photos."""
-    from .data.layout import DataError, Layout, list_images, parse_name
-
-    p = Path(path)
-    if p.is_dir():
-        return sorted({parse_name(i)[0] for i in list_images(Layout(p).train_dir)})
-    if not p.is_file():
-        raise DataError(f"{p}: no such car list (a text file of car ids, or a data root with train/)")
-    return sorted({line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")})
-
-
 def cmd_test_split(a) -> None:
-    from .core.io_utils import atomic_path
-    from .data.folds import make_test_split, read_index
+    from .data.folds import write_test_split
 
-    exclude = set()
-    for source in a.exclude:
-        exclude |= set(_car_list(source))
-    cars = _car_list(a.cars)
-    test = make_test_split(read_index(a.index), cars, exclude, k=a.k, seed=a.seed)
-    with atomic_path(a.out) as tmp:
-        test.to_csv(tmp, index=False, float_format="%.6f")
+    test, usable = write_test_split(a.out, a.index, a.cars, a.exclude, k=a.k, seed=a.seed)
     print(
-        f"{a.out}: {len(test)} test cars, fold 0 of {a.k} (seed {a.seed}) over the {len(set(cars) - exclude)} cars "
+        f"{a.out}: {len(test)} test cars, fold 0 of {a.k} (seed {a.seed}) over the {usable} cars "
         f"of {a.cars} not in {', '.join(a.exclude) or 'no exclusion'}"
     )
 
@@ -156,19 +137,15 @@ def cmd_train(a) -> None:
 
     from .core import distributed
 
-    info = distributed.env_info()
-    if info.world > 1:
-        cfg.device = distributed.rank_device(cfg.device, info)
-        distributed.init(cfg.device, timeout=timedelta(hours=2))  # ranks wait while rank 0 predicts out-of-fold
-    folds = _folds_arg(a.fold)
-    if folds is None:
-        folds = sorted(set(load_folds(cfg.folds_csv).fold))
-    try:
+    # ranks wait while rank 0 predicts out-of-fold
+    with distributed.process_group(cfg.device, timeout=timedelta(hours=2)) as (_, device):
+        cfg.device = device
+        folds = _folds_arg(a.fold)
+        if folds is None:
+            folds = sorted(set(load_folds(cfg.folds_csv).fold))
         for fold in folds:
             cfg.fold = fold
             run(cfg, fresh=a.fresh)
-    finally:
-        distributed.shutdown()
 
 
 def cmd_smoke(a) -> None:
@@ -221,16 +198,13 @@ def cmd_submission(a) -> None:
     check_recipe(a.recipe)
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
-    info = distributed.env_info()
     shard = parse_shard(a.shard) if a.shard else None
-    device = a.device
-    if info.world > 1:
-        if shard is not None:
-            raise SubmissionError("--shard and torchrun both split the test set; use one of them")
-        shard, device = (info.rank, info.world), distributed.rank_device(a.device, info)
-        # gloo for the barrier on any device; shards may finish hours apart.
-        distributed.init(device, timeout=timedelta(hours=48), backend="gloo")
-    try:
+    if shard is not None and distributed.env_info().world > 1:
+        raise SubmissionError("--shard and torchrun both split the test set; use one of them")
+    # gloo for the barrier on any device; shards may finish hours apart.
+    with distributed.process_group(a.device, timeout=timedelta(hours=48), backend="gloo") as (info, device):
+        if info.world > 1:
+            shard = (info.rank, info.world)
         make_submission(
             a.recipe,
             a.data,
@@ -251,8 +225,6 @@ def cmd_submission(a) -> None:
             distributed.barrier()
             if info.is_main and not a.limit:
                 merge_shards(a.data, a.out, recipe_path=a.recipe)
-    finally:
-        distributed.shutdown()
 
 
 def cmd_merge(a) -> None:

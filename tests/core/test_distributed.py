@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import RandomSampler
 
+from pipeline.core import distributed
 from pipeline.core.distributed import RankSampler
 from tests.conftest import free_port as _free_port
 
@@ -22,7 +23,8 @@ def test_rank_sampler_splits_the_single_process_draw():
 
 
 def _device_worker(rank: int, world: int, port: int, out: Path) -> None:
-    """One torchrun rank: joins the group through ``distributed.init`` as the CLI does, maps the devices."""
+    """One torchrun rank: joins the group through ``distributed.process_group`` as the CLI does, maps the
+    devices, and has left the group once the block ends."""
     import json
     import os
 
@@ -31,15 +33,12 @@ def _device_worker(rank: int, world: int, port: int, out: Path) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
-    info = distributed.init("cpu", backend="gloo")
-    try:
-        mine = [distributed.rank_device(d, info) for d in ("cuda:0", "cuda", "cuda:3", "cpu")]
+    with distributed.process_group("cpu", backend="gloo") as (info, device):
+        mine = [distributed.rank_device(d, info) for d in ("cuda:0", "cuda", "cuda:3", "cpu")] + [device]
         everyone = [None] * world
         dist.all_gather_object(everyone, mine)
-        if rank == 0:
-            out.write_text(json.dumps(everyone))
-    finally:
-        distributed.shutdown()
+    if rank == 0:
+        out.write_text(json.dumps({"devices": everyone, "left": not dist.is_initialized()}))
 
 
 @pytest.mark.slow
@@ -49,7 +48,14 @@ def test_torchrun_ranks_get_one_gpu_each_whatever_device_was_asked(tmp_path):
     import json
 
     mp.spawn(_device_worker, args=(2, _free_port(), tmp_path / "devices.json"), nprocs=2, join=True)
-    assert json.loads((tmp_path / "devices.json").read_text()) == [
-        ["cuda:0", "cuda:0", "cuda:0", "cpu"],
-        ["cuda:1", "cuda:1", "cuda:1", "cpu"],
-    ]
+    assert json.loads((tmp_path / "devices.json").read_text()) == {
+        "devices": [["cuda:0", "cuda:0", "cuda:0", "cpu", "cpu"], ["cuda:1", "cuda:1", "cuda:1", "cpu", "cpu"]],
+        "left": True,
+    }
+
+
+def test_without_torchrun_the_process_group_is_one_process_on_the_device_asked(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with distributed.process_group("cuda:3") as (info, device):
+        assert (info.rank, info.world, device) == (0, 1, "cuda:3") and not dist.is_initialized()

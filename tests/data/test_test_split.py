@@ -10,8 +10,16 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.core.errors import DataError
-from pipeline.data.folds import load_folds, load_test_split, split_fold
-from tests.conftest import REAL
+from pipeline.data.folds import (
+    load_folds,
+    load_test_split,
+    make_test_split,
+    read_index,
+    scan_train,
+    split_fold,
+)
+from pipeline.data.layout import Layout
+from tests.conftest import REAL, run_cli
 
 FOLDS = Path(__file__).resolve().parents[2] / "folds"
 
@@ -70,3 +78,22 @@ def test_a_bad_test_split_file_is_named(tmp_path, text, problem):
         load_test_split(path)
     with pytest.raises(DataError, match="not found"):
         load_test_split(tmp_path / "missing.csv")
+
+
+def test_test_split_stage_draws_from_the_listed_cars_minus_the_excluded(tiny_data, tmp_path, capsys):
+    """`python -m pipeline test-split`: fold 0 of k stratified folds over the usable cars (a data root or a
+    list) minus every excluded list, written as car_id, mask_area."""
+    index = tmp_path / "index.csv"
+    scan_train(Layout(tiny_data), n_jobs=1).to_csv(index, index=False)
+    cars = sorted({p.name[:12] for p in (tiny_data / "train").glob("*.jpg")})
+    (tmp_path / "excluded.txt").write_text(f"# kept for another purpose\n{cars[0]}\n")
+    out = tmp_path / "split.csv"
+    args = ["--index", index, "--cars", tiny_data, "--exclude", tmp_path / "excluded.txt", "--k", "2", "--seed", "3"]
+    code, printed, _ = run_cli(capsys, "test-split", *args, "--out", out)
+    drawn = pd.read_csv(out, dtype={"car_id": str})
+    assert code == 0 and list(drawn.columns) == ["car_id", "mask_area"] and f"over the {len(cars) - 1} cars" in printed
+    rule = make_test_split(read_index(index), cars, {cars[0]}, k=2, seed=3)  # the written rule
+    assert drawn.equals(rule) and 0 < len(drawn) < len(cars) - 1 and cars[0] not in set(drawn.car_id)
+    assert load_test_split(out) == frozenset(drawn.car_id)
+    code, _, err = run_cli(capsys, "test-split", *args, "--out", tmp_path / "x.csv", "--exclude", tmp_path / "none.txt")
+    assert code == 2 and "none.txt: no such car list" in err and not (tmp_path / "x.csv").exists()
