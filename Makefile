@@ -46,7 +46,7 @@ help:
 	@echo "make submission GPUS=G          torchrun: G GPUs of this host, one shard each, rank 0 merges"
 	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
 	@echo "make train-folds GPUS=0,1,2,3,4 one fold per GPU in parallel (fold k on the k-th GPU listed)"
-	@echo "make bench                      speed/memory figures with targets -> bench.json"
+	@echo "make bench                      speed/memory figures with targets -> bench.json (ARGS=--figures 1,2)"
 	@echo "make smoke MODEL=vgg11          the config at full size through every stage on a few images of DATA:"
 	@echo "                                seconds, peak memory, img/s, largest batch sizes (scratch folder)"
 	@echo "make gpu-check                  the first run on a GPU (<= 10 min): CUDA tests, smoke, bench -> gpu-check/"
@@ -148,7 +148,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m pipeline.stages.bench
+	$(PY) -m pipeline bench $(ARGS)
 
 smoke: $(STAMP)
 	$(PY) -m pipeline smoke --config "configs/$(MODEL).yaml" --data "$(DATA)" --device "$(DEVICE)" $(ARGS)

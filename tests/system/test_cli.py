@@ -1,16 +1,20 @@
-"""The command line (pipeline/__main__.py): help, one-line errors with exit status 2, --debug."""
+"""The command line (pipeline/__main__.py): help for every option with its default, the stages in the order
+of the work, old spellings that still work, one-line errors with exit status 2, --debug."""
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import pytest
 import torch
 
-from pipeline.__main__ import main
+from pipeline.__main__ import STAGE_GROUPS, build_parser, main
 from pipeline.core.config import load_config
 from pipeline.data.layout import DataError
 from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import run_cli, tiny_config
 from tests.conftest import run_cli_stderr as _cli
-from tests.conftest import tiny_config
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
@@ -137,3 +141,63 @@ def test_compile_option_of_train_and_predict(tiny_data, tmp_path):
     assert main(args + ["--device", "cpu", "--compile", "eager"]) == 0
     assert (tmp_path / "out" / f"{image.stem}_mask.png").is_file()
     assert main(args + ["--device", "cpu", "--compile", "nonsense"]) == 2
+
+
+# -- the command line's shape: help, defaults, the stages' order, old spellings ------------------------------
+def _stage_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = build_parser()
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return parser, dict(stages)
+
+
+def test_every_option_of_every_stage_has_help_and_shows_its_default():
+    parser, stages = _stage_parsers()
+    no_help, no_default = [], []
+    for name, s in {"python -m pipeline": parser, **stages}.items():
+        text = " ".join(s.format_help().split())  # argparse wraps lines
+        for action in s._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue  # old spellings (listed as deprecated below), and the stages themselves
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if not (action.help or "").strip():
+                no_help.append(label)
+            worth_showing = action.default not in (None, False, []) and action.default is not argparse.SUPPRESS
+            if worth_showing and "default" not in action.help and f"(default: {action.default})" not in text:
+                no_default.append(label)
+    assert not no_help, f"options without help: {no_help}"
+    assert not no_default, f"options whose help does not show the default: {no_default}"
+    assert len(stages) >= 17 and all(s.description for s in stages.values())
+
+
+def test_stages_are_listed_in_groups_in_the_order_of_the_work(capsys):
+    _, stages = _stage_parsers()
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    listed = [
+        ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ") and ln.split()[0] in stages
+    ]
+    unplaced = sorted(set(stages) - {n for _, names in STAGE_GROUPS for n in names})
+    assert e.value.code == 0 and not unplaced, f"add {unplaced} to STAGE_GROUPS in pipeline/__main__.py"
+    assert listed == [n for _, names in STAGE_GROUPS for n in names]  # each stage once, grouped
+    work = ["download", "folds", "train", "ensemble", "submission", "merge", "submit"]
+    assert [s for s in listed if s in work] == work
+
+
+@pytest.mark.parametrize("stage, default", [("submission", None), ("bench", 2)])
+def test_workers_is_the_old_spelling_of_num_workers(stage, default, capsys):
+    parser, stages = _stage_parsers()
+    assert parser.parse_args([stage, "--workers", "3"]).num_workers == 3
+    assert "note: --workers is deprecated; use --num-workers" in capsys.readouterr().err
+    assert parser.parse_args([stage, "--num-workers", "3"]).num_workers == 3
+    assert parser.parse_args([stage]).num_workers == default and capsys.readouterr().err == ""
+    assert "--workers" not in stages[stage].format_help()  # the help shows one spelling
+
+
+def test_an_old_spelling_still_runs_the_stage_and_says_it_is_deprecated(tiny_data, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--data", tiny_data, "--out", out, "--figures", "2", "--images", "4", "--size", "32x48"]
+    code, _, err = run_cli(capsys, *args, "--workers", "0")
+    assert code == 0 and "note: --workers is deprecated; use --num-workers" in err
+    assert ", 0 workers," in json.loads(out.read_text())["host_setup"]
+    code, _, err = run_cli(capsys, *args, "--num-workers", "0")
+    assert code == 0 and "deprecated" not in err
