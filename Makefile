@@ -33,8 +33,8 @@ DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
 	@echo "make test                       the whole test suite (CPU; what CI runs)"
-	@echo "make test-fast                  the fast subset while editing (about a minute): no slow, browser,"
-	@echo "                                real-data or multi-process tests"
+	@echo "make test-fast                  the fast subset while editing (target: a minute on 2 idle cores): no slow,"
+	@echo "                                browser, real-data, multi-process or GPU tests"
 	@echo "make folds                      DATA=$(DATA) -> $(FOLDS_CSV)"
 	@echo "make train FOLD=0 MODEL=vgg11   (MODEL=resnet50; FOLD=0..4 or all) -> $(RUNS)/<model>/fold<k>/"
 	@echo "make ensemble                   tune weights + threshold out-of-fold -> $(RECIPE)"
