@@ -27,12 +27,14 @@ comma := ,
 space := $(subst ,, )
 DEMO_MEMBERS = $(subst $(space),$(comma),$(strip $(DEMO_MODELS)))
 
-.PHONY: help install demo test lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds \
+.PHONY: help install demo test test-fast lint format folds train ensemble evaluate submission validate clean-demo bench merge train-folds \
 	lineage smoke gpu-check
 
 help:
 	@echo "make demo                       every stage on generated demo data (CPU, minutes)"
-	@echo "make test                       the test suite (CPU)"
+	@echo "make test                       the whole test suite (CPU; what CI runs)"
+	@echo "make test-fast                  the fast subset while editing (target: a minute on 2 idle cores): no slow,"
+	@echo "                                browser, real-data, multi-process or GPU tests"
 	@echo "make folds                      DATA=$(DATA) -> $(FOLDS_CSV)"
 	@echo "make train FOLD=0 MODEL=vgg11   (MODEL=resnet50; FOLD=0..4 or all) -> $(RUNS)/<model>/fold<k>/"
 	@echo "make ensemble                   tune weights + threshold out-of-fold -> $(RECIPE)"
@@ -44,7 +46,7 @@ help:
 	@echo "make submission GPUS=G          torchrun: G GPUs of this host, one shard each, rank 0 merges"
 	@echo "make merge                      assemble and validate the shards of $(SUBMISSION)"
 	@echo "make train-folds GPUS=0,1,2,3,4 one fold per GPU in parallel (fold k on the k-th GPU listed)"
-	@echo "make bench                      speed/memory figures with targets -> bench.json"
+	@echo "make bench                      speed/memory figures with targets -> bench.json (ARGS=--figures 1,2)"
 	@echo "make smoke MODEL=vgg11          the config at full size through every stage on a few images of DATA:"
 	@echo "                                seconds, peak memory, img/s, largest batch sizes (scratch folder)"
 	@echo "make gpu-check                  the first run on a GPU (<= 10 min): CUDA tests, smoke, bench -> gpu-check/"
@@ -132,6 +134,11 @@ clean-demo:
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
 
+# The tests that take seconds, not minutes: markers in pyproject.toml (make test runs them all).
+FAST_MARKERS = not slow and not browser and not real_data and not multiprocess and not gpu
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n auto --dist loadfile -m "$(FAST_MARKERS)"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -141,7 +148,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
-	$(PY) -m pipeline.stages.bench
+	$(PY) -m pipeline bench $(ARGS)
 
 smoke: $(STAMP)
 	$(PY) -m pipeline smoke --config "configs/$(MODEL).yaml" --data "$(DATA)" --device "$(DEVICE)" $(ARGS)

@@ -9,6 +9,81 @@ import time
 from pathlib import Path
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, unless there is none worth showing (None, a switch that is
+    off, an empty list) or the help already says it; the stage list keeps its layout."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command line's parsers, the stages' included: every help shows the defaults (_HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: still accepted, with a one-line note naming the new one; not in the help."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_num_workers(s, default: int | None, help: str) -> None:
+    """DataLoader workers: processes that read and decode the photos for the model (0: in this process).
+    Spelled --num-workers as the configs' num_workers and PyTorch's DataLoader; --workers is the old spelling."""
+    s.add_argument("--num-workers", type=int, default=default, metavar="N", help=help)
+    s.add_argument("--workers", type=int, dest="num_workers", action=_Deprecated, new="--num-workers")
+
+
+def _add_jobs(s) -> None:
+    """Processes that score or search masks side by side (joblib): another concept than --num-workers."""
+    s.add_argument(
+        "--jobs", type=int, default=-1, metavar="N", help="processes scoring masks side by side (-1: all cores)"
+    )
+
+
+def _stage(sub, name: str, summary: str):
+    """A stage's parser: ``summary`` heads its own help and its line in ``python -m pipeline --help``."""
+    return sub.add_parser(name, description=summary)
+
+
+# `python -m pipeline --help` lists the stages in the order of the work, in these groups. A stage not
+# listed here shows under "other" (and tests/system/test_cli.py says where to list it).
+STAGE_GROUPS = [
+    ("get the data", ["download", "demo-data", "folds", "test-split"]),
+    ("train and tune", ["train", "ensemble", "evaluate", "report"]),
+    ("submit to Kaggle", ["submission", "merge", "validate", "submit"]),
+    ("use the model", ["predict", "export"]),
+    ("check the pipeline", ["lineage", "smoke", "bench"]),
+]
+
+
+def _stage_list(sub) -> str:
+    """The stages, grouped and in order, each with its summary (the main help's description)."""
+    width = max(len(name) for name in sub.choices) + 2
+    placed = [name for _, names in STAGE_GROUPS for name in names if name in sub.choices]
+    groups = [*STAGE_GROUPS, ("other", sorted(set(sub.choices) - set(placed)))]
+    lines = ["Carvana image masking pipeline. The stages, in the order of the work:"]
+    for title, names in groups:
+        names = [n for n in names if n in sub.choices]
+        if names:
+            lines += ["", f"{title}:"]
+            lines += [f"  {n:<{width}}{sub.choices[n].description or ''}" for n in names]
+    return "\n".join(lines)
+
+
 def _folds_arg(value: str) -> list[int | str] | None:
     """``all`` (None: every fold of the CSV), ``full`` (every car, no held-out fold), a number or a comma list."""
     from .core.config import FULL, ConfigError
@@ -124,31 +199,12 @@ def cmd_folds(a) -> None:
     print(f"{a.out}: {len(df)} images, {df.car_id.nunique()} cars, {a.k} folds")
 
 
-def _car_list(path: str) -> list[str]:
-    """Car ids from a text file (one per line, # comments) or a Kaggle data root's train/ photos."""
-    from .data.layout import DataError, Layout, list_images, parse_name
-
-    p = Path(path)
-    if p.is_dir():
-        return sorted({parse_name(i)[0] for i in list_images(Layout(p).train_dir)})
-    if not p.is_file():
-        raise DataError(f"{p}: no such car list (a text file of car ids, or a data root with train/)")
-    return sorted({line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")})
-
-
 def cmd_test_split(a) -> None:
-    from .core.io_utils import atomic_path
-    from .data.folds import make_test_split, read_index
+    from .data.folds import write_test_split
 
-    exclude = set()
-    for source in a.exclude:
-        exclude |= set(_car_list(source))
-    cars = _car_list(a.cars)
-    test = make_test_split(read_index(a.index), cars, exclude, k=a.k, seed=a.seed)
-    with atomic_path(a.out) as tmp:
-        test.to_csv(tmp, index=False, float_format="%.6f")
+    test, usable = write_test_split(a.out, a.index, a.cars, a.exclude, k=a.k, seed=a.seed)
     print(
-        f"{a.out}: {len(test)} test cars, fold 0 of {a.k} (seed {a.seed}) over the {len(set(cars) - exclude)} cars "
+        f"{a.out}: {len(test)} test cars, fold 0 of {a.k} (seed {a.seed}) over the {usable} cars "
         f"of {a.cars} not in {', '.join(a.exclude) or 'no exclusion'}"
     )
 
@@ -170,19 +226,15 @@ def cmd_train(a) -> None:
 
     from .core import distributed
 
-    info = distributed.env_info()
-    if info.world > 1:
-        cfg.device = distributed.rank_device(cfg.device, info)
-        distributed.init(cfg.device, timeout=timedelta(hours=2))  # ranks wait while rank 0 predicts out-of-fold
-    folds = _folds_arg(a.fold)
-    if folds is None:
-        folds = sorted(set(load_folds(cfg.folds_csv).fold))
-    try:
+    # ranks wait while rank 0 predicts out-of-fold
+    with distributed.process_group(cfg.device, timeout=timedelta(hours=2)) as (_, device):
+        cfg.device = device
+        folds = _folds_arg(a.fold)
+        if folds is None:
+            folds = sorted(set(load_folds(cfg.folds_csv).fold))
         for fold in folds:
             cfg.fold = fold
             run(cfg, fresh=a.fresh)
-    finally:
-        distributed.shutdown()
 
 
 def cmd_smoke(a) -> None:
@@ -237,16 +289,13 @@ def cmd_submission(a) -> None:
     check_recipe(a.recipe)
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
-    info = distributed.env_info()
     shard = parse_shard(a.shard) if a.shard else None
-    device = a.device
-    if info.world > 1:
-        if shard is not None:
-            raise SubmissionError("--shard and torchrun both split the test set; use one of them")
-        shard, device = (info.rank, info.world), distributed.rank_device(a.device, info)
-        # gloo for the barrier on any device; shards may finish hours apart.
-        distributed.init(device, timeout=timedelta(hours=48), backend="gloo")
-    try:
+    if shard is not None and distributed.env_info().world > 1:
+        raise SubmissionError("--shard and torchrun both split the test set; use one of them")
+    # gloo for the barrier on any device; shards may finish hours apart.
+    with distributed.process_group(a.device, timeout=timedelta(hours=48), backend="gloo") as (info, device):
+        if info.world > 1:
+            shard = (info.rank, info.world)
         make_submission(
             a.recipe,
             a.data,
@@ -269,8 +318,6 @@ def cmd_submission(a) -> None:
             distributed.barrier()
             if info.is_main and not a.limit:
                 merge_shards(a.data, a.out, recipe_path=a.recipe)
-    finally:
-        distributed.shutdown()
 
 
 def cmd_merge(a) -> None:
@@ -408,6 +455,12 @@ def cmd_report(a) -> None:
     )  # fmt: skip
 
 
+def cmd_bench(a) -> None:
+    from .stages.bench import run_bench
+
+    run_bench(a.data, a.out, a.images, a.num_workers, a.batch_size, a.size, a.rss, a.figures)
+
+
 def cmd_export(a) -> None:
     from .stages.export import export_model
 
@@ -420,8 +473,8 @@ DEFAULT_BACKGROUND = "#3a6ea5"  # predict's composites, unless --background says
 
 
 def add_user_stages(sub) -> None:
-    s = sub.add_parser(
-        "export", help="a trained model as one folder: smp's format (smp.from_pretrained), pipeline.json, model card"
+    s = _stage(
+        sub, "export", "a trained model as one folder: smp's format (smp.from_pretrained), pipeline.json, model card"
     )
     s.add_argument("--checkpoint", required=True, help="a full run's final.pt (make train FOLD=full), or a best.pt")
     s.add_argument(
@@ -443,7 +496,7 @@ def add_user_stages(sub) -> None:
     )
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("predict", help="mask, transparent cut-out and composite for any image(s)")
+    s = _stage(sub, "predict", "mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")
     s.add_argument("--out", default="predictions", help="output folder")
     s.add_argument(
@@ -463,15 +516,15 @@ def add_user_stages(sub) -> None:
         help=f"composite onto an image file or a colour #rrggbb (default {DEFAULT_BACKGROUND}; none: no composite)",
     )
     s.add_argument("--feather", type=int, default=0, metavar="PX", help="soften the cut-out edge over PX pixels")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_inference_options(s)
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     s.add_argument("--resume", action="store_true", help="skip images whose outputs all exist")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("report", help="static HTML report: curves, metrics, Dice histogram, worst images")
-    s.add_argument("--runs", default="runs")
-    s.add_argument("--data", default="data")
+    s = _stage(sub, "report", "static HTML report: curves, metrics, Dice histogram, worst images")
+    s.add_argument("--runs", default="runs", help="the trained runs to report (<runs>/<name>/fold<k>/)")
+    s.add_argument("--data", default="data", help="data root with the train photos and masks the runs were scored on")
     s.add_argument("--recipe", default="submissions/recipe.json", help="adds the blend (skipped if absent)")
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--out", default="reports", help="folder for index.html and its pictures")
@@ -479,58 +532,62 @@ def add_user_stages(sub) -> None:
     s.add_argument(
         "--pretrained", metavar="DIR_OR_HUB_ID", help="also score an exported model on every train image of --data"
     )
-    s.add_argument("--jobs", type=int, default=-1, help="processes for scoring (-1: all cores)")
+    _add_jobs(s)
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("download", help="fetch and unpack the competition data with the Kaggle CLI")
+    s = _stage(sub, "download", "fetch and unpack the competition data with the Kaggle CLI")
     s.add_argument("--data", default="data", help="data root to fill (train/, train_masks/, test/, CSVs)")
     s.add_argument("--keep-zips", action="store_true", help="keep the downloaded zips in DATA/downloads/")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("submit", help="validate a submission, then upload it with the Kaggle CLI")
-    s.add_argument("file", nargs="?", default="submissions/submission.csv.gz")
+    s = _stage(sub, "submit", "validate a submission, then upload it with the Kaggle CLI")
+    s.add_argument("file", nargs="?", default="submissions/submission.csv.gz", help="the submission to upload")
     s.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
     s.add_argument("--data", default="data", help="data root with sample_submission.csv")
     s.set_defaults(func=cmd_submit)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description="Carvana image masking pipeline")
-    sub = p.add_subparsers(dest="stage", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every stage's parser (no stage module is imported here)."""
+    p = _Parser(
+        prog="python -m pipeline", epilog="python -m pipeline STAGE --help: a stage's options, each with its default"
+    )
+    sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE", help="one of the stages above")
 
-    s = sub.add_parser("demo-data", help="generate the synthetic demo dataset (Kaggle layout)")
-    s.add_argument("--out", default="demo/data")
-    s.add_argument("--train-cars", type=int, default=10)
-    s.add_argument("--test-cars", type=int, default=2)
-    s.add_argument("--width", type=int, default=1918)
-    s.add_argument("--height", type=int, default=1280)
-    s.add_argument("--seed", type=int, default=0)
+    s = _stage(sub, "demo-data", "generate the synthetic demo dataset (Kaggle layout)")
+    s.add_argument("--out", default="demo/data", help="data root to write (train/, train_masks/, test/, CSVs)")
+    s.add_argument("--train-cars", type=int, default=10, help="cars with photos and masks, 16 views each")
+    s.add_argument("--test-cars", type=int, default=2, help="cars with photos only, 16 views each")
+    s.add_argument("--width", type=int, default=1918, help="photo width in pixels (Carvana's)")
+    s.add_argument("--height", type=int, default=1280, help="photo height in pixels (Carvana's)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed draws the same cars")
     s.set_defaults(func=cmd_demo_data)
 
-    s = sub.add_parser("folds", help="group k-fold by car, stratified by mask area -> folds CSV")
+    s = _stage(sub, "folds", "group k-fold by car, stratified by mask area -> folds CSV")
     s.add_argument("--data", default="data", help="Kaggle data root (train/, train_masks/, ...)")
-    s.add_argument("--out", default="folds/folds.csv")
-    s.add_argument("--k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--out", default="folds/folds.csv", help="the folds CSV to write")
+    s.add_argument("--k", type=int, default=5, help="number of folds")
+    s.add_argument("--seed", type=int, default=42, help="random seed of the assignment")
     s.add_argument("--index", help="train-set index CSV (img,car_id,view,mask_area,width,height) instead of --data")
     s.add_argument("--strict", action="store_true", help="cars without exactly views 01..16 are an error")
     s.set_defaults(func=cmd_folds)
 
-    s = sub.add_parser(
+    s = _stage(
+        sub,
         "test-split",
-        help="the cars kept out of everything a model's choices see -> folds/test_split.csv (folds/README.md)",
+        "the cars kept out of everything a model's choices see -> folds/test_split.csv (folds/README.md)",
     )
     s.add_argument("--index", required=True, help="train-set index CSV (kaggle_train_index.csv)")
     s.add_argument("--cars", required=True, help="the usable cars: a text file of car ids, or a data root")
     s.add_argument(
         "--exclude", action="append", default=[], help="cars not to draw (a list or a data root), repeatable"
     )
-    s.add_argument("--out", default="folds/test_split.csv")
+    s.add_argument("--out", default="folds/test_split.csv", help="the test split CSV to write")
     s.add_argument("--k", type=int, default=8, help="draw fold 0 of k stratified folds (8: 27 of 210 cars)")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--seed", type=int, default=42, help="random seed of the draw")
     s.set_defaults(func=cmd_test_split)
 
-    s = sub.add_parser("train", help="train fold(s) of one model config, then predict its out-of-fold images")
+    s = _stage(sub, "train", "train fold(s) of one model config, then predict its out-of-fold images")
     s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
     s.add_argument(
         "--fold", default="0", help="fold number, comma list, 'all' (each fold), or 'full' (one model on every car)"
@@ -544,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_compile_option(s, "the training forward (= --set train.compile=true)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser(
-        "smoke", help="a config at its real size through every stage on a few images: seconds, memory, batch sizes"
+    s = _stage(
+        sub, "smoke", "a config at its real size through every stage on a few images: seconds, memory, batch sizes"
     )
     s.add_argument("--config", required=True, help="YAML config, e.g. configs/vgg11.yaml")
     s.add_argument("--data", default="data", help="Kaggle data root to take a handful of images from")
@@ -556,13 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--verbose", action="store_true", help="show the stages' own progress bars")
     s.set_defaults(func=cmd_smoke)
 
-    s = sub.add_parser("ensemble", help="tune member weights and threshold on out-of-fold predictions")
-    s.add_argument("--runs", default="runs")
-    s.add_argument("--data", default="data")
-    s.add_argument("--out", default="submissions/recipe.json")
+    s = _stage(sub, "ensemble", "tune member weights and threshold on out-of-fold predictions")
+    s.add_argument("--runs", default="runs", help="the trained runs (<runs>/<name>/fold<k>/): each name is a member")
+    s.add_argument("--data", default="data", help="data root whose train_masks/ score the out-of-fold maps")
+    s.add_argument("--out", default="submissions/recipe.json", help="the recipe to write")
     s.add_argument("--members", help="comma list of run names (default: every completed run)")
     s.add_argument("--steps", type=int, default=10, help="weight grid resolution (10 = steps of 0.1)")
-    s.add_argument("--jobs", type=int, default=-1)
+    _add_jobs(s)
     s.add_argument(
         "--postprocess",
         default="auto",
@@ -573,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.set_defaults(func=cmd_ensemble)
 
-    s = sub.add_parser("evaluate", help="score predictions against the masks at full resolution (per image)")
+    s = _stage(sub, "evaluate", "score predictions against the masks at full resolution (per image)")
     s.add_argument("--runs", help="score the out-of-fold maps of every completed run under this folder")
     s.add_argument("--members", help="with --runs: comma list of run names (default: all)")
     s.add_argument("--recipe", help="score the blend of an ensemble recipe (recipe.json) on out-of-fold maps")
@@ -593,10 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", default="data", help="data root whose train_masks/ --runs and --recipe use")
     s.add_argument("--json", help="write the summary (one source: an object; several: {source: object})")
     s.add_argument("--per-image", help="write one CSV row per source and image")
-    s.add_argument("--jobs", type=int, default=-1)
+    _add_jobs(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("submission", help="predict test images with the recipe -> Kaggle .csv.gz (resumable)")
+    s = _stage(sub, "submission", "predict test images with the recipe -> Kaggle .csv.gz (resumable)")
     s.add_argument("--recipe", help="the ensemble recipe (default submissions/recipe.json)")
     s.add_argument(
         "--pretrained",
@@ -604,11 +661,11 @@ def main(argv: list[str] | None = None) -> int:
         help="an exported model folder or hub id instead of a recipe (writes recipe-pretrained-<its hash>.json "
         "beside --out, once)",
     )
-    s.add_argument("--data", default="data")
-    s.add_argument("--out", default="submissions/submission.csv.gz")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--num-workers", type=int, help="DataLoader workers (default: the members' predict.num_workers)")
+    s.add_argument("--data", default="data", help="data root with test/ and sample_submission.csv")
+    s.add_argument("--out", default="submissions/submission.csv.gz", help="the submission to write")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    _add_num_workers(s, None, "DataLoader workers decoding the test photos (default: the members' predict.num_workers)")
     _add_inference_options(s)
     s.add_argument(
         "--force", action="store_true", help="redo a complete submission, or replace one made from another recipe"
@@ -622,27 +679,51 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--shard", metavar="I/N", help="compute only slice I of N (contiguous) into its own file; see merge")
     s.set_defaults(func=cmd_submission)
 
-    s = sub.add_parser("merge", help="assemble the shard files of --out in sample order and validate the result")
-    s.add_argument("--data", default="data")
-    s.add_argument("--out", default="submissions/submission.csv.gz")
+    s = _stage(sub, "merge", "assemble the shard files of --out in sample order and validate the result")
+    s.add_argument("--data", default="data", help="data root with sample_submission.csv")
+    s.add_argument("--out", default="submissions/submission.csv.gz", help="the submission to write from its shards")
     s.add_argument("--recipe", help="also check that every shard was made with this recipe")
     s.add_argument("--shards-of", help="the --out the shards were computed with, when not --out itself")
     s.set_defaults(func=cmd_merge)
 
-    s = sub.add_parser("lineage", help="the chain behind a submission, recipe, checkpoint or folds CSV, checked")
+    s = _stage(sub, "lineage", "the chain behind a submission, recipe, checkpoint or folds CSV, checked")
     s.add_argument("file", help="submission .csv.gz (or shard), recipe.json, best.pt/last.pt, oof.json or folds CSV")
     s.set_defaults(func=cmd_lineage)
 
-    s = sub.add_parser("validate", help="check a submission file against sample_submission.csv")
-    s.add_argument("file")
-    s.add_argument("--data", default="data")
+    s = _stage(sub, "validate", "check a submission file against sample_submission.csv")
+    s.add_argument("file", help="the submission .csv or .csv.gz to check")
+    s.add_argument("--data", default="data", help="data root with sample_submission.csv and test/")
     s.set_defaults(func=cmd_validate)
 
     add_user_stages(sub)
 
+    s = _stage(sub, "bench", "speed and memory figures of the submission, with targets -> bench.json")
+    s.add_argument(
+        "--data",
+        default="../shared/data/carvana_real",
+        help="a Kaggle-layout root: real masks for figure 1 and real photos for figures 2 and 4 (generated "
+        "ones where it has none)",
+    )
+    s.add_argument("--out", default="bench.json", help="the figures as JSON, rewritten after each one")
+    s.add_argument(
+        "--images", type=int, default=96, help="test images for figure 2 (figure 4: half as many, at least 32)"
+    )
+    _add_num_workers(s, 2, "DataLoader workers of figure 2 (figure 4 uses at least 8)")
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass in figures 2 and 4")
+    s.add_argument("--size", default="1280x1918", help="model input HxW for figure 2 (the configs' resolution)")
+    s.add_argument("--rss", default="1000,5000", help="the two test-set sizes of figure 3")
+    s.add_argument("--figures", default="1,2,3,4", help="which figures to measure, e.g. 1,2")
+    s.set_defaults(func=cmd_bench)
+
     # Errors: one line naming the file or option (errors.PipelineError); --debug (anywhere on the
     # command line) or PIPELINE_DEBUG=1 shows the full traceback instead.
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.description = _stage_list(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
     args: list[str] = []

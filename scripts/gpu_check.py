@@ -6,7 +6,7 @@ cars in the Kaggle layout is enough). Its sections, in order; each is written to
 soon as it ends, so a section that fails, or a run cut short, keeps everything before it:
 
 1. ``env``               torch, CUDA, the GPU, its memory, bf16 support, cuDNN
-2. ``cuda_tests``        tests/test_cuda.py: what only a GPU can show
+2. ``cuda_tests``        the CUDA tests (CUDA_TESTS): what only a GPU can show
 3. ``smoke_<model>``     ``make smoke`` for each model at full resolution: per stage seconds, peak
                          memory, img/s; the largest training and inference batch on this GPU
 4. ``train_throughput``  training img/s and peak memory at batch 1, 2, 4, 8 (synthetic batches on the
@@ -18,7 +18,7 @@ soon as it ends, so a section that fails, or a run cut short, keeps everything b
 
 A section that would no longer fit ``--budget`` (by its estimate) is skipped and says so; one still
 running at ``--hard-limit`` is stopped. Encoder weights are not downloaded (``encoder_weights=none``):
-speed and memory do not depend on them. tests/test_gpu_check.py dry-runs the whole script on CPU at
+speed and memory do not depend on them. tests/system/test_gpu_check.py dry-runs the whole script on CPU at
 a tiny size so that it cannot rot.
 """
 
@@ -98,14 +98,18 @@ def env(a, dev) -> dict:
     return info
 
 
+# What only a GPU can show (skipped without one): training, and the engine's copies between devices.
+CUDA_TESTS = ["tests/stages/test_train_cuda.py", "tests/inference/test_engine_cuda.py"]
+
+
 def cuda_tests(a, dev, remaining: float) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TESTS]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(10, remaining))
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     summary = lines[-1] if lines else proc.stderr[-300:]
     result = {"returncode": proc.returncode, "summary": summary, "tail": proc.stdout[-4000:]}
     if proc.returncode not in (0, 5):  # 5: nothing collected
-        raise RuntimeError(f"tests/test_cuda.py: {summary}")
+        raise RuntimeError(f"{' '.join(CUDA_TESTS)}: {summary}")
     return result
 
 
@@ -289,7 +293,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {r['status']} | {r.get('seconds', '')} |")
     t = results.get("cuda_tests", {}).get("result")
     if t:
-        lines += ["", f"CUDA tests (tests/test_cuda.py): {t['summary']}"]
+        lines += ["", f"CUDA tests ({', '.join(CUDA_TESTS)}): {t['summary']}"]
     smokes = [r["result"] for k, r in results.items() if k.startswith("smoke_") and r["status"] == "ok"]
     if smokes:
         lines += ["", "### make smoke", "", smoke_table(smokes)]

@@ -37,7 +37,9 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def needs_real_data():
-    return pytest.mark.skipif(not REAL.is_dir(), reason=f"real Carvana sample not found at {REAL} (../shared)")
+    """A test of the real Carvana sample: marked real_data, and skipped, saying why, where ../shared lacks it."""
+    skip = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Carvana sample not found at {REAL} (../shared)")
+    return lambda test: pytest.mark.real_data(skip(test))
 
 
 @pytest.fixture(scope="session")
@@ -226,3 +228,132 @@ def split_model(tiny_data, tmp_path_factory):
         export_model(runs / name / "full" / "final.pt", folder, recipe=recipe, dtype="fp32", quiet=True)
         folders.append(folder)
     return split, *folders
+
+
+# -- shared by the tests of several modules ---------------------------------------------------------------
+@pytest.fixture
+def lab(tiny_runs, tmp_path):
+    """A private copy of the two tiny trained members (fold 0) and their recipe: (runs, recipe)."""
+    import shutil
+
+    runs, recipe = tiny_runs
+    shutil.copytree(runs, tmp_path / "runs")
+    shutil.copy(recipe, tmp_path / "recipe.json")  # its paths are relative to its folder: the copy holds
+    return tmp_path / "runs", tmp_path / "recipe.json"
+
+
+@pytest.fixture
+def folder(split_model, tmp_path):
+    """A private copy of the tiny model folder trained apart from its test split (its record lists its cars)."""
+    import shutil
+
+    _, apart, _ = split_model
+    shutil.copytree(apart, tmp_path / "model")
+    return tmp_path / "model"
+
+
+def edit_pipeline_json(folder: Path, change) -> None:
+    """Apply ``change(spec)`` to a model folder's pipeline.json."""
+    import json
+
+    spec = json.loads((folder / "pipeline.json").read_text())
+    change(spec)
+    (folder / "pipeline.json").write_text(json.dumps(spec))
+
+
+def run_cli_stderr(capsys, *argv) -> tuple[int, str]:
+    """(exit status, stderr) of the command line; what it printed stays in ``run_cli_stderr.out``."""
+    from pipeline.__main__ import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    run_cli_stderr.out = captured.out
+    return code, captured.err
+
+
+def one_error_line(err: str) -> str:
+    """The one ``error: ...`` line of a stage's stderr (progress bars may surround it)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def cli(tiny_data, tmp_path, capsys):
+    """Run the CLI; return (exit code, stderr) and check the error is short and traceback-free."""
+    from pipeline.__main__ import main
+
+    cfg = tiny_config(tiny_data, tmp_path / "runs")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.to_yaml())
+
+    def call(*argv, lines=1):
+        argv = [str(a) for a in argv]
+        if argv[0] == "train":
+            argv = ["train", "--config", str(config), *argv[1:]]
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        out = err.splitlines()  # progress bars (tqdm, on stderr) may come before the error
+        starts = [i for i, line in enumerate(out) if line.startswith("error: ")]
+        assert len(starts) == 1 and len(out) - starts[0] <= lines, err
+        return "\n".join(out[starts[0] :])
+
+    call.cfg = cfg
+    return call
+
+
+def copy_data(tiny_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny data root (and its folds.csv beside it): tmp_path/data."""
+    import shutil
+
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_data, dst)
+    shutil.copy(tiny_data.parent / "folds.csv", tmp_path / "folds.csv")
+    return dst
+
+
+def truncate(path: Path, keep: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def first_train_image(data: Path) -> Path:
+    return sorted((data / "train").iterdir())[0]
+
+
+def retrain_stand_in(ckpt: Path) -> None:
+    """Stand-in for a retrained (or replaced) fold: same config, other weights."""
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = state["model"][first] + 0.5
+    torch.save(state, ckpt)
+
+
+def tiny_submission(recipe, data, out, **kw):
+    """make_submission on the CPU, quietly, in chunks of 3 rows (so resumes have something to resume)."""
+    from pipeline.stages.submission import make_submission
+
+    return make_submission(recipe, data, out, device="cpu", num_workers=0, quiet=True, **{"chunk_rows": 3, **kw})
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a CSV, gzip-compressed or not (header included)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
+        return list(csv.reader(f))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

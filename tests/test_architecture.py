@@ -2,7 +2,8 @@
 
 A sub-package imports only the sub-packages below it; no module imports another that (through any
 chain) imports it back; nothing but the command line and the package face sits directly in
-``pipeline/``.
+``pipeline/``. The tests mirror the package: ``tests/<layer>/test_<module or behaviour>.py``, plus
+``tests/system/`` for whole-system tests, shared fixtures and helpers in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ PACKAGE = ROOT / "pipeline"
 # Bottom to top: each may import the ones before it, never one after it.
 LAYERS = ["core", "masks", "data", "models", "inference", "lineage", "stages"]
 TOP_LEVEL = {"__init__.py", "__main__.py"}
+TESTS = ROOT / "tests"
+# Where a test goes: the folder of the layer it tests, or system/ for several stages, the command line end
+# to end, a real browser. Only this file (the package's own structure) and the shared conftest.py sit above.
+TEST_FOLDERS = [*LAYERS, "system"]
+TESTS_TOP_LEVEL = {"__init__.py", "conftest.py", "test_architecture.py"}
+# A test file is named by the module or behaviour it tests, never by when or why it was written.
+HISTORY_NAME = re.compile(r"round|issue|sprint|(^|_)(pr|r|v)?\d+($|_)|\d{4}[-_]?\d{2}[-_]?\d{2}", re.I)
 
 
 def module_name(path: Path) -> str:
@@ -146,3 +154,36 @@ def test_the_reader_sees_every_kind_of_import(source, expected):
     """The check is only as good as its reader: top-level, in-function, absolute and relative imports all count."""
     found = imports_in(source, "pipeline.masks.probe", False, set(modules()))
     assert found == {expected}
+
+
+def test_tests_mirror_the_package():
+    top = sorted(p.name for p in TESTS.glob("*.py") if p.name not in TESTS_TOP_LEVEL)
+    assert not top, f"test files directly in tests/ (put each in tests/<layer>/ or tests/system/): {top}"
+    folders = sorted(p.name for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    assert folders == sorted(TEST_FOLDERS), f"tests/ folders: {folders}; expected one per layer and system/"
+    for folder in TEST_FOLDERS:
+        assert (TESTS / folder / "__init__.py").is_file(), f"tests/{folder}/__init__.py missing"
+        assert not [p for p in (TESTS / folder).iterdir() if p.is_dir() and p.name != "__pycache__"], (
+            f"tests/{folder}/: no sub-folders (one level, as the package)"
+        )
+        others = [
+            p.name for p in (TESTS / folder).glob("*.py") if p.name != "__init__.py" and not p.name.startswith("test_")
+        ]
+        assert not others, f"tests/{folder}/{others}: shared fixtures and helpers go in tests/conftest.py"
+
+
+def test_test_files_are_named_by_what_they_test():
+    named = sorted(str(p.relative_to(TESTS)) for p in TESTS.rglob("test_*.py") if HISTORY_NAME.search(p.stem[5:]))
+    assert not named, f"test files named after a round, an issue or a date (name them by module or behaviour): {named}"
+
+
+@pytest.mark.parametrize("name", ["test_round3", "test_issue30", "test_faults_2024_05_01", "test_r4", "test_20240501"])
+def test_history_names_are_recognised(name):
+    assert HISTORY_NAME.search(name[5:])
+
+
+@pytest.mark.parametrize(
+    "name", ["test_rle", "test_train_ddp", "test_submission_resume", "test_engine_cuda", "test_tta"]
+)
+def test_module_names_pass(name):
+    assert not HISTORY_NAME.search(name[5:])

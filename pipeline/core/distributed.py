@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -74,6 +76,26 @@ def init(device: str, timeout: timedelta = timedelta(minutes=30), backend: str |
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group(backend, timeout=timeout)
     return info
+
+
+@contextmanager
+def process_group(
+    device: str, timeout: timedelta = timedelta(minutes=30), backend: str | None = None
+) -> Iterator[tuple[DistInfo, str]]:
+    """``with process_group(device, timeout) as (info, device):`` the command line's torchrun setup.
+
+    Under torchrun (WORLD_SIZE > 1): this rank's device (``rank_device``), the process group joined
+    with it (``init``) and left on the way out, however the block ends. A single process: (one
+    process, ``device`` as given), nothing joined.
+    """
+    info = env_info()
+    if info.world > 1:
+        device = rank_device(device, info)
+        init(device, timeout=timeout, backend=backend)
+    try:
+        yield info, device
+    finally:
+        shutdown()
 
 
 def shutdown() -> None:

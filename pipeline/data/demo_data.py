@@ -21,9 +21,9 @@ from joblib import delayed
 from PIL import Image
 from tqdm import tqdm
 
-from .layout import CARVANA_HEIGHT, CARVANA_WIDTH
 from ..core.io_utils import atomic_path, write_bytes, write_text
 from ..core.parallel import parallel
+from .layout import CARVANA_HEIGHT, CARVANA_WIDTH
 
 N_VIEWS = 16
 SHIFT = 4  # sub-pixel precision bits for cv2 polygon drawing

@@ -22,9 +22,9 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from ..core.config import FULL
-from .layout import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
 from ..core.io_utils import atomic_path, check_csv_name, plain_name
 from ..core.parallel import parallel
+from .layout import DataError, Layout, check_jpeg_complete, image_size, list_images, parse_name, read_mask
 
 COLUMNS = ["img", "car_id", "view", "fold", "mask_area", "width", "height"]
 N_VIEWS = 16  # Carvana photographs every car from 16 angles, views 01..16
@@ -207,6 +207,32 @@ def make_test_split(index: pd.DataFrame, cars: list[str], exclude: set[str], k: 
     drawn = assign_folds(index[index.car_id.isin(pool)], k=k, seed=seed)
     test = drawn[drawn.fold == 0].groupby("car_id", sort=True).mask_area.mean().round(6)
     return test.reset_index()[TEST_SPLIT_COLUMNS]
+
+
+def read_car_list(path: str | Path) -> list[str]:
+    """Car ids from a text file (one per line, # comments) or a Kaggle data root's train/ photos."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted({parse_name(i)[0] for i in list_images(Layout(p).train_dir)})
+    if not p.is_file():
+        raise DataError(f"{p}: no such car list (a text file of car ids, or a data root with train/)")
+    return sorted({line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")})
+
+
+def write_test_split(
+    out: str | Path, index: str | Path, cars: str | Path, exclude=(), k: int = 8, seed: int = 42
+) -> tuple[pd.DataFrame, int]:
+    """``make_test_split`` over the cars of ``cars`` (``read_car_list``) minus those of every ``exclude``
+    list, from the train-set ``index``, written to ``out`` at once or not at all. Returns (the test split,
+    the number of cars it was drawn from)."""
+    excluded: set[str] = set()
+    for source in exclude:
+        excluded |= set(read_car_list(source))
+    usable = read_car_list(cars)
+    test = make_test_split(read_index(index), usable, excluded, k=k, seed=seed)
+    with atomic_path(out) as tmp:
+        test.to_csv(tmp, index=False, float_format="%.6f")
+    return test, len(set(usable) - excluded)
 
 
 def load_test_split(path: str | Path) -> frozenset[str]:

@@ -2,7 +2,7 @@
 
 ``find_contours`` gives every outline of a 0/1 mask (holes and islands too) with its depth in the
 tree; ``rasterize_contours`` fills (moved) outlines back into a mask. Unmoved outlines come back
-pixel-identical (tests/test_postprocess.py checks every real mask), so a step that moves only some
+pixel-identical (tests/masks/test_postprocess.py checks every real mask), so a step that moves only some
 points changes only the pixels near them. Used by ``postprocess.smooth_contour`` and ``snakes``.
 """
 
