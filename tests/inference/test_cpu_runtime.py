@@ -87,6 +87,7 @@ def _features():
     return image_features
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bfloat16 instructions (OpenVINO's BF16 capability)")
 def test_openvino_bf16_masks_stay_within_the_bound_of_fp32(tiny_data, tiny_runs):
     photos = sorted((tiny_data / "test").glob("*.jpg"))
@@ -100,6 +101,7 @@ def test_openvino_bf16_masks_stay_within_the_bound_of_fp32(tiny_data, tiny_runs)
     assert 0.98 <= agree < 1.0  # bf16 moves pixels at the outline of this barely trained model, and no more
 
 
+@pytest.mark.slow
 def test_the_refiner_runs_in_openvino_as_in_pytorch():
     from pipeline.masks.outline_refiner import OutlineRefiner, openvino_runner, params_for, refine_outline
 

@@ -14,6 +14,7 @@ def _submission(tiny_runs, tiny_data, out, *extra):
     return ["submission", "--recipe", recipe, "--data", tiny_data, "--out", out, *extra]
 
 
+@pytest.mark.slow
 def test_the_submission_says_which_runtime_and_precision_it_uses(tiny_runs, tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))  # a CPU without bf16
     code, out, _ = run_cli(capsys, *_submission(tiny_runs, tiny_data, tmp_path / "s.csv.gz", "--limit", "3"))
@@ -29,6 +30,7 @@ def test_the_submission_says_which_runtime_and_precision_it_uses(tiny_runs, tiny
     assert (key["backend"], key["precision"]) == ("torch", "fp32")
 
 
+@pytest.mark.slow
 def test_profile_prints_where_the_time_went(tiny_runs, tiny_data, tmp_path, capsys):
     code, out, _ = run_cli(
         capsys, *_submission(tiny_runs, tiny_data, tmp_path / "s.csv.gz", "--limit", "4", "--profile", "--jobs", "2")
