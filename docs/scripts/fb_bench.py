@@ -9,7 +9,7 @@ import time
 import torch
 
 from pipeline.core.config import load_config
-from pipeline.inference.engine import keep_freed_memory
+from pipeline.core.device import keep_freed_memory
 from pipeline.models.losses import get_loss
 from pipeline.models.unet import build_model
 

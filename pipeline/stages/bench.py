@@ -160,7 +160,7 @@ def load_trivial(recipe: dict, device: torch.device):
 
 
 def _device(name: str) -> torch.device:
-    from ..inference.engine import pick_device
+    from ..core.device import pick_device
 
     return pick_device(name)
 
@@ -252,7 +252,8 @@ def figure_gpu(
     """Figure 4 on ``device`` (the GPU; for a dry run another device, a smaller ``size`` and ``folds``,
     and ``channels_last=True`` to take the CUDA layout on CPU)."""
     from ..core.config import load_config
-    from ..inference.engine import Engine, Member, resolve_precision
+    from ..core.device import resolve_precision
+    from ..inference.engine import Engine, Member
     from ..models.unet import build_model
     from .submission import make_submission
 
@@ -323,8 +324,8 @@ def training_rate(
 ) -> dict:
     """Training images/s and peak memory of ``cfg``'s model at its size and precision, on synthetic
     batches already on the device (the loader is not measured): forward, the config's loss, backward, AdamW."""
+    from ..core.device import autocast, resolve_channels_last, resolve_precision
     from ..core.measure import GB, Meter
-    from ..inference.engine import autocast, resolve_channels_last, resolve_precision
     from ..models.losses import get_loss
     from ..models.unet import build_model
 

@@ -100,7 +100,8 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
 def pretrained_predictions(pretrained, images: list[Path], device: str = "auto", batch_size: int = 4):
     """Yield (name, uint8 map (1, H, W) as NumPy, 0/1 mask after the model's threshold and
     post-processing, the photo's path) for ``images`` with an exported model (pipeline/stages/export.py)."""
-    from ..inference.engine import Engine, pick_device
+    from ..core.device import pick_device
+    from ..inference.engine import Engine
 
     dev = pick_device(device)
     spec = pretrained.spec

@@ -32,12 +32,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..core.device import cpu_jobs, pick_device, resolve_precision
 from ..core.errors import printable
 from ..core.identity import text_sha
 from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writable
 from ..data.layout import DataError, image_size, read_image
 from ..inference.backends import resolve_runtime
-from ..inference.engine import Engine, Member, blend, cpu_jobs, pick_device, resolve_precision
+from ..inference.engine import Engine, Member, blend
 from ..inference.review import DEVICE_FEATURES, image_features, review_table, write_review
 from ..lineage.provenance import load_recipe, rows_source
 from ..masks.postprocess import apply as postprocess

@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from ..core.config import Config, load_config
+from ..core.device import pick_device, resolve_channels_last, resolve_precision
 from ..core.io_utils import write_json
 from ..core.measure import GB, Meter
 from ..data.folds import COLUMNS, scan_train
 from ..data.layout import DataError, Layout, list_images, parse_name
-from ..inference.engine import pick_device, resolve_channels_last, resolve_precision
 from ..lineage.checks import check_device, check_train_config
 
 HEADROOM = 0.9  # of the device's memory: what the batch-size estimates may fill (fragmentation, cuDNN workspaces)

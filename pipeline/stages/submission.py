@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..core.device import cpu_jobs, pick_device, precision_label, resolve_precision
 from ..core.errors import LineageError
 from ..core.identity import file_sha256
 from ..core.io_utils import (
@@ -58,7 +59,7 @@ from ..core.io_utils import (
 from ..core.profile import PROFILE
 from ..data.layout import DataError, Layout, read_image
 from ..inference.backends import resolve_runtime
-from ..inference.engine import Engine, Member, cpu_jobs, pick_device, precision_label, resolve_precision
+from ..inference.engine import Engine, Member
 from ..inference.review import DEVICE_FEATURES, ReviewSidecar, image_features, merge_reviews, review_path
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..core import distributed
 from ..core.config import SPEED_SETTINGS, Config, ConfigError, config_from_dict
+from ..core.device import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from ..core.distributed import RankSampler
 from ..core.errors import CheckpointError, ResumeError, TrainingError
 from ..core.identity import code_version, file_sha256
@@ -50,7 +51,6 @@ from ..data.augment import train_transform
 from ..data.datasets import SegmentationDataset
 from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout
-from ..inference.engine import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from ..lineage.checks import check_fold, check_train_config
 from ..lineage.provenance import check_same_folds, checkpoint_lineage, folds_fingerprint
 from ..lineage.runs import FINAL, FULL_SUMMARY, clear_fold_outputs, cross_validation

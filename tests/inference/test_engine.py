@@ -22,7 +22,7 @@ def test_cpu_processes_keep_freed_memory(monkeypatch):
     # anew each time; use_device("cpu") keeps them (pipeline.engine.keep_freed_memory), unless turned off.
     import platform
 
-    from pipeline.inference.engine import keep_freed_memory, use_device
+    from pipeline.core.device import keep_freed_memory, use_device
 
     keep_freed_memory.cache_clear()
     monkeypatch.setenv("PIPELINE_KEEP_FREED_MEMORY", "0")

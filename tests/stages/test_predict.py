@@ -81,7 +81,16 @@ def test_checkpoint_mask_is_the_out_of_fold_map_thresholded(tiny_data, tiny_runs
     for p in oof:
         (src / f"{p.stem}.jpg").write_bytes((tiny_data / "train" / f"{p.stem}.jpg").read_bytes())
     out = tmp_path / "out"
-    args = ["predict", str(src), "--out", str(out), "--checkpoint", str(runs / "a/fold0/best.pt"), "--precision", "fp32"]
+    args = [
+        "predict",
+        str(src),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(runs / "a/fold0/best.pt"),
+        "--precision",
+        "fp32",
+    ]
     assert main(args + ["--background", "none"]) == 0
     for p in oof:
         expected = np.where(_gray(p) >= 128, 255, 0)
