@@ -323,7 +323,8 @@ class Service:
             try:
                 image, mask, features = self.predictor.photo(path, scratch)
             except DataError as e:  # a truncated or undecodable photo: named as the user named it
-                raise Refused(422, str(e).replace(str(path), name)) from None
+                message = str(e).replace(str(path), name).replace(str(scratch), "").replace(str(self.temp_root), "")
+                raise Refused(422, message) from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         inferred = time.perf_counter() - start
@@ -483,6 +484,10 @@ def create_app(
         first = e.errors()[0] if e.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ())[1:]) or "request"
         return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def bug(request, e: Exception):  # a bug: logged with its traceback by uvicorn, one line of JSON here
+        return _error(500, f"internal error ({type(e).__name__}); the server's log has the details")
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):
