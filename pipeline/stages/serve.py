@@ -72,6 +72,8 @@ UPLOAD_SECONDS = 120.0  # a slow upload holds a queue place; past this it gets 4
 # PIL's names of the formats predict reads (pipeline.stages.predict.IMAGE_EXTENSIONS); MPO: phones' JPEG.
 READABLE = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 FORMATS = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+# A body of one of these types is the photo itself (curl --data-binary @photo.jpg -H "Content-Type: image/jpeg").
+RAW_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream"}
 WEBP_QUALITY = 90  # lossy colour; libwebp keeps the alpha plane lossless, so alpha == mask still holds
 _COLOUR = re.compile(r"#?([0-9a-fA-F]{6})")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -570,8 +572,14 @@ def create_app(
                 413, f"upload of {int(length) / 2**20:.1f} MB is over the limit of {limits.max_upload_mb:g} MB"
             )
         content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
-            raise Refused(415, "send the photo as multipart/form-data, field 'file' (curl -F file=@photo.jpg)")
+        multipart = content_type.lower().startswith("multipart/form-data")
+        raw = content_type.lower().split(";")[0].strip() in RAW_TYPES  # the photo's bytes as the whole body
+        if not (multipart or raw):
+            raise Refused(
+                415,
+                "send the photo as multipart/form-data, field 'file' (curl -F file=@photo.jpg), or as the body "
+                "with Content-Type image/jpeg (png, webp, ...)",
+            )
         if not service.worker.reserve():
             wait = service.worker.retry_after()
             raise Refused(
@@ -585,24 +593,10 @@ def create_app(
                 body = await asyncio.wait_for(read_body(request, limit), UPLOAD_SECONDS)
             except asyncio.TimeoutError:
                 raise Refused(408, f"upload took longer than {UPLOAD_SECONDS:g} s") from None
-
-            async def once():
-                yield body
-
-            parser = MultiPartParser(Headers({"content-type": content_type}), once(), max_files=1, max_fields=8)
-            parser.spool_max_size = len(body) + 1  # the upload stays in memory: never a file in the system temp
-            try:
-                form = await parser.parse()
-            except MultiPartException as e:
-                raise Refused(422, f"malformed multipart body ({e.message})") from None
-            upload = form.get("file")
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            if not isinstance(upload, UploadFile):
-                await form.close()
-                raise Refused(422, "no photo: send it in the multipart field 'file' (curl -F file=@photo.jpg)")
-            data = upload.file.read()
-            name = upload_name(upload.filename)
-            await form.close()
+            if raw:
+                data, name, fields = body, upload_name(request.headers.get("x-filename")), {}
+            else:
+                data, name, fields = await _multipart(body, content_type)
             options = Options.parse(fields.get("format") or format, fields.get("bg") or bg, fields.get("mask") or mask)
             if len(data) > limits.max_bytes:
                 raise Refused(
@@ -618,6 +612,28 @@ def create_app(
         return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
     return app
+
+
+async def _multipart(body: bytes, content_type: str) -> tuple[bytes, str, dict[str, str]]:
+    """(the photo's bytes, its name, the other fields) of a multipart body held in memory."""
+
+    async def once():
+        yield body
+
+    parser = MultiPartParser(Headers({"content-type": content_type}), once(), max_files=1, max_fields=8)
+    parser.spool_max_size = len(body) + 1  # the upload stays in memory: never a file in the system temp
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise Refused(422, f"malformed multipart body ({e.message})") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Refused(422, "no photo: send it in the multipart field 'file' (curl -F file=@photo.jpg)")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return upload.file.read(), upload_name(upload.filename), fields
+    finally:
+        await form.close()
 
 
 def _security(scheme):
@@ -703,12 +719,20 @@ def run_serve(
     if warning:
         print(warning, file=sys.stderr, flush=True)
     recipe, checkpoint, pretrained = choose_model(None, None, pretrained)
-    print(f"loading the model ({pretrained or recipe}) ...", flush=True)
-    predictor = load_predictor(recipe, checkpoint, device=device, pretrained=pretrained)
-    info = model_info(recipe, checkpoint, pretrained, predictor)
+    if pretrained is not None:
+        from ..inference.model_folder import fetch
+
+        fetch(pretrained)  # a missing folder fails here, before anything listens
+    sock = bind(host, port)  # before the model loads: a port in use fails at once
+    try:
+        print(f"loading the model ({pretrained or recipe}) ...", flush=True)
+        predictor = load_predictor(recipe, checkpoint, device=device, pretrained=pretrained)
+        info = model_info(recipe, checkpoint, pretrained, predictor)
+    except BaseException:
+        sock.close()
+        raise
     limits = Limits(max_upload_mb, max_megapixels, queue)
     app = create_app(predictor, info, limits, api_key=api_key, cors_origins=cors_origins)
-    sock = bind(host, port)
     bound = sock.getsockname()[1]
     address = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
     if warning:

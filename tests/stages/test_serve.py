@@ -222,8 +222,17 @@ def test_truncated_png_and_a_missing_file_field(client):
     assert r.status_code == 422 and "cut.png" in _one_line_error(r)
     r = client.post("/api/remove", files={"photo": ("x.jpg", b"abc")})
     assert r.status_code == 422 and "field 'file'" in _one_line_error(r)
-    r = client.post("/api/remove", content=b"abc", headers={"content-type": "image/jpeg"})
+    r = client.post("/api/remove", content=b"abc", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "multipart/form-data" in _one_line_error(r)
+
+
+def test_the_photo_as_the_whole_body(client, photo):
+    multipart = _post(client, photo)
+    raw = client.post("/api/remove", content=photo, headers={"content-type": "image/jpeg", "x-filename": PHOTO_NAME})
+    assert raw.status_code == 200 and raw.content == multipart.content
+    assert raw.headers["X-Review-Score"] == multipart.headers["X-Review-Score"]
+    r = client.post("/api/remove", content=photo[:100], headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422 and _one_line_error(r).startswith("photo.jpg: ")
 
 
 def test_exif_orientation_is_honoured_as_predict_honours_it(client, tiny_data, served_model, tmp_path):
@@ -367,6 +376,16 @@ def test_listening_beyond_this_machine_warns_loudly(capsys, tmp_path):
     assert code == 2 and "WARNING" not in err
     assert serve.is_loopback("localhost") and serve.is_loopback("127.0.0.1") and not serve.is_loopback("0.0.0.0")
     assert "The API needs the key" in serve.exposure_warning("0.0.0.0", "k")
+
+
+def test_a_port_in_use_fails_at_once_with_a_hint(capsys, served_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(capsys, "serve", "--pretrained", served_model, "--port", port)
+    assert code == 2 and f"--port {port}: cannot listen there" in err and f"PORT={port + 1}" in err
+    assert "loading the model" not in out
 
 
 @pytest.mark.parametrize(
