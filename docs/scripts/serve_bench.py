@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--page", type=int, default=5, help="photos timed in the page (0: none)")
     p.add_argument("--pretrained")
     p.add_argument("--screenshot")
+    p.add_argument("--shot-photos", nargs="+", help="the photos on the screenshot (default: two of photos_dir)")
     a = p.parse_args()
     photos = sorted(Path(a.photos_dir).glob("*.jpg"))[: a.photos + 1]
     cmd = [sys.executable, "-m", "pipeline", "serve", "--port", "0", "--queue", str(max(4, a.clients))]
@@ -138,8 +139,9 @@ def main() -> None:
                         page = browser.new_page(viewport={"width": size[0], "height": size[1]})
                         page.goto(url)
                         page.wait_for_selector("body[data-ready='1']")
-                        page.set_input_files("#file", [str(photos[min(3, len(photos) - 1)]), str(photos[-1])])
-                        page.locator(".result[data-state='done']").nth(1).wait_for(timeout=300_000)
+                        shots = a.shot_photos or [str(photos[min(3, len(photos) - 1)]), str(photos[-1])]
+                        page.set_input_files("#file", shots)
+                        page.locator(".result[data-state='done']").nth(len(shots) - 1).wait_for(timeout=300_000)
                         page.screenshot(path=out)
                         page.close()
                         print(f"screenshot: {out}")
