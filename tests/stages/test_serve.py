@@ -298,6 +298,21 @@ def test_a_full_queue_is_refused_before_the_upload_is_read(make_client, photo):
     assert r.status_code == 503
 
 
+def test_a_job_cancelled_while_it_waits_frees_its_place_and_the_worker_goes_on():
+    worker = serve.Worker(waiting=2)
+    try:
+        release = _hold(worker, 1)
+        assert worker.reserve()
+        gone = worker.submit(lambda: "never")
+        assert gone.cancel()  # its request went away while it waited
+        assert worker.state()["admitted"] == 1
+        release.set()
+        assert worker.reserve()
+        assert worker.submit(lambda: "next").result(timeout=60) == "next"
+    finally:
+        worker.stop()
+
+
 # -- what stays behind, who may call, who may read ---------------------------------------------------------
 def test_nothing_is_left_on_disk_and_nothing_is_written_outside_the_servers_folder(
     make_client, photo, tmp_path, monkeypatch
