@@ -125,7 +125,7 @@ class Options:
         fmt = (fmt or "png").lower()
         fmt = {"jpeg": "jpg"}.get(fmt, fmt)
         if fmt not in FORMATS:
-            raise Refused(422, f"format={fmt}: use png, jpg or webp")
+            raise Refused(422, f"format={fmt[:20]}: use png, jpg or webp")
         colour = None
         if bg:
             m = _COLOUR.fullmatch(bg.strip())
@@ -239,8 +239,10 @@ class Worker:
 
     def retry_after(self) -> int:
         """Seconds until a place is likely free: the recent mean job time for every job ahead, at least 1."""
-        mean = sum(self.seconds) / len(self.seconds) if self.seconds else 2.0
-        return max(1, math.ceil(mean * max(1, self.state()["admitted"])))
+        with self._lock:
+            recent, ahead = list(self.seconds), self._admitted
+        mean = sum(recent) / len(recent) if recent else 2.0
+        return max(1, math.ceil(mean * max(1, ahead)))
 
     def stop(self) -> None:
         with self._ready:
@@ -265,8 +267,8 @@ class Worker:
             except BaseException as e:  # handed to the request that waits for it
                 fut.set_exception(e)
             finally:
-                self.seconds.append(time.perf_counter() - start)
                 with self._lock:
+                    self.seconds.append(time.perf_counter() - start)
                     self._running = False
 
 
@@ -373,14 +375,14 @@ def model_info(recipe, checkpoint, pretrained, predictor: Predictor) -> dict:
         "input": {"height": spec["input"]["height"], "width": spec["input"]["width"]},
         "tta": spec["tta"],
         "card": card,
-        "test_split": test_split_figure(card),
+        "test_split": card_test_split(card),
         "out_of_fold": {k: figures[k] for k in ("mean_dice", "dice_p5", "n_images") if k in figures} or None,
     }
 
 
-def test_split_figure(card: str | None) -> dict | None:
+def card_test_split(card: str | None) -> dict | None:
     """The test-split row of a model card (its table's first row after "On the test split"): mean Dice,
-    5th percentile, min, photos below 0.98; None where the card has none."""
+    5th percentile and minimum (and the row's name); None where the card has none."""
     if not card or "On the test split" not in card:
         return None
     after = card.split("On the test split", 1)[1]
@@ -432,7 +434,7 @@ def create_app(
     limits = limits or Limits()
     model = model or {"name": predictor.source}
     service = Service(predictor, model, limits, temp_root)
-    key = api_key.encode() if api_key else None
+    key = api_key.encode() if api_key else None  # UTF-8: the raw bytes a client sends for it (headers read as Latin-1)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -470,7 +472,7 @@ def create_app(
         if given is None and auth[:7].lower() == "bearer ":
             given = auth[7:].strip()
         # Constant time: how much of a guess matches never shows in the answer's timing.
-        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key):
+        if given is None or not hmac.compare_digest(given.encode("latin-1", "replace"), key):
             raise Refused(
                 401,
                 "missing API key: send the header X-API-Key" if given is None else "wrong API key",

@@ -445,11 +445,11 @@ def test_the_page_needs_nothing_from_the_network():
         assert not re.search(r"https?:|//[a-z0-9.-]+\.[a-z]{2,}/|@import", text), name
 
 
-def test_the_test_split_figure_is_read_from_the_shipped_card():
+def test_the_test_split_figure_is_read_from_the_model_card():
     card = (serve.PAGE.parents[2] / "models" / "carvana-unet-mobilenetv2" / "README.md").read_text()
-    figure = serve.test_split_figure(card)
+    figure = serve.card_test_split(card)
     assert figure is not None and 0.9 < figure["mean_dice"] <= 1 and figure["row"].startswith("this folder")
-    assert serve.test_split_figure("no figures here") is None
+    assert serve.card_test_split("no figures here") is None
 
 
 # -- the shipped model on a real photo -------------------------------------------------------------------
