@@ -59,6 +59,7 @@ help:
 	@echo "make export MODEL=cpu EXPORT_RECIPE=...  that model as a folder smp.from_pretrained loads -> models/cpu"
 	@echo "make predict IN=photo.jpg PRETRAINED=models/carvana-unet-mobilenetv2   the shipped model, no training"
 	@echo "make submission PRETRAINED=models/carvana-unet-mobilenetv2             a Kaggle CSV from it"
+	@echo "make serve [PORT=7000 HOST=127.0.0.1 PRETRAINED=...]   a web page and an API for cut-outs (docs/serve.md)"
 	@echo "make lint | format              ruff"
 
 $(STAMP): requirements.txt
@@ -199,6 +200,14 @@ export: $(STAMP)
 predict: $(STAMP)
 	$(PY) -m pipeline predict "$(IN)" --out "$(OUT)" $(RECIPE_ARG) --device "$(DEVICE)" \
 		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
+
+# make serve: the page at http://127.0.0.1:7000/ and the API (docs/serve.md). HOST only from the command
+# line: zsh exports HOST (the machine's name), which must not open the server to the network unasked.
+PORT ?= 7000
+SERVE_HOST = $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+.PHONY: serve
+serve: $(STAMP)
+	$(PY) -m pipeline serve --host "$(SERVE_HOST)" --port "$(PORT)" $(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)
 
 REPORT ?= reports
 report: $(STAMP)

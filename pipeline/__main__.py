@@ -65,7 +65,7 @@ STAGE_GROUPS = [
     ("get the data", ["download", "demo-data", "folds", "test-split"]),
     ("train and tune", ["train", "ensemble", "evaluate", "report"]),
     ("submit to Kaggle", ["submission", "merge", "validate", "submit"]),
-    ("use the model", ["predict", "export"]),
+    ("use the model", ["predict", "serve", "export"]),
     ("check the pipeline", ["lineage", "smoke", "bench"]),
 ]
 
@@ -469,6 +469,80 @@ def cmd_export(a) -> None:
     export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name, notes=notes, refiner=a.refiner)
 
 
+def cmd_serve(a) -> None:
+    from .lineage.checks import check_device
+    from .stages.serve import API_KEY_ENV, run_serve
+
+    check_device(a.device, "--device")
+    run_serve(
+        pretrained=a.pretrained,
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_upload_mb=a.max_upload_mb,
+        max_megapixels=a.max_megapixels,
+        queue=a.queue,
+        cors_origins=a.cors_origin or (),
+        device=a.device,
+    )
+
+
+def add_serve(sub) -> None:
+    from .stages.serve import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, MAX_MEGAPIXELS, MAX_UPLOAD_MB, QUEUE
+
+    s = _stage(
+        sub,
+        "serve",
+        "cut-outs in a web page and over HTTP (make serve): the page at /, POST /api/remove, docs at /docs",
+    )
+    s.add_argument(
+        "--pretrained",
+        metavar="DIR_OR_HUB_ID",
+        help="an exported model folder (make export) or a Hugging Face hub id (default: the model this project "
+        "ships, models/carvana-unet-mobilenetv2)",
+    )
+    s.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="the address to listen on (default: %(default)s, this machine only; 0.0.0.0: every interface, "
+        "with a warning: set an API key then)",
+    )
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="the port (default: %(default)s; 0: a free one)")
+    s.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"require this key in the header X-API-Key (or Authorization: Bearer) for /api/remove and /api/model "
+        f"(default: the environment variable {API_KEY_ENV}, else none; the variable keeps it out of `ps`)",
+    )
+    s.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=MAX_UPLOAD_MB,
+        help="uploads above this get 413, read no further (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_MEGAPIXELS,
+        help="photos whose header claims more pixels get 413 before decoding (default: %(default)s)",
+    )
+    s.add_argument(
+        "--queue",
+        type=int,
+        default=QUEUE,
+        help="photos that may wait behind the one being cut out; more get 503 with Retry-After (default: %(default)s)",
+    )
+    s.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="allow pages of this origin (https://example.com; repeatable) to call the API from a browser "
+        "(default: none, no CORS headers)",
+    )
+    s.add_argument("--device", default="auto", help="the model's device (default: %(default)s)")
+    s.set_defaults(func=cmd_serve)
+
+
 DEFAULT_BACKGROUND = "#3a6ea5"  # predict's composites, unless --background says otherwise (or none)
 
 
@@ -696,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_validate)
 
     add_user_stages(sub)
+    add_serve(sub)
 
     s = _stage(sub, "bench", "speed and memory figures of the submission, with targets -> bench.json")
     s.add_argument(

@@ -357,3 +357,86 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- make serve: a tiny exported model and a real server on loopback ------------------------------------
+@pytest.fixture(scope="session")
+def served_model(tiny_data, tmp_path_factory) -> Path:
+    """A tiny model trained on every car and exported as a model folder (fp32, no recipe: threshold 128)."""
+    from pipeline.stages.export import export_model
+    from pipeline.stages.train import run
+
+    runs = tmp_path_factory.mktemp("served_model") / "runs"
+    run(tiny_config(tiny_data, runs, name="served", fold="full"), quiet=True)
+    folder = runs.parent / "model"
+    export_model(runs / "served" / "full" / "final.pt", folder, dtype="fp32", name="served", quiet=True)
+    return folder
+
+
+class ServerProcess:
+    """``python -m pipeline serve --port 0 ...`` in a subprocess on 127.0.0.1, its temporary files under
+    ``tmp`` (TMPDIR); ``url`` once it prints its address. Stopped with SIGINT, as Ctrl+C stops it."""
+
+    def __init__(self, model: Path, tmp: Path, *args: str, timeout: float = 120):
+        import re
+        import subprocess
+        import sys
+        import threading
+        import time
+
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop("PIPELINE_API_KEY", None)
+        cmd = [sys.executable, "-m", "pipeline", "serve", "--pretrained", str(model), "--port", "0", *args]
+        cmd += ["--device", "cpu"]
+        self.proc = subprocess.Popen(
+            cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.url: str | None = None
+        found = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                m = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
+                if m and self.url is None:
+                    self.url = m.group(1)
+                    found.set()
+            found.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.2):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("the server did not start:\n" + "".join(self.lines))
+        if self.url is None:
+            raise AssertionError("the server did not start:\n" + "".join(self.lines))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+        return self.proc.returncode

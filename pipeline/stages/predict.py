@@ -64,6 +64,54 @@ class Predictor:
     postprocess_params: dict = field(default_factory=dict)  # the recipe's parameters of photo steps (active_contour)
     runtime: str = ""  # what runs the network, in words (backends.RuntimeChoice.describe)
 
+    def mask(self, maps, image: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """One photo's mask (uint8 0/255 at the photo's size) and its review features from the engine's
+        uint8 maps (M, H, W) of it: the blend, the review features, the threshold, then the post-processing
+        with the photo, as ``evaluate`` scores the recipe. predict and serve both call this, so that a
+        photo gets the same mask from either."""
+        blended = blend(maps, self.weights)
+        features = image_features(maps[:, None], blended[None], self.threshold)[0].tolist()
+        car = (blended >= self.threshold).cpu().numpy()
+        if self.postprocess:
+            car = postprocess(
+                car.astype(np.uint8),
+                self.postprocess,
+                blended.cpu().numpy(),
+                image,
+                self.postprocess_params,
+                openvino=self.engine.openvino,
+            )
+        return car.astype(np.uint8) * 255, features
+
+    def warm_up(self) -> None:
+        """Compile what a CPU runtime compiles on first use (the network at each view's size, the refiner),
+        so that the first photo does not wait for it (a server, before it listens)."""
+        self.engine.warm_up()
+        if self.engine.openvino and "refine_outline" in self.postprocess:
+            from ..masks.outline_refiner import openvino_runner
+
+            openvino_runner(self.postprocess_params["refine_outline"], *self.engine.openvino)
+
+    def photo(self, path: Path, scratch: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """One photo file end to end, as ``predict`` does it: (the photo upright as RGB, its mask 0/255, its
+        review features). The engine reads the file itself (a scaled JPEG decode at the model's size, as in
+        training), not a resize of the full decode, whose pixels differ; an EXIF-rotated photo's upright
+        copy goes to ``scratch``. DataError when the file is not a readable image."""
+        image = read_image(path)
+        ((_, maps),) = self.engine.predict([engine_input(path, image, Path(scratch), "0")])
+        return (image, *self.mask(maps, image))
+
+
+def engine_input(path: Path, image: np.ndarray, scratch: Path, name: str) -> Path:
+    """The file the engine reads for the photo at ``path``, decoded upright as ``image``: the file itself, or,
+    when its EXIF orientation turns it (phone photos: OpenCV decodes upright, the header has the stored
+    size), an upright lossless copy ``scratch/<name>.png``, so that the engine's size and the photo's agree."""
+    if (image.shape[1], image.shape[0]) == image_size(path):
+        return path
+    copy = scratch / f"{name}.png"
+    cv2.imwrite(str(copy), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return copy
+
 
 def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
     """(recipe, checkpoint, pretrained) as predict will use them: the one the user named, else the model
@@ -384,18 +432,12 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
                 # cut-out needs these pixels anyway. The engine re-reads at model size (a scaled decode).
                 try:
                     image = read_image(p)
-                    stored = image_size(p)
+                    path = engine_input(p, image, Path(upright), f"{len(engine_paths)}_{p.stem}")
                 except DataError as e:
                     skipped[str(p)] = str(e)
                     tqdm.write(printable(f"skipped {e}"))
                     bar.update(1)
                     continue
-                path = p
-                if (image.shape[1], image.shape[0]) != stored:
-                    # EXIF-rotated (phone photos): OpenCV decodes upright, the header has the stored
-                    # size; the engine gets an upright lossless copy so that both agree.
-                    path = Path(upright) / f"{len(engine_paths)}_{p.stem}.png"
-                    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                 engine_paths.append(path)
                 images[path.name], source[path.name] = image, p
             for p in source.values():
@@ -403,19 +445,7 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
             for name, q in predictor.engine.predict(engine_paths):
                 (Path(upright) / name).unlink(missing_ok=True)  # an upright copy, read by the engine: not needed now
                 image, p = images.pop(name), source[name]
-                blended = blend(q, predictor.weights)
-                features = image_features(q[:, None], blended[None], predictor.threshold)[0].tolist()
-                car = (blended >= predictor.threshold).cpu().numpy()
-                if predictor.postprocess:  # as `evaluate` scores the recipe
-                    car = postprocess(
-                        car.astype(np.uint8),
-                        predictor.postprocess,
-                        blended.cpu().numpy(),
-                        image,
-                        predictor.postprocess_params,
-                        openvino=predictor.engine.openvino,
-                    )
-                mask = car.astype(np.uint8) * 255
+                mask, features = predictor.mask(q, image)
                 alpha = feather_alpha(mask, feather)
                 targets = output_paths(out_dir, p, bg is not None)
                 _write(targets["mask"], mask, ".png")
