@@ -57,7 +57,15 @@ from ..core.io_utils import (
 )
 from ..data.layout import DataError, Layout, read_image
 from ..inference.engine import Engine, Member, pick_device, precision_label, resolve_precision
-from ..inference.review import DEVICE_FEATURES, ReviewSidecar, image_features, merge_reviews, review_path
+from ..inference.review import (
+    REVIEW_FEATURES,
+    ReviewSidecar,
+    final_features,
+    image_features,
+    merge_reviews,
+    review_path,
+)
+from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle
 from ..masks.postprocess import apply as postprocess
@@ -124,17 +132,21 @@ def _write_all(f, data: bytes) -> None:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None) -> str:
+def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None, review_row=None) -> str:
     """One CSV row: the recipe's post-processing (pipeline.masks.postprocess), then the RLE.
 
     ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
-    the photo is decoded here, in the pool, not on the loader's or the device's time.
+    the photo is decoded here, in the pool, not on the loader's or the device's time. ``review_row``: the
+    row's review features, completed here from the mask written (review.final_features).
     """
+    raw = mask
     if photo is not None:
         blended, path, params = photo
         mask = postprocess(mask, steps, blended, read_image(path), params)
     elif steps:
         mask = postprocess(mask, steps)
+    if review_row is not None and (steps or photo is not None):  # the review list describes the mask written
+        final_features(review_row, raw, mask, out=review_row)
     return f"{name},{rle.encode(mask)}\n"
 
 
@@ -157,8 +169,8 @@ class RowWriter:
         self.lines: list[str] = []
         self.broken = False  # a row failed: nothing after it may be written
 
-    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None) -> None:
-        self.rows.append(self.pool.submit(_row, name, mask, self.steps, photo))
+    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None, review_row=None) -> None:
+        self.rows.append(self.pool.submit(_row, name, mask, self.steps, photo, review_row))
         while self.rows and (len(self.rows) > self.max_rows or self.rows[0].done()):
             self._take_row()
         self._write_chunks(block=len(self.chunks) > self.max_chunks)
@@ -414,6 +426,8 @@ def make_submission(
 
         summary, check = _finish(files, key, names, size, review, recipe_path, limit, shard, dev, num_workers, start)
     if not quiet:
+        for line in review_notes(review.table, review_path(out)):
+            print(line)
         what = "trial of the first rows, not a submission" if limit else "shard" if shard else "validated"
         print(
             f"{out}: {check['rows']} rows, {what} ({check['empty_masks']} empty masks, "
@@ -461,7 +475,7 @@ class _Files:
     def save_progress(self, key: dict, rows: int, offset: int, size: list | None, review_bytes: int) -> None:
         """What a resume keeps: ``rows`` rows, ``offset`` bytes of the part file, the review data's bytes."""
         progress = {"key": key, "rows": rows, "bytes": offset, "size": size, "review_bytes": review_bytes}
-        progress["review_columns"] = list(DEVICE_FEATURES)  # the sidecar's columns (a newer version adds some)
+        progress["review_columns"] = list(REVIEW_FEATURES)  # the sidecar's columns (a newer version adds some)
         write_json(self.progress, progress)
 
 
@@ -470,7 +484,7 @@ def _resume_point(files: _Files, key: dict, review: ReviewSidecar, n: int, force
     rows_done, size = 0, None
     if files.part.exists() and files.progress.exists() and not force:
         progress = read_json(files.progress)
-        same_review = progress.get("review_columns") == list(DEVICE_FEATURES) and review.path.exists()
+        same_review = progress.get("review_columns") == list(REVIEW_FEATURES) and review.path.exists()
         if progress.get("key") == key and "review_bytes" in progress and same_review:
             rows_done, size = progress["rows"], progress["size"]
             with open_nofollow(files.part, "r+b") as f:
@@ -511,8 +525,8 @@ def _write_rows(
         try:
             batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step)
             for batch_names, masks, features in batches:
-                review.add(batch_names, features)
-                for name, mask in zip(batch_names, masks):
+                review_rows = review.add(batch_names, features)  # filled in by _row from the masks written
+                for name, mask, review_row in zip(batch_names, masks, review_rows):
                     photo = None
                     if photo_step:
                         photo = (mask, layout.test_dir / name, recipe.get("postprocess_params"))
@@ -525,7 +539,7 @@ def _write_rows(
                             f"{layout.test_dir / name}: {mask.shape[1]}x{mask.shape[0]}, but the test "
                             f"images before it are {w0}x{h0}"
                         )
-                    writer.add(name, mask, photo)
+                    writer.add(name, mask, photo, review_row)
             writer.finish()
         except BaseException as e:
             try:
