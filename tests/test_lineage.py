@@ -116,10 +116,10 @@ def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_
     out = tmp_path / "s.csv.gz"
     real_row = submission_mod._row
 
-    def dying_row(name, mask, steps, photo=None):
+    def dying_row(name, mask, steps, photo=None, review_row=None):
         if name == names[7]:
             raise KeyboardInterrupt
-        return real_row(name, mask, steps, photo)
+        return real_row(name, mask, steps, photo, review_row)
 
     monkeypatch.setattr(submission_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
@@ -441,7 +441,7 @@ def test_evaluate_reads_submissions_and_masks_as_strictly_as_validate(tiny_data,
     [
         ({"threshold": 0}, "'threshold' 0 is not an integer in 1..255"),
         ({"threshold_probability": 1.7}, "'threshold_probability' 1.7 is not in"),
-        ({"postprocess": ["despeckle"]}, "'postprocess' .*unknown step"),
+        ({"postprocess": ["despeckle"]}, "postprocess .*unknown step"),
         ({"m.weight": -1}, "negative weight"),
         ({"m.weight": 1.5}, "wrong type for \\['weight'\\]"),
         ({"m.weight": True}, "wrong type for \\['weight'\\]"),

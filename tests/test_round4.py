@@ -18,7 +18,7 @@ from pipeline.core.errors import ModelFolderError, ResumeError
 from pipeline.core.io_utils import OutputLock, read_json
 from pipeline.inference.model_folder import load_pretrained
 from pipeline.stages.export import export_model
-from pipeline.stages.predict import choose_model
+from pipeline.stages.predict import OutputLog, choose_model
 from pipeline.stages.train import Trainer, run
 from tests.conftest import run_cli as _cli
 from tests.conftest import tiny_config
@@ -129,7 +129,7 @@ def test_a_model_is_scored_only_on_cars_it_never_saw(split_model, folder, tiny_d
 
 
 def test_report_draws_no_worst_image_from_a_model_that_may_have_trained_on_it(folder, tiny_data, tmp_path, capsys):
-    _edit(folder, lambda spec: spec["source"].update(trained=None))  # a folder that does not say what it saw
+    _edit(folder, lambda spec: spec["source"].update(trained=None, cars=None))  # a folder that does not say what it saw
     code, _, err = _cli(
         capsys, "report", "--pretrained", folder, "--data", tiny_data, "--runs", tmp_path / "none",
         "--out", tmp_path / "rep", "--worst", "2", "--recipe", tmp_path / "none.json",
@@ -303,7 +303,8 @@ def test_predict_keeps_its_upright_copies_in_its_own_folder(folder, tiny_data, t
     exif[0x0112] = 6  # stored sideways, shown upright
     im.save(rotated, exif=exif)
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / ".upright-left-by-a-kill").mkdir()
+    (tmp_path / "p" / ".upright-left-by-a-kill").mkdir()  # as a killed predict leaves it: listed in its log
+    OutputLog(tmp_path / "p").mark([tmp_path / "p" / ".upright-left-by-a-kill"], "upright", "claimed")
     code, _, _ = _cli(capsys, "predict", rotated, "--pretrained", folder, "--out", tmp_path / "p")
     assert code == 0 and (tmp_path / "p" / "phone_mask.png").is_file()
     assert list(system_tmp.iterdir()) == []
