@@ -102,6 +102,13 @@ def test_the_shipped_folder_s_refiner_is_the_network_its_blob_implies():
     assert "disagree" in params_problem("refine_outline", dict(params, width=8))
 
 
+def test_a_portrait_or_squeezed_photo_is_off_its_scale():
+    params = R.params_for(_net(), (1280, 1918))
+    assert R.scale_problem((1280, 1918), params) is None and R.scale_problem((1792, 2685), params) is None
+    assert "1280x1918 is 0.67 times the width and 1.50 times the height" in R.scale_problem((1918, 1280), params)
+    assert R.scale_problem((640, 1918), params) is not None  # squeezed to half the height
+
+
 def test_it_is_applied_only_near_the_scale_it_was_trained_at(capsys):
     mask, blended, photo = _case()
     erase = R.params_for(_net(**{"head.bias": -20.0}), (H, W), core=16, band=1, margin=4)
@@ -110,7 +117,7 @@ def test_it_is_applied_only_near_the_scale_it_was_trained_at(capsys):
     lo, hi = R.SCALE_BAND
     for size in ((round(H / lo) + 2, round(W / lo) + 2), (round(H * lo) - 2, round(W * lo) - 2)):
         params = R.params_for(_net(**{"head.bias": -20.0}), size, core=16, band=1, margin=4)
-        assert "times the scale" in R.scale_problem((H, W), params)
+        assert "times the width" in R.scale_problem((H, W), params)
         capsys.readouterr()
         for _ in range(3):  # a note once, not once per photo
             assert np.array_equal(R.refine_outline(mask, blended, photo, params), mask)

@@ -65,7 +65,7 @@ def test_the_shipped_model_keeps_both_cars_and_names_the_odd_photo(photos, tmp_p
     assert t.loc["two_cars.jpg", "area"] == int((mask > 0).sum()) and t.loc["two_cars.jpg", "post_px"] == 0
     assert "past the review list's tolerances: tiny_car.jpg (a shape unlike any train car's" in out
     # The refiner was trained on 1918x1280 photos: skipped on the 960x320 one, said once.
-    assert err.count("note: refine_outline skipped: 960x320 is 0.35 times the scale") == 1
+    assert err.count("note: refine_outline skipped: 960x320 is 0.50 times the width and 0.25 times the height") == 1
 
 
 def test_post_processing_that_deletes_a_car_is_said_in_predict(photos, deleting, tmp_path, capsys):
