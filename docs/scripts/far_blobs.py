@@ -216,6 +216,8 @@ def blobs(masks_dir: str, every: int) -> None:
 
 def compare(model_dir: str, photos: str, cars: int | None, car_ids: str | None) -> None:
     """The folder's steps before the guard, then each guard, on the photos of the first ``cars`` cars."""
+    import torch
+
     from pipeline.data.layout import read_image
     from pipeline.inference.engine import Engine
     from pipeline.inference.model_folder import load_pretrained
@@ -227,14 +229,15 @@ def compare(model_dir: str, photos: str, cars: int | None, car_ids: str | None) 
     steps = list(m.spec.get("postprocess", []))
     before = steps[: steps.index("remove_far_blobs")] if "remove_far_blobs" in steps else steps
     params = m.spec.get("postprocess_params", {})
-    engine = Engine([m.member()], "cpu", batch_size=2, num_workers=0)
-    changed, removed = [], {"before": 0, "now": 0}
+    engine = Engine([m.member()], torch.device("cpu"), batch_size=2, num_workers=0)
+    changed, removed, step_changes = [], {"before": 0, "now": 0}, []
     by_name = {p.name: p for p in files}
     for name, q in engine.predict(files):
         b = q.cpu().numpy()[0]
         raw = (b >= int(m.spec["threshold"])).astype(np.uint8)
         photo = read_image(by_name[name]) if before else None
         mask = postprocess(raw, before, blended=b, image=photo, params=params)
+        step_changes.append(np.count_nonzero(mask != raw) / mask.size)  # what the steps before the guard changed
         outs = {g: fn(mask) for g, fn in GUARDS.items()}
         for g, out in outs.items():
             removed[g] += int(mask.sum() - out.sum())
@@ -243,7 +246,8 @@ def compare(model_dir: str, photos: str, cars: int | None, car_ids: str | None) 
     print(
         f"{len(files)} photos of {len(wanted)} cars, {model_dir} (steps before the guard: {before or 'none'}): "
         f"pixels removed by the guard before {removed['before']:,}, now {removed['now']:,}; "
-        f"photos whose mask differs: {len(changed)}"
+        f"photos whose mask differs: {len(changed)}; the steps before the guard changed at most "
+        f"{max(step_changes):.2%} of a photo (median {np.median(step_changes):.2%})"
     )
     for name, a, b in changed:
         print(f"  {name}: {a:,} px before, {b:,} now")

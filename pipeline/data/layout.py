@@ -30,8 +30,9 @@ __all__ = ["DataError", "Layout", "parse_name", "image_size", "check_jpeg_comple
 
 # The most pixels an image may have to be read (photos, masks, `predict --background`): checked from the
 # file's header before any decoding, so a 30000x30000 PNG of under a megabyte is refused in microseconds
-# instead of allocating gigabytes. 50 megapixels (8660x5773; a 48-megapixel phone photo passes): `predict`
-# holds about 60 bytes per pixel of a photo at its peak (docs/troubleshooting.md), 3 GB there.
+# instead of allocating gigabytes. 50 megapixels (8660x5773; a 48-megapixel phone photo passes): `predict`'s
+# peak memory grows by about 58 bytes per pixel of the photo (1.3 GB at 2.5 MP, 2.0 GB at 16.6 MP, 2.9 GB at
+# 31.8 MP; docs/troubleshooting.md), so about 4 GB at the limit.
 MAX_PIXELS = 50_000_000
 
 # cv2 decodes JPEG with libjpeg-turbo; keep it to one thread per process (DataLoader workers
