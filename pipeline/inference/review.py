@@ -494,7 +494,8 @@ def notes(table: pd.DataFrame, where: str | Path) -> list[str]:
     cars): outside what the model was measured on, as the model card's limits say."""
     lines = []
     pixels = table["height"].to_numpy(np.float64) * table["width"].to_numpy(np.float64)
-    removed = table[table["post_removed"].to_numpy(np.float64) > POST_TOLERANCE * pixels]
+    cut = table["post_removed"].to_numpy(np.float64) > POST_TOLERANCE * pixels
+    removed = table[cut]
     if len(removed):
         shown = ", ".join(
             f"{r.img} {r.post_removed:,} px ({r.post_removed / (r.height * r.width):.0%})"
@@ -505,8 +506,9 @@ def notes(table: pd.DataFrame, where: str | Path) -> list[str]:
             f"note: post-processing removed more than a blob's worth ({POST_TOLERANCE:.0%} of the photo) from "
             f"{len(removed)} mask(s): {shown}{more}; it may have deleted a car: look at them ({where})"
         )
-    past = table[
-        (table[["view_px", "shape_px", "post_px"]].to_numpy(np.float64).sum(1) > 0)
+    past = table[  # (post-processing that cut a mask is said above: not again, unless more is past)
+        (table[["view_px", "shape_px"]].to_numpy(np.float64).sum(1) > 0)
+        | ((table["post_px"].to_numpy(np.float64) > 0) & ~cut)
         | (table["framing_dev"].to_numpy(np.float64) > SHAPE_TOLERANCE)
     ]
     if len(past):
