@@ -257,6 +257,7 @@ def cmd_ensemble(a) -> None:
         n_jobs=a.jobs,
         postprocess_steps=a.postprocess,
         allow_incomplete=a.allow_incomplete,
+        force=a.force,
     )
 
 
@@ -329,10 +330,11 @@ def cmd_merge(a) -> None:
 def cmd_evaluate(a) -> None:
     from .core.io_utils import atomic_path, write_json
     from .lineage.checks import check_device
-    from .stages.evaluate import evaluate, format_table, json_payload, review_lines
+    from .stages.evaluate import check_outputs, evaluate, format_table, json_payload, review_lines
 
     _check_jobs(a.jobs)
     check_device(a.device, "--device")
+    check_outputs(a.json, a.per_image, a.force)
     if a.test_split and not a.pretrained:
         from .core.config import ConfigError
 
@@ -702,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--allow-incomplete", action="store_true", help="tune even if a member lacks folds (on the images all cover)"
     )
+    s.add_argument("--force", action="store_true", help="replace an --out file that is not a recipe")
     s.set_defaults(func=cmd_ensemble)
 
     s = _stage(sub, "evaluate", "score predictions against the masks at full resolution (per image)")
@@ -725,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the summary (one source: an object; several: {source: object})")
     s.add_argument("--per-image", help="write one CSV row per source and image")
     _add_jobs(s)
+    s.add_argument("--force", action="store_true", help="replace a --json or --per-image file of another kind")
     s.set_defaults(func=cmd_evaluate)
 
     s = _stage(sub, "submission", "predict test images with the recipe -> Kaggle .csv.gz (resumable)")

@@ -8,7 +8,10 @@ Layout under a data root (the Kaggle download, unzipped)::
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,13 @@ CARVANA_WIDTH = 1918
 CARVANA_HEIGHT = 1280
 
 __all__ = ["DataError", "Layout", "parse_name", "image_size", "check_jpeg_complete", "read_image", "read_mask"]
+
+# The most pixels an image may have to be read (photos, masks, `predict --background`): checked from the
+# file's header before any decoding, so a 30000x30000 PNG of under a megabyte is refused in microseconds
+# instead of allocating gigabytes. 50 megapixels (8660x5773; a 48-megapixel phone photo passes): `predict`'s
+# peak memory grows by about 58 bytes per pixel of the photo (1.3 GB at 2.5 MP, 2.0 GB at 16.6 MP, 2.9 GB at
+# 31.8 MP; docs/troubleshooting.md), so about 4 GB at the limit.
+MAX_PIXELS = 50_000_000
 
 # cv2 decodes JPEG with libjpeg-turbo; keep it to one thread per process (DataLoader workers
 # provide the parallelism, and 2-core machines must not oversubscribe).
@@ -89,15 +99,49 @@ def parse_name(name: str) -> tuple[str, int]:
     return m["car"], int(m["view"])
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def check_regular(path: str | Path) -> None:
+    """DataError unless ``path`` is a regular file (links followed): a FIFO would block the first read
+    forever, a device or a folder is no image. By its status, before it is opened."""
     try:
-        with Image.open(path) as im:
-            return im.size
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{shown(path)}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{shown(path)}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a file"
+        raise DataError(f"{shown(path)}: {kind}, not an image file")
+
+
+def _check_pixels(path, size: tuple[int, int]) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise DataError(
+            f"{shown(path)}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the {MAX_PIXELS / 1e6:.0f} this "
+            "pipeline reads (its memory grows with the pixels); resize it first"
+        )
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels; DataError for a file that is not
+    a regular file, or an image of more than MAX_PIXELS pixels."""
+    check_regular(path)
+    try:
+        with warnings.catch_warnings():  # PIL warns about large images; the limit below is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError:  # past twice PIL's own limit, far past ours: refused by PIL on open
+        raise DataError(
+            f"{shown(path)}: more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, more than the "
+            f"{MAX_PIXELS / 1e6:.0f} this pipeline reads (its memory grows with the pixels); resize it first"
+        ) from None
     except Exception as e:  # PIL raises several types for broken files
         raise DataError(f"{path}: cannot read image header ({e})") from None
+    _check_pixels(path, size)
+    return size
 
 
 # Bytes a writer may leave after the end-of-image marker (padding); anything else there is data.
@@ -113,6 +157,7 @@ def check_jpeg_complete(path: str | Path) -> None:
     catches truncation for ~8 us per image instead of a second, checked decode (~15 ms at
     1918x1280). Files that are not JPEG (no FF D8 start) are left to the decoder.
     """
+    check_regular(path)
     try:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -139,7 +184,9 @@ def shown(path: str | Path) -> str:
 def decode_file(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     """``cv2.imread`` from the file's bytes: OpenCV is never handed the name itself (a file name that is
     not valid UTF-8 crashes it), and DCT-scaled decoding (IMREAD_REDUCED_*) works the same. None if the
-    bytes are not an image."""
+    bytes are not an image. The header is read first (``image_size``): a file that is not a regular file,
+    or an image of more than MAX_PIXELS, is a DataError before any byte is decoded."""
+    image_size(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
@@ -159,10 +206,10 @@ def read_image(path: str | Path, height: int | None = None, width: int | None = 
     prediction go through this one function, so they see identical pixels.
     """
     path = str(path)
+    w0, h0 = image_size(path)  # a regular file of at most MAX_PIXELS, from its header, before any decoding
     check_jpeg_complete(path)
     flag = cv2.IMREAD_COLOR
     if height and width:
-        w0, h0 = image_size(path)
         for f, reduced in _REDUCED:
             if -(-w0 // f) >= width and -(-h0 // f) >= height:
                 flag = reduced
@@ -207,9 +254,14 @@ def read_mask(path: str | Path, height: int | None = None, width: int | None = N
     with a DataError naming the file rather than guessed. A white background with a black car
     reads as inverted by this rule: the car is always the bright level.
     """
+    if not Path(path).exists():
+        raise DataError(f"{path}: mask not found")
+    image_size(path)  # a regular file of at most MAX_PIXELS, from its header, before the pixels are decoded
     try:
-        with Image.open(path) as im:
-            grey = _shown_grey(im, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                grey = _shown_grey(im, path)
     except FileNotFoundError:
         raise DataError(f"{path}: mask not found") from None
     except DataError:

@@ -283,8 +283,8 @@ class Engine:
         ``features(maps, blended, threshold)`` (e.g. ``review.image_features``), when given, runs on
         the device too and only its few numbers per image come back: a (batch, F) int64 array.
         ``blends``: hand over the uint8 blends (as many bytes as the masks) instead of the masks, for
-        host-side steps that need the probabilities; the caller thresholds them. ``finish(name, mask)``:
-        what to hand over instead of each mask, computed on the photo's thread (``jobs`` > 1 only).
+        host-side steps that need the probabilities; the caller thresholds them. ``finish(name, mask,
+        features)``: what to hand over instead of each mask, computed on the photo's thread (``jobs`` > 1 only).
         """
         if self.jobs > 1:
             yield from self._parallel_masks(images, weights, threshold, features, blends, finish)
@@ -327,7 +327,7 @@ class Engine:
             m = (blended if blends else blended >= threshold).numpy()
             with PROFILE.step("review features"):
                 f = features(q[:, None], blended[None], threshold) if features is not None else None
-            return name, m if finish is None else finish(name, m), f
+            return name, m if finish is None else finish(name, m, f), f
 
         batch: list = []
         for done in self._parallel(one, images):

@@ -24,7 +24,7 @@ import torch
 from ..core.config import run_name_problem
 from ..core.errors import LineageError, ModelFolderError
 from ..core.identity import file_sha256
-from ..masks.postprocess import KNOWN_STEPS, PHOTO_STEPS, params_problem
+from ..masks.postprocess import chain_problem
 from ..models.unet import SegModel
 from .engine import Member
 from .tta import TTAS
@@ -187,20 +187,22 @@ def _spec_problem(spec: dict) -> str | None:
         return f"tta {tta!r}: a list of {', '.join(sorted(TTAS))}"
     if not _whole(spec.get("threshold"), 1, 255):
         return f"threshold {spec.get('threshold')!r}: a whole number 1..255 (probability x 255)"
-    steps = spec.get("postprocess", [])
-    if not isinstance(steps, list) or not all(isinstance(s, str) and s in KNOWN_STEPS for s in steps):
-        return f"postprocess {steps!r}: a list of {', '.join(KNOWN_STEPS)}"
-    params = spec.get("postprocess_params", {})
-    if not isinstance(params, dict):
-        return "postprocess_params: a mapping of step to parameters"
-    for step in PHOTO_STEPS:
-        problem = params_problem(step, params.get(step)) if step in steps else None
-        if problem:
-            return f"postprocess_params.{step}: {problem}"
+    problem = chain_problem(spec.get("postprocess", []), spec.get("postprocess_params", {}))
+    if problem:  # the same check as a recipe's
+        return problem
     if spec.get("precision", "fp32") not in ("fp32", "fp16", "bf16"):
         return f"precision {spec.get('precision')!r}: fp32, fp16 or bf16"
     if not isinstance(spec.get("source", {}), dict):
         return "source: a mapping"
+    cars = (spec.get("source") or {}).get("cars")
+    if cars is not None and not (
+        isinstance(cars, dict)
+        and all(
+            isinstance(cars.get(k), list) and all(isinstance(c, str) for c in cars[k])
+            for k in ("trained_on", "tuned_on")
+        )
+    ):
+        return "source.cars: the cars it was trained and tuned on, two lists 'trained_on' and 'tuned_on'"
     return None
 
 
@@ -208,6 +210,8 @@ def cars_seen(spec: dict) -> dict[str, set[str] | None]:
     """The cars an exported model was trained on and those whose out-of-fold maps tuned its threshold
     and post-processing, as its pipeline.json records them (None where a folder does not record them)."""
     source = spec.get("source") or {}
+    if isinstance(source.get("cars"), dict):  # every export since it was recorded: both lists, explicitly
+        return {"trained on": set(source["cars"]["trained_on"]), "tuned on": set(source["cars"]["tuned_on"])}
     trained = ((source.get("trained") or {}).get("trained_on") or {}).get("cars")
     tuned = (source.get("recipe") or {}).get("tuned_on_cars")
     return {"trained on": None if trained is None else set(trained), "tuned on": None if tuned is None else set(tuned)}

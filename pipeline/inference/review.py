@@ -7,20 +7,26 @@ Every predicted image gets a score from the model's own output, with no ground t
   probability is far from 0 and 1 (``uncertain``), the expected number of wrong pixels among them
   if the probabilities were calibrated (``soft_error``, in 1/255 px), and the pixels on which the
   members disagree;
+- from the mask written, after post-processing (``final_features``): its area, outline and box, and the
+  pixels post-processing removed and added (``post_removed``, ``post_added``);
 - when the review list is written, from the other views of the same car (the 12-hex prefix of the
-  image name): how far the mask's area and box disagree with its mirror view and its neighbouring
-  views (``view_dev``), and, only where no view of its car is there to compare with, how far its
-  shape lies outside every train car's (``shape_dev``, car_shapes.json).
+  image name): how far the mask's share of its photo and its box disagree with its mirror view and its
+  neighbouring views (``view_dev``), and, only where no view of its car is there to compare with, how
+  far its shape lies outside every train car's (``shape_dev``, car_shapes.json).
 
-``score``, the expected number of wrong pixels, adds three pieces, each in pixels: ``uncertain_px``
+``score``, the expected number of wrong pixels, adds four pieces, each in pixels: ``uncertain_px``
 (soft_error / 255), ``view_px`` (the area a view disagrees with its own car by, past what true masks
-ever do) and ``shape_px`` (an implausible shape, judged against all cars only without car context).
+ever do), ``shape_px`` (an implausible shape, judged against all cars only without car context) and
+``post_px`` (what post-processing changed beyond a blob's worth: a car it may have deleted).
 ``framing_dev`` says when a whole car is framed unlike the train cars: shown, not counted (an
 unusual photo, not a wrong mask). ``why`` puts it in words, largest piece first. The list
 ``<out>.review.csv`` (worst first) goes with every submission, shard, merge and ``predict`` run;
 ``review_figures`` measures a score against the truth out-of-fold (``evaluate``, ``report``): the
 share of all error pixels that the top 5 % of images hold, what a random 5 % holds, and the Spearman
-rank correlation between score and 1 - Dice.
+rank correlation between score and 1 - Dice. ``notes`` says on the console, in a line each, which masks
+post-processing changed by more than a blob's worth and which are past the evidence's tolerances.
+Text cells that a spreadsheet would run as a formula are written with a leading ``'`` (OWASP's
+guidance on CSV injection) and read back without it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 
 from ..core.errors import DataError
 from ..core.io_utils import append_synced, atomic_path, open_nofollow
+from ..masks.postprocess import CAR_PIECE_FRACTION
 
 # Device features, in the order of image_features' columns (all exact integers on any device): the car's
 # area and outline, the uncertain pixels and the expected errors among them, the members' disagreement,
@@ -55,6 +62,17 @@ DEVICE_FEATURES = (
     "left",
     "right",
 )
+# Measured on the mask written, after post-processing (final_features): the pixels it removed from the
+# thresholded mask and those it added.
+POST_FEATURES = ("post_removed", "post_added")
+REVIEW_FEATURES = (*DEVICE_FEATURES, *POST_FEATURES)
+# A blob's worth, as a share of the photo: the largest piece remove_far_blobs may take for a false blob
+# (postprocess.CAR_PIECE_FRACTION: 2 %, 1.5 times the largest false blob measured, under a quarter of the
+# smallest true car). The outline steps change far less: refine_outline at most 0.17 % of a photo (median
+# 0.09 %) on the 432 test-split photos (docs/accuracy.md, "The far-blob guard, car-aware"). Post-processing
+# that removed or added more changed what may be a car: said on the console, and the pixels past it are
+# evidence (``post_px``).
+POST_TOLERANCE = CAR_PIECE_FRACTION
 # The mask's shape as shares of the image, held against what the train set's cars look like
 # (car_shapes.json): a confident mask of something that is not a car has no uncertain pixels, but
 # its area or box lies far outside every car's.
@@ -75,10 +93,11 @@ COLUMNS = (
     "uncertain_px",
     "view_px",
     "shape_px",
+    "post_px",
     "view_dev",
     "shape_dev",
     "framing_dev",
-    *DEVICE_FEATURES,
+    *REVIEW_FEATURES,
 )
 _CAR_VIEW_RE = re.compile(r"^([0-9a-f]{12})_(\d{2})\.\w+$")
 TOP_SHARE = 0.05  # the share of images a reviewer looks at, for review_figures
@@ -151,13 +170,48 @@ def _host_features(maps: np.ndarray, blended: np.ndarray, threshold: int) -> lis
     return [area, perimeter, soft, uncertain, disagreement, h, w, *box]
 
 
-def features_of(maps: np.ndarray, weights: list[int], threshold: int) -> dict[str, int]:
-    """``image_features`` of one image's (M, H, W) uint8 maps on the host (out-of-fold scoring)."""
+def features_of(
+    maps: np.ndarray, weights: list[int], threshold: int, final: np.ndarray | None = None
+) -> dict[str, int]:
+    """``image_features`` of one image's (M, H, W) uint8 maps on the host (out-of-fold scoring); with
+    ``final``, the mask written after post-processing, REVIEW_FEATURES (``final_features``)."""
     from .engine import blend
 
     q = torch.from_numpy(np.ascontiguousarray(maps))[:, None]
-    row = image_features(q, blend(q, weights), threshold)[0].tolist()
-    return dict(zip(DEVICE_FEATURES, row))
+    blended = blend(q, weights)
+    row = image_features(q, blended, threshold)[0].tolist()
+    if final is None:
+        return dict(zip(DEVICE_FEATURES, row))
+    raw = (blended[0] >= threshold).numpy()
+    return dict(zip(REVIEW_FEATURES, final_features(row, raw, final).tolist()))
+
+
+def final_features(features, raw: np.ndarray, final: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """REVIEW_FEATURES of the mask written: ``features`` (DEVICE_FEATURES, computed on the thresholded mask
+    ``raw``) with the area, outline and box taken from ``final`` (after post-processing), and the pixels
+    post-processing removed and added. The probabilities' evidence (soft_error, uncertain, disagreement)
+    stays as the device measured it. ``out``: a row to write the result into (the submission's sidecar
+    row, filled where the row is computed)."""
+    row = np.zeros(len(REVIEW_FEATURES), np.int64) if out is None else out
+    row[: len(DEVICE_FEATURES)] = np.asarray(features, np.int64)[: len(DEVICE_FEATURES)]
+    raw, final = np.asarray(raw).astype(bool), np.asarray(final).astype(bool)
+    if raw.shape != final.shape:
+        raise ValueError(f"the mask written {final.shape} and the thresholded one {raw.shape} differ in size")
+    removed, added = int(np.count_nonzero(raw & ~final)), int(np.count_nonzero(final & ~raw))
+    row[len(DEVICE_FEATURES) :] = removed, added
+    if removed or added:
+        col = {f: i for i, f in enumerate(REVIEW_FEATURES)}
+        car = final.view(np.uint8)
+        area = int(np.count_nonzero(car))
+        # The outline as image_features counts it: car pixels with an 8-neighbour outside the car, the
+        # image frame not an outline (the border counts as car).
+        inner = cv2.erode(car, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+        row[col["area"]], row[col["perimeter"]] = area, area - int(np.count_nonzero(inner))
+        x, y, bw, bh = cv2.boundingRect(car)  # of the non-zero pixels
+        box = (y, y + bh - 1, x, x + bw - 1) if area else (-1, -1, -1, -1)
+        for f, v in zip(("top", "bottom", "left", "right"), box):
+            row[col[f]] = v
+    return row
 
 
 def car_view(img: str) -> tuple[str, int] | None:
@@ -189,8 +243,9 @@ def _view_refs(car: str, v: int) -> dict[str, list[tuple[str, int]]]:
     return refs
 
 
-def _against(feats: dict, j: int, ref: dict, tolerance: dict, h: float) -> tuple[float, float, str]:
-    """(dev, px, what) of row ``j`` against one reference's median features."""
+def _against(feats: dict, j: int, ref: dict, tolerance: dict, h: float, pixels: float) -> tuple[float, float, str]:
+    """(dev, px, what) of row ``j`` against one reference's median features (areas as shares of the photo;
+    ``pixels``: the photo's, to put the share at stake in pixels)."""
     area, dev, px, what = feats["area"][j], 0.0, 0.0, ""
     for f, tol in tolerance.items():
         if f == "area":
@@ -201,7 +256,7 @@ def _against(feats: dict, j: int, ref: dict, tolerance: dict, h: float) -> tuple
             continue
         if d / tol > dev:
             dev = d / tol
-            px = min(max(dev - 1, 0.0), 1.0) * abs(area - ref["area"])
+            px = min(max(dev - 1, 0.0), 1.0) * abs(area - ref["area"]) * pixels
             what = (
                 f"area {area / ref['area'] - 1:+.0%}"
                 if f == "area"
@@ -217,14 +272,16 @@ def view_evidence(t: pd.DataFrame) -> pd.DataFrame:
     units of VIEW_TOLERANCE (1 = as far as any true mask's). A wrong view disagrees with every reference,
     while its mirror partner still agrees with its own neighbours: so a view's ``view_dev`` is the smaller
     of the two, and ``view_px`` the pixels that reference puts at stake, |area - its area|, in proportion
-    to how far past the tolerance (all of it at twice the tolerance). ``view_why`` names it. ``context``:
+    to how far past the tolerance (all of it at twice the tolerance). Areas are compared as shares of
+    their photos, so a view photographed at another size is judged like the others. ``view_why`` names it. ``context``:
     the row's car has a usable reference here (a Carvana name and a non-empty mask of its mirror or a
     neighbour); only those rows are judged against their car instead of all cars.
     """
     keys = [car_view(i) for i in t["img"]]
     h = t["height"].to_numpy(np.float64)
+    pixels = h * t["width"].to_numpy(np.float64)
     feats = {
-        "area": t["area"].to_numpy(np.float64),
+        "area": t["area"].to_numpy(np.float64) / pixels,
         "top": t["top"].to_numpy(np.float64) / h,
         "bottom": t["bottom"].to_numpy(np.float64) / h,
     }
@@ -239,7 +296,7 @@ def view_evidence(t: pd.DataFrame) -> pd.DataFrame:
             rows = [row_of[r] for r in ref_keys if r in row_of and feats["area"][row_of[r]] > 0]
             if rows:
                 ref = {f: float(np.median(v[rows])) for f, v in feats.items()}
-                found.append((*_against(feats, j, ref, VIEW_TOLERANCE[ref_name], h[j]), ref_name))
+                found.append((*_against(feats, j, ref, VIEW_TOLERANCE[ref_name], h[j], pixels[j]), ref_name))
         if not found:
             continue
         context[j] = True
@@ -338,6 +395,8 @@ def _why(row) -> str:
         parts.append(
             (row.shape_px, f"{row.shape_px:,.0f} px: a shape unlike any train car's (shape_dev {row.shape_dev:.2f})")
         )
+    if row.post_px >= 1:
+        parts.append((row.post_px, f"{row.post_px:,.0f} px: {_post_text(row)}"))
     text = "; ".join(p for _, p in sorted(parts, key=lambda p: -p[0]))
     if row.framing_dev > SHAPE_TOLERANCE:
         text += ("; " if text else "") + (
@@ -347,12 +406,28 @@ def _why(row) -> str:
     return text
 
 
+def _post_text(row) -> str:
+    pixels = row.height * row.width
+    return (
+        f"post-processing removed {row.post_removed:,} px and added {row.post_added:,} "
+        f"({(row.post_removed + row.post_added) / pixels:.1%} of the photo; a blob's worth is {POST_TOLERANCE:.0%})"
+    )
+
+
+def post_px(t: pd.DataFrame) -> np.ndarray:
+    """The pixels post-processing changed (removed and added) beyond a blob's worth (POST_TOLERANCE of the
+    photo): what it may have got wrong past the false blobs it exists for, all of it at stake."""
+    changed = t["post_removed"].to_numpy(np.float64) + t["post_added"].to_numpy(np.float64)
+    allowed = POST_TOLERANCE * t["height"].to_numpy(np.float64) * t["width"].to_numpy(np.float64)
+    return np.maximum(changed - allowed, 0.0)
+
+
 def score(features: pd.DataFrame) -> np.ndarray:
     """The review score of each row of a review table: the expected number of wrong pixels, the sum of
     ``uncertain_px`` (the probability on the wrong side summed over the uncertain pixels), ``view_px``
-    (disagreement with the same car's other views) and ``shape_px`` (an implausible shape, where no view
-    of the same car is here)."""
-    return features[["uncertain_px", "view_px", "shape_px"]].to_numpy(np.float64).sum(1)
+    (disagreement with the same car's other views), ``shape_px`` (an implausible shape, where no view
+    of the same car is here) and ``post_px`` (what post-processing changed beyond a blob's worth)."""
+    return features[["uncertain_px", "view_px", "shape_px", "post_px"]].to_numpy(np.float64).sum(1)
 
 
 def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
@@ -363,8 +438,10 @@ def scores_of(images: list[str], features: list[dict]) -> np.ndarray:
 
 
 def review_table(features: pd.DataFrame) -> pd.DataFrame:
-    """``img`` + DEVICE_FEATURES rows (any order) -> the review list: COLUMNS, worst (highest score) first."""
-    t = features[["img", *DEVICE_FEATURES]].copy()
+    """``img`` + REVIEW_FEATURES rows (any order; without POST_FEATURES: no post-processing) -> the review
+    list: COLUMNS, worst (highest score) first."""
+    t = features.reindex(columns=["img", *REVIEW_FEATURES])
+    t[list(POST_FEATURES)] = t[list(POST_FEATURES)].fillna(0).astype(np.int64)
     t["uncertain_px"] = t["soft_error"].to_numpy(np.float64) / 255
     views = view_evidence(t)
     t["view_dev"], t["view_px"], view_why = views["view_dev"], views["view_px"], views["view_why"]
@@ -372,6 +449,7 @@ def review_table(features: pd.DataFrame) -> pd.DataFrame:
     # Judged against all train cars only where no view of its own car is here to compare with.
     t["shape_px"] = np.where(views["context"].to_numpy(), 0.0, shape_px(t))
     t["framing_dev"] = framing_dev(t, views["context"].to_numpy())
+    t["post_px"] = post_px(t)
     t["score"] = score(t)
     t["view_why"] = view_why
     t["why"] = [_why(r) for r in t.itertuples(index=False)]
@@ -384,21 +462,95 @@ def review_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".review.csv")
 
 
+# A text cell starting with one of these is run as a formula by spreadsheets (=, +, -, @; tab and carriage
+# return as well): OWASP's CSV-injection guidance is to write such a cell with a leading single quote,
+# which spreadsheets show as text. A cell that starts with a quote gets one more, so reading back is exact.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a CSV cell that no spreadsheet runs as a formula (``'=1+1`` for ``=1+1``)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The text ``spreadsheet_safe`` was given."""
+    return text[1:] if text.startswith("'") else text
+
+
 def write_review(path: str | Path, table: pd.DataFrame) -> Path:
-    with atomic_path(path) as tmp:  # a photo name that is not UTF-8 (predict) is listed with \xNN escapes
-        table.to_csv(tmp, index=False, float_format="%.6g", errors="backslashreplace")
+    safe = table.copy()
+    for col in ("img", "why"):  # the text cells: a photo's name is the user's, and may start with =
+        safe[col] = [spreadsheet_safe(str(v)) for v in safe[col]]
+    # Lines end with CRLF (RFC 4180), so that a cell holding a carriage return is quoted (the csv module
+    # quotes a cell holding any character of the line end) and no reader takes it for one. A photo name that
+    # is not UTF-8 (predict) is listed with \xNN escapes.
+    with atomic_path(path) as tmp:
+        safe.to_csv(tmp, index=False, float_format="%.6g", errors="backslashreplace", lineterminator="\r\n")
     return Path(path)
 
 
 def read_review(path: str | Path) -> pd.DataFrame:
     """A review list as ``write_review`` wrote it; DataError naming the file otherwise."""
     try:
-        t = pd.read_csv(path, dtype={"img": str})
+        t = pd.read_csv(path, dtype={"img": str, "why": str}, keep_default_na=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the review list ({e})") from None
     if tuple(t.columns) != COLUMNS:
-        raise DataError(f"{path}: columns {list(t.columns)}, expected {list(COLUMNS)}")
+        raise DataError(
+            f"{path}: columns {list(t.columns)}, expected {list(COLUMNS)} (written by another version? "
+            "re-run the command that wrote it)"
+        )
+    for col in ("img", "why"):
+        t[col] = [from_spreadsheet_safe(v) for v in t[col]]
     return t
+
+
+def _past(row) -> str:
+    """The largest piece of a row's evidence that is past its tolerance, in words."""
+    pieces = [
+        (row.post_px, _post_text(row)),
+        (row.view_px, f"unlike its car's other views, view_dev {row.view_dev:.2f}"),
+        (row.shape_px, f"a shape unlike any train car's, shape_dev {row.shape_dev:.2f}"),
+    ]
+    px, text = max(pieces, key=lambda p: p[0])
+    return text if px > 0 else f"its car framed unlike the train cars, framing_dev {row.framing_dev:.2f}"
+
+
+def notes(table: pd.DataFrame, where: str | Path) -> list[str]:
+    """What the console says about a review list ``table`` written to ``where``, one line each (none when
+    nothing is past its tolerance): the masks from which post-processing removed more than a blob's worth
+    (it may have deleted a car), and the photos whose evidence lies past its tolerance (a mask unlike its
+    car's other views or any train car's, post-processing beyond a blob, a car framed unlike the train
+    cars): outside what the model was measured on, as the model card's limits say."""
+    lines = []
+    pixels = table["height"].to_numpy(np.float64) * table["width"].to_numpy(np.float64)
+    cut = table["post_removed"].to_numpy(np.float64) > POST_TOLERANCE * pixels
+    removed = table[cut]
+    if len(removed):
+        shown = ", ".join(
+            f"{r.img} {r.post_removed:,} px ({r.post_removed / (r.height * r.width):.0%})"
+            for r in removed.head(5).itertuples(index=False)
+        )
+        more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+        lines.append(
+            f"note: post-processing removed more than a blob's worth ({POST_TOLERANCE:.0%} of the photo) from "
+            f"{len(removed)} mask(s): {shown}{more}; it may have deleted a car: look at them ({where})"
+        )
+    past = table[  # (post-processing that cut a mask is said above: not again, unless more is past)
+        (table[["view_px", "shape_px"]].to_numpy(np.float64).sum(1) > 0)
+        | ((table["post_px"].to_numpy(np.float64) > 0) & ~cut)
+        | (table["framing_dev"].to_numpy(np.float64) > SHAPE_TOLERANCE)
+    ]
+    if len(past):
+        shown = ", ".join(f"{r.img} ({_past(r)})" for r in past.head(3).itertuples(index=False))
+        more = f" and {len(past) - 3} more" if len(past) > 3 else ""
+        lines.append(
+            f"note: {len(past)} of {len(table)} mask(s) past the review list's tolerances: {shown}{more}. Such "
+            f"photos are outside what the model was measured on (other cars, backgrounds or framing): look at "
+            f"them first ({where})"
+        )
+    return lines
 
 
 class ReviewSidecar:
@@ -411,11 +563,12 @@ class ReviewSidecar:
     exactly, and nothing of a row that was not written does. ``finish`` writes the review list.
     """
 
-    HEADER = ",".join(("img", *DEVICE_FEATURES)) + "\n"
+    HEADER = ",".join(("img", *REVIEW_FEATURES)) + "\n"
 
     def __init__(self, out: Path):
         self.path = Path(out).with_name(Path(out).name + ".review.part")
         self.pending: list[tuple[str, np.ndarray]] = []
+        self.table: pd.DataFrame | None = None  # the review list, once written
 
     def start(self) -> int:
         with atomic_path(self.path) as tmp:  # a new file, never through a link at the sidecar's name
@@ -426,8 +579,15 @@ class ReviewSidecar:
         with open_nofollow(self.path, "r+b") as f:
             f.truncate(size)
 
-    def add(self, names: list[str], features: np.ndarray) -> None:
-        self.pending.extend(zip(names, features))
+    def add(self, names: list[str], features) -> np.ndarray:
+        """Queue the rows of ``names`` with their device features (or their REVIEW_FEATURES rows, completed on
+        the photos' threads); returns their REVIEW_FEATURES rows, which ``final_features`` fills in from each
+        mask written before the rows are flushed."""
+        rows = np.zeros((len(names), len(REVIEW_FEATURES)), np.int64)
+        given = np.asarray(features, np.int64).reshape(len(names), -1)[:, : len(REVIEW_FEATURES)]
+        rows[:, : given.shape[1]] = given  # device features, or whole rows already completed
+        self.pending.extend(zip(names, rows))
+        return rows
 
     def flush(self, rows: int) -> int:
         """Append the first ``rows`` pending images (those the chunk just written holds); the new size."""
@@ -443,7 +603,8 @@ class ReviewSidecar:
                 f"{self.path}: review data for {len(t)} rows, the output has {len(names)}; "
                 "remove it and the output's .part and .progress.json files to start over"
             )
-        return write_review(review_path(out), review_table(t))
+        self.table = review_table(t)
+        return write_review(review_path(out), self.table)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -129,7 +129,7 @@ MEMBER_KEYS = {
 def _recipe_problem(recipe) -> str | None:
     """The first thing that makes ``recipe`` unusable, checked before any checkpoint is read."""
     from ..inference.tta import TTAS
-    from ..masks.postprocess import KNOWN_STEPS, PHOTO_STEPS, params_problem
+    from ..masks.postprocess import chain_problem
 
     if not isinstance(recipe, dict) or not isinstance(recipe.get("members"), list) or not recipe["members"]:
         return "no 'members' list"
@@ -153,18 +153,9 @@ def _recipe_problem(recipe) -> str | None:
     p = recipe.get("threshold_probability", t / 255)
     if not isinstance(p, (int, float)) or not 0 <= p <= 1 or abs(p - t / 255) > 1e-6:
         return f"'threshold_probability' {p!r} is not in [0, 1] or disagrees with 'threshold' {t}/255"
-    steps = recipe.get("postprocess", [])
-    if not isinstance(steps, list) or any(not isinstance(x, str) or x not in KNOWN_STEPS for x in steps):
-        return f"'postprocess' {steps!r}: unknown step(s); known: {', '.join(KNOWN_STEPS)}"
-    params = recipe.get("postprocess_params", {})
-    if not isinstance(params, dict) or any(k not in PHOTO_STEPS for k in params):
-        return f"'postprocess_params' {params!r}: an object of parameters per step of {', '.join(PHOTO_STEPS)}"
-    for step in PHOTO_STEPS:
-        if step in steps and step not in params:
-            return f"'postprocess' has {step!r} but 'postprocess_params' has no parameters for it"
-        problem = params_problem(step, params[step]) if step in params else None
-        if problem:
-            return f"'postprocess_params' of {step!r}: {problem}"
+    problem = chain_problem(recipe.get("postprocess", []), recipe.get("postprocess_params", {}))
+    if problem:  # the same check as a model folder's pipeline.json
+        return problem
     need = {"name": str, "weight": int, "tta": list, "height": int, "width": int}
     names = set()
     for i, m in enumerate(recipe["members"]):

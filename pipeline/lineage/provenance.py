@@ -49,7 +49,31 @@ def folds_fingerprint(folds: pd.DataFrame, fold: int | str, test_cars: frozenset
         "k": int(folds.fold.nunique()),
         "held_out_cars": sorted(set(folds.car_id[held]) - test_cars),
         "n_train_images": int((~held & ~folds.car_id.isin(test_cars)).sum()),
+        # The cars its weights see: what an exported model records, so that it is never scored on them.
+        "train_cars": sorted(set(folds.car_id[~held]) - test_cars),
     } | ({"test_split_sha": sha(test_cars), "test_split_cars": sorted(test_cars)} if test_cars else {})
+
+
+def trained_cars(ckpt: dict, checkpoint: str | Path) -> list[str] | None:
+    """The cars a checkpoint's weights were trained on: its split's record (``train_cars``), or, for a
+    checkpoint written before that record, the folds CSV it names, once it is shown to be the split it was
+    trained on (the same fingerprint). None where neither can tell."""
+    from ..data.folds import load_folds
+
+    recorded = ckpt.get("folds") or {}
+    if isinstance(recorded.get("train_cars"), list):
+        return list(recorded["train_cars"])
+    csv = lineage_folds_csv(ckpt, checkpoint)
+    fold = (ckpt.get("config") or {}).get("fold")
+    if csv is None or not csv.is_file() or fold is None or not recorded.get("fold_sha"):
+        return None
+    try:
+        current = folds_fingerprint(load_folds(csv), fold, frozenset(recorded.get("test_split_cars", [])))
+    except Exception:  # an unreadable or changed CSV tells nothing about this checkpoint
+        return None
+    if (current["folds_sha"], current["fold_sha"]) != (recorded.get("folds_sha"), recorded.get("fold_sha")):
+        return None
+    return current["train_cars"]
 
 
 def check_same_folds(recorded: dict | None, current: dict, path: Path, folds_csv: str, doing: str) -> None:

@@ -174,6 +174,38 @@ def _add_guards(layout, images, maps_of, weights, threshold, chosen, scores, par
     return chosen, record
 
 
+def _scores_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_oof_scores.csv")
+
+
+def _check_replaceable(out: Path) -> None:
+    """Before any work: ``--out`` and the scores beside it replace only a recipe and its scores (a folds CSV
+    or a submission typed there is someone's hours of work), unless ``--force``."""
+
+    def recipe_like(p: Path) -> bool:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(data, dict) and isinstance(data.get("members"), list) and "threshold" in data
+
+    def scores_like(p: Path) -> bool:
+        try:
+            with open(p, encoding="utf-8") as f:
+                return f.readline().startswith("img,blend")
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    for path, own, what in ((out, recipe_like, "a recipe"), (_scores_path(out), scores_like, "a recipe's scores")):
+        if path.is_dir():
+            raise DataError(f"{path}: a folder; --out names the recipe file to write")
+        if (path.exists() or path.is_symlink()) and not own(path):
+            raise DataError(
+                f"{path}: exists and is not {what} written by `make ensemble`; refusing to replace it. "
+                "Choose another --out, or add --force"
+            )
+
+
 def tune(
     runs_dir: str | Path,
     data_dir: str | Path,
@@ -185,6 +217,7 @@ def tune(
     postprocess_steps: str = "auto",
     allow_incomplete: bool = False,
     active_contour: dict | None = None,
+    force: bool = False,
 ) -> dict:
     """Tune weights and threshold; then post-processing: ``"auto"`` tries POSTPROCESS_CANDIDATES and
     keeps the best only if it raises out-of-fold Dice by MIN_POSTPROCESS_GAIN, ``"none"`` skips it, anything else (e.g.
@@ -201,6 +234,8 @@ def tune(
     layout = Layout(data_dir)
     out = Path(out)
     check_writable(out.parent, "recipe")
+    if not force:
+        _check_replaceable(out)
     found = discover(runs_dir, names, allow_incomplete=allow_incomplete)
     members = []
     for name, folds in found.items():
@@ -303,7 +338,7 @@ def tune(
         "seconds": round(time.time() - start, 1),
     }
     write_json(out, recipe)
-    with atomic_path(out.with_name(out.stem + "_oof_scores.csv")) as tmp:
+    with atomic_path(_scores_path(out)) as tmp:
         scores.to_csv(tmp, index=False, float_format="%.6f")
     if not quiet:
         tqdm.write(

@@ -92,7 +92,8 @@ def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1
     def one(img: str) -> tuple[dict, dict]:
         maps, mask = load_maps(layout, img, maps_of)
         car = recipe_prediction(layout, img, maps, recipe)
-        return score_image(car, mask), review.features_of(maps, weights, int(recipe["threshold"]))
+        # The review features of the mask scored (after post-processing), as the submission's list has them.
+        return score_image(car, mask), review.features_of(maps, weights, int(recipe["threshold"]), final=car)
 
     return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet), with_review=True)
 
@@ -115,6 +116,27 @@ def pretrained_predictions(pretrained, images: list[Path], device: str = "auto",
         yield name, maps, postprocess(car, steps, blended=maps[0], image=photo, params=params), by_name[name]
 
 
+def _unrecorded(pretrained, what: str, test_split=None) -> str:
+    if test_split is not None:
+        return (
+            f"{pretrained.source} does not record which cars it was {what}; that the test split {test_split} is "
+            "unseen rests on how both were made (folds/README.md)"
+        )
+    return (
+        f"{pretrained.source} does not record the cars it was {what}: its scores may include them (not out-of-fold; "
+        "export it again with this version to have them recorded)"
+    )
+
+
+def seen_note(pretrained, test_split=None) -> str | None:
+    """What every output of a score says when the folder cannot show the cars scored are unseen: None where
+    its record lists the cars it was trained and tuned on (those are left out, or refused)."""
+    from ..inference.model_folder import cars_seen
+
+    missing = [what for what, cars in cars_seen(pretrained.spec).items() if cars is None]
+    return "; ".join(_unrecorded(pretrained, what, test_split) for what in missing) or None
+
+
 def unseen_test_cars(pretrained, test_split: str | Path) -> frozenset[str]:
     """The test split's cars, once the model folder's record shows it never trained on them and never
     tuned its threshold or post-processing on them (a LineageError naming the cars otherwise; a note
@@ -124,11 +146,7 @@ def unseen_test_cars(pretrained, test_split: str | Path) -> frozenset[str]:
     test = load_test_split(test_split)
     for what, cars in cars_seen(pretrained.spec).items():
         if cars is None:
-            print(
-                f"note: {pretrained.source} does not record which cars it was {what}; that the test split "
-                f"{test_split} is unseen rests on how both were made (folds/README.md)",
-                file=sys.stderr,
-            )
+            print(f"note: {_unrecorded(pretrained, what, test_split)}", file=sys.stderr)
         elif cars & test:
             raise LineageError(
                 f"{pretrained.source}: {what} {len(cars & test)} cars of the test split {test_split} "
@@ -165,11 +183,7 @@ def score_pretrained(
             )
         images = unseen
     elif test_split is None and not quiet:
-        print(
-            f"note: {pretrained.source} does not record the cars it was trained and tuned on: its scores may "
-            "include them (not out-of-fold)",
-            file=sys.stderr,
-        )
+        print(f"note: {seen_note(pretrained)}", file=sys.stderr)
     if test_split is not None:
         test = unseen_test_cars(pretrained, test_split)
         images = [p for p in images if parse_name(p.name)[0] in test]
@@ -188,9 +202,11 @@ def score_pretrained(
         mask = read_mask(layout.mask(name))
         if mask.shape != car.shape:
             raise DataError(f"{layout.mask(name)}: mask {mask.shape} vs photo {car.shape}")
-        rows.append((score_image(car, mask), review.features_of(maps, [1], threshold)))
+        rows.append((score_image(car, mask), review.features_of(maps, [1], threshold, final=car)))
         names.append(name)
-    return _table(names, rows, with_review=True)
+    table = _table(names, rows, with_review=True)
+    table.attrs["note"] = seen_note(pretrained, test_split)  # marked in every output (the summary, --json)
+    return table
 
 
 def recipe_prediction(layout: Layout, img: str, maps: np.ndarray, recipe: dict) -> np.ndarray:
@@ -338,7 +354,44 @@ def format_table(summaries: dict[str, dict]) -> str:
     cols = [k for k in SUMMARY_KEYS if k != "worst"]
     df = pd.DataFrame({name: {c: s[c] for c in cols} for name, s in summaries.items()}).T
     df["n_images"] = df["n_images"].astype(int)
-    return df.to_string(float_format=lambda v: f"{v:.5f}")
+    marks = [f"note on {name}: {s['note']}" for name, s in summaries.items() if s.get("note")]
+    return "\n".join([df.to_string(float_format=lambda v: f"{v:.5f}"), *marks])
+
+
+# What an output file of `evaluate` holds, to recognise one before replacing it.
+def _is_summary_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    parts = [data] if set(SUMMARY_KEYS) <= set(data) else list(data.values())
+    return bool(parts) and all(isinstance(p, dict) and set(SUMMARY_KEYS) <= set(p) for p in parts)
+
+
+def _is_per_image_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("source,img,")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_outputs(json_path: str | None, per_image: str | None, force: bool) -> None:
+    """Before any scoring: ``--json`` and ``--per-image`` replace only a file of their own kind (an earlier
+    summary, an earlier per-image table), never a folds CSV or a recipe typed there, unless ``force``."""
+    for path, own, what in ((json_path, _is_summary_json, "an evaluate summary"), (per_image, _is_per_image_csv,
+                            "a per-image table of evaluate")):  # fmt: skip
+        if path is None or force:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise DataError(f"{p}: a folder; name a file to write")
+        if (p.exists() or p.is_symlink()) and not own(p):
+            raise DataError(f"{p}: exists and is not {what}; refusing to replace it. Name another file, or add --force")
 
 
 def evaluate(
@@ -375,6 +428,9 @@ def evaluate(
     if not tables:
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}
+    for name, t in tables.items():
+        if t.attrs.get("note"):  # a score that may include cars the model saw says so wherever it goes
+            summaries[name]["note"] = t.attrs["note"]
     per_image = pd.concat([t.assign(source=name) for name, t in tables.items()], ignore_index=True)
     if "review_score" not in per_image:  # no source with probabilities (submissions, mask folders)
         per_image["review_score"] = np.nan
@@ -391,7 +447,8 @@ def review_lines(per_image: pd.DataFrame) -> list[str]:
 
 
 def json_payload(summaries: dict[str, dict]) -> dict:
-    """One source: its summary object (exactly metrics.SUMMARY_KEYS); several: {source: summary}."""
+    """One source: its summary object (exactly metrics.SUMMARY_KEYS, and ``note`` where its figures may
+    include cars the model saw); several: {source: summary}."""
     for s in summaries.values():
-        assert tuple(s) == SUMMARY_KEYS
+        assert tuple(k for k in s if k != "note") == SUMMARY_KEYS
     return next(iter(summaries.values())) if len(summaries) == 1 else summaries

@@ -44,7 +44,7 @@ from ..inference.model_folder import (
     folder_sha256,
 )
 from ..lineage.checks import RECIPE_FORMAT
-from ..lineage.provenance import load_recipe, recipe_hash
+from ..lineage.provenance import load_recipe, recipe_hash, trained_cars
 from ..lineage.runs import same_recipe
 from ..models.unet import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint
 
@@ -115,27 +115,32 @@ def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
 def _add_refiner(inference: Inference, path: Path) -> dict:
     """Put the outline refiner at ``path`` (safetensors, or a torch state dict, loaded without unpickling
     code) first among the post-processing steps, its weights in the step's parameters; returns its record.
-    The refiner's dilations (1, 2, 4, 8) are its architecture's, not stored with the weights."""
-    from ..masks.outline_refiner import OutlineRefiner, params_for
+    Its architecture comes from the file (the tensors' shapes, and a safetensors file's metadata) and goes
+    into the weights' blob; weights that are not finite are refused here as every reader refuses them."""
+    from ..masks.outline_refiner import params_from_state
 
     if not path.is_file():
         raise ModelFolderError(f"--refiner {path}: no such file")
     try:
+        meta = None
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        net = OutlineRefiner(int(state["head.weight"].shape[1]))
-        net.load_state_dict(state)
-    except Exception as e:  # another network, a pickle with code, a broken file: one line saying so
+        params = params_from_state(state, meta)
+    except Exception as e:  # another network, non-finite weights, a pickle with code, a broken file: one line
         raise ModelFolderError(
-            f"--refiner {path}: not an outline refiner's weights ({type(e).__name__}: {str(e)[:160]})"
+            f"--refiner {path}: not an outline refiner's weights that can be applied "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})"
         ) from None
     steps = [s for s in inference.postprocess if s != "refine_outline"]
     inference.postprocess = ["refine_outline", *steps]
-    inference.postprocess_params = {**inference.postprocess_params, "refine_outline": params_for(net.eval())}
+    inference.postprocess_params = {**inference.postprocess_params, "refine_outline": params}
     return {"file": path.name, "sha256": file_sha256(path, 64)}
 
 
@@ -153,23 +158,41 @@ def _out_folder(out: Path) -> Path:
     return resolved
 
 
+def _ours(name: str) -> bool:
+    """A file an export writes into its folders: one of OURS, or one being written under a temporary name
+    (``atomic_path``'s ``.<name>.<random>.tmp``), which a kill leaves behind."""
+    return name in OURS or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in OURS)
+
+
 def _remove_stale_stages(out: Path) -> None:
-    """Folders a killed export left beside ``out`` (it holds the lock, so none is being written): removed
-    when they hold only the files an export writes, else named for the user to look at."""
-    for d in out.parent.glob(f".{out.name}.*"):
-        if (
-            not d.is_dir()
-            or d.is_symlink()
-            or not (d.name.startswith(f".{out.name}.{STAGE_MARK}") or ".old-" in d.name)
-        ):
+    """Folders a killed export left beside ``out`` (it holds the lock, so none is being written). The
+    export's own files in them are removed; a file of the user's found there (moved from ``out`` by a swap
+    the kill interrupted) goes back into ``out``; a folder left with anything else is named for the user.
+    A previous model set aside by an interrupted swap (``.old-``) is put back when ``out`` is missing."""
+    # The set-aside model first: once it is back in place, the stage's user files can go back into it.
+    for d in sorted(
+        out.parent.glob(f".{out.name}.*"), key=lambda d: (d.name.startswith(f".{out.name}.{STAGE_MARK}"), d.name)
+    ):
+        stage = d.name.startswith(f".{out.name}.{STAGE_MARK}")
+        if not d.is_dir() or d.is_symlink() or not (stage or d.name.startswith(f".{out.name}.old-")):
             continue
-        if all(f.name in OURS for f in d.iterdir()):
-            shutil.rmtree(d)
-        else:
+        if not stage and not out.exists() and (d / PIPELINE_JSON).is_file():
+            d.rename(out)  # killed between setting the old model aside and moving the new one in
+            continue
+        for f in list(d.iterdir()):
+            if _ours(f.name) and (f.is_file() or f.is_symlink()):
+                f.unlink()
+            elif out.is_dir() and not (out / f.name).exists():
+                f.rename(out / f.name)  # the user's, moved out of the model folder by the swap
+        left = sorted(f.name for f in d.iterdir())
+        if left:
             print(
-                f"warning: {d}: left by a stopped export and holds other files; look inside, then remove it",
+                f"warning: {d}: left by a stopped export; it still holds {', '.join(left[:5])} (not an export's "
+                f"files, and {out} has files of those names); look inside, then remove it",
                 file=sys.stderr,
             )
+        else:
+            d.rmdir()
 
 
 def _swap_in(stage: Path, out: Path) -> None:
@@ -228,6 +251,18 @@ def export_model(
     trained = json.loads(full.read_text()) if checkpoint.name == "final.pt" and full.is_file() else None
     if trained is not None and trained.get("checkpoint_sha256") != ckpt_sha:
         raise ModelFolderError(f"{full}: records another final.pt than {checkpoint} (retrained since?)")
+    # Every export says which cars its weights saw and which tuned its settings, so that no stage scores it
+    # on them: a full run's record, or a fold checkpoint's own split.
+    cars_trained = ((trained or {}).get("trained_on") or {}).get("cars")
+    if cars_trained is None:
+        cars_trained = trained_cars(meta, checkpoint)
+    if cars_trained is None:
+        raise ModelFolderError(
+            f"{checkpoint}: does not record the cars it was trained on, and the folds CSV it names is gone or "
+            "no longer its split; an exported model must say which cars it saw (restore that folds CSV, or train "
+            "it again with this version)"
+        )
+    cars = {"trained_on": sorted(cars_trained), "tuned_on": sorted((figures or {}).get("tuned_on_cars", []))}
 
     # The bare smp network, built without encoder weights so that its config.json never asks a user's
     # machine to download them (the trained weights are all in model.safetensors).
@@ -293,6 +328,7 @@ def export_model(
                     "trained": trained,
                     "recipe": figures,
                     "refiner": refiner_source,
+                    "cars": cars,
                 },
                 "notes": notes or {},
                 "code": code_version(),

@@ -39,7 +39,8 @@ from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writab
 from ..data.layout import DataError, image_size, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member, blend
-from ..inference.review import DEVICE_FEATURES, image_features, review_table, write_review
+from ..inference.review import REVIEW_FEATURES, final_features, image_features, review_table, write_review
+from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source
 from ..masks.postprocess import apply as postprocess
 from ..models.unet import load_checkpoint
@@ -71,7 +72,7 @@ class Predictor:
         photo gets the same mask from either."""
         blended = blend(maps, self.weights)
         features = image_features(maps[:, None], blended[None], self.threshold)[0].tolist()
-        car = (blended >= self.threshold).cpu().numpy()
+        car = raw = (blended >= self.threshold).cpu().numpy()
         if self.postprocess:
             car = postprocess(
                 car.astype(np.uint8),
@@ -81,6 +82,7 @@ class Predictor:
                 self.postprocess_params,
                 openvino=self.engine.openvino,
             )
+        features = final_features(features, raw, car).tolist()  # the review list describes the mask written
         return car.astype(np.uint8) * 255, features
 
     def warm_up(self) -> None:
@@ -286,7 +288,7 @@ class OutputLog:
     def __init__(self, out_dir: Path):
         self.path = out_dir / LOG
         self.files: dict[str, tuple[str, str]] = {}  # file name -> (key, state)
-        self.review: dict[str, list[int]] = {}  # mask file name -> its review features (review.DEVICE_FEATURES)
+        self.review: dict[str, list[int]] = {}  # mask file name -> its review features (review.REVIEW_FEATURES)
         lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
         for n, line in enumerate(lines, 1):
             try:
@@ -419,10 +421,12 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
     batch = max(1, predictor.batch_size)
     # The upright copies of EXIF-rotated photos live in the output folder, a batch at a time: nothing goes
     # to the system temp folder, and what a killed run left is removed here (the lock says none is running).
+    # Only the folders this pipeline made (its log lists each): a user's own `.upright-mine/` stays.
     for stale in out_dir.glob(f"{UPRIGHT}*"):
-        if stale.is_dir() and not stale.is_symlink():
+        if stale.is_dir() and not stale.is_symlink() and log.ours(stale):
             shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=UPRIGHT, dir=out_dir) as upright:
+        log.mark([Path(upright)], "upright", "claimed")
         for start in range(0, len(todo), batch):
             images: dict[str, np.ndarray] = {}  # by the name the engine reports
             source: dict[str, Path] = {}
@@ -463,15 +467,21 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
         [p.name, *log.review[mask.name]]
         for p in inputs
         if log.done(mask := output_paths(out_dir, p, bg is not None)["mask"], keys[p])
-        and len(log.review.get(mask.name, ())) == len(DEVICE_FEATURES)  # not those of an older version's log
-    ]
-    review = None
+        and len(log.review.get(mask.name, ())) in (len(REVIEW_FEATURES), len(REVIEW_FEATURES) - 2)
+    ]  # (an older version's log has no post-processing counts: read as none; older still, no review at all)
+    review, notes = None, []
     if rows:
         review = out_dir / REVIEW
         log.mark([review], "review", "claimed")
-        write_review(review, review_table(pd.DataFrame(rows, columns=["img", *DEVICE_FEATURES])))
+        table = review_table(pd.DataFrame([r + [0] * (len(REVIEW_FEATURES) + 1 - len(r)) for r in rows],
+                                          columns=["img", *REVIEW_FEATURES]))  # fmt: skip
+        write_review(review, table)
         log.mark([review], "review", "done")
-    return {"written": written, "skipped": skipped, "already_done": len(inputs) - len(todo), "review": review}
+        notes = review_notes(table, review)
+    return {
+        "written": written, "skipped": skipped, "already_done": len(inputs) - len(todo), "review": review,
+        "notes": notes,
+    }  # fmt: skip
 
 
 def run_predict(
@@ -516,6 +526,8 @@ def run_predict(
             f"{out_dir}: {len(result['written'])} image(s) cut out with {predictor.source}"
             + (f", {result['already_done']} already done" if result["already_done"] else "")
         )
+        for line in result["notes"]:
+            print(line)
     if result["skipped"]:
         names = ", ".join(result["skipped"])
         raise DataError(f"{len(result['skipped'])} unreadable image(s) skipped: {names}")

@@ -60,7 +60,15 @@ from ..core.profile import PROFILE
 from ..data.layout import DataError, Layout, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member
-from ..inference.review import DEVICE_FEATURES, ReviewSidecar, image_features, merge_reviews, review_path
+from ..inference.review import (
+    REVIEW_FEATURES,
+    ReviewSidecar,
+    final_features,
+    image_features,
+    merge_reviews,
+    review_path,
+)
+from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle
 from ..masks.postprocess import apply as postprocess
@@ -127,13 +135,17 @@ def _write_all(f, data: bytes) -> None:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None, openvino=None) -> str:
+def _row(
+    name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None, openvino=None, review_row=None
+) -> str:
     """One CSV row: the recipe's post-processing (pipeline.masks.postprocess), then the RLE.
 
     ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
     the photo is decoded here, in the pool, not on the loader's or the device's time. ``openvino``: how
-    a step's network runs (as the model does, ``Engine.openvino``).
+    a step's network runs (as the model does, ``Engine.openvino``). ``review_row``: the row's review
+    features, completed here from the mask written (review.final_features).
     """
+    raw = mask
     if photo is not None:
         blended, path, params = photo
         with PROFILE.step("decode the photo (post-processing)"):
@@ -141,6 +153,8 @@ def _row(name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = No
         mask = postprocess(mask, steps, blended, image, params, openvino=openvino)
     elif steps:
         mask = postprocess(mask, steps)
+    if review_row is not None and (steps or photo is not None):  # the review list describes the mask written
+        final_features(review_row, raw, mask, out=review_row)
     with PROFILE.step("RLE"):
         return f"{name},{rle.encode(mask)}\n"
 
@@ -193,8 +207,10 @@ class RowWriter:
         self.lines: list[str] = []
         self.broken = False  # a row failed: nothing after it may be written
 
-    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None) -> None:
-        self._queue(self.pool.submit(_row, name, mask, self.steps, photo, self.openvino))
+    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None, review_row=None) -> None:
+        self._queue(
+            self.pool.submit(_row, name, mask, self.steps, photo, openvino=self.openvino, review_row=review_row)
+        )
 
     def add_row(self, line: str) -> None:
         """A row computed elsewhere (``_row`` on the engine's photo thread), in its turn."""
@@ -476,6 +492,8 @@ def make_submission(
 
         summary, check = _finish(files, key, names, size, review, recipe_path, limit, shard, dev, num_workers, start)
     if not quiet:
+        for line in review_notes(review.table, review_path(out)):
+            print(line)
         what = "trial of the first rows, not a submission" if limit else "shard" if shard else "validated"
         print(
             f"{out}: {check['rows']} rows, {what} ({check['empty_masks']} empty masks, "
@@ -523,7 +541,7 @@ class _Files:
     def save_progress(self, key: dict, rows: int, offset: int, size: list | None, review_bytes: int) -> None:
         """What a resume keeps: ``rows`` rows, ``offset`` bytes of the part file, the review data's bytes."""
         progress = {"key": key, "rows": rows, "bytes": offset, "size": size, "review_bytes": review_bytes}
-        progress["review_columns"] = list(DEVICE_FEATURES)  # the sidecar's columns (a newer version adds some)
+        progress["review_columns"] = list(REVIEW_FEATURES)  # the sidecar's columns (a newer version adds some)
         write_json(self.progress, progress)
 
 
@@ -532,7 +550,7 @@ def _resume_point(files: _Files, key: dict, review: ReviewSidecar, n: int, force
     rows_done, size = 0, None
     if files.part.exists() and files.progress.exists() and not force:
         progress = read_json(files.progress)
-        same_review = progress.get("review_columns") == list(DEVICE_FEATURES) and review.path.exists()
+        same_review = progress.get("review_columns") == list(REVIEW_FEATURES) and review.path.exists()
         if progress.get("key") == key and "review_bytes" in progress and same_review:
             rows_done, size = progress["rows"], progress["size"]
             with open_nofollow(files.part, "r+b") as f:
@@ -585,21 +603,26 @@ def _write_rows(
         finish = None
         if engine.jobs > 1:  # each photo's post-processing and RLE on its photo thread: no pool competes for cores
 
-            def finish(name: str, m: np.ndarray) -> tuple[str, tuple[int, int]]:
+            def finish(name: str, m: np.ndarray, features) -> tuple[str, tuple[int, int], np.ndarray]:
                 photo, mask = row_of(name, m)
-                return _row(name, mask, steps, photo, engine.openvino), (mask.shape[1], mask.shape[0])
+                row = np.zeros(len(REVIEW_FEATURES), np.int64)
+                row[: features.shape[1]] = features[0]
+                line = _row(name, mask, steps, photo, openvino=engine.openvino, review_row=row)
+                return line, (mask.shape[1], mask.shape[0]), row
 
         try:
             batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step, finish=finish)
             batches = _timed(batches, "main thread: waiting for masks")
             for batch_names, masks, features in batches:
-                review.add(batch_names, features)
-                for name, mask in zip(batch_names, masks):
+                if finish is not None:  # each photo's review row was completed on its thread
+                    features = np.stack([row for _, _, row in masks])
+                review_rows = review.add(batch_names, features)  # filled in by _row from the masks written
+                for name, mask, review_row in zip(batch_names, masks, review_rows):
                     if finish is None:
                         photo, mask = row_of(name, mask)
                         width_height = (mask.shape[1], mask.shape[0])
                     else:
-                        line, width_height = mask
+                        line, width_height, _ = mask
                     if state["size"] is None:
                         state["size"] = list(width_height)
                     elif list(width_height) != state["size"]:
@@ -609,7 +632,7 @@ def _write_rows(
                             f"images before it are {w0}x{h0}"
                         )
                     if finish is None:
-                        writer.add(name, mask, photo)
+                        writer.add(name, mask, photo, review_row)
                     else:
                         writer.add_row(line)
             writer.finish()

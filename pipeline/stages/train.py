@@ -35,7 +35,7 @@ from ..core import distributed
 from ..core.config import SPEED_SETTINGS, Config, ConfigError, config_from_dict
 from ..core.device import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from ..core.distributed import RankSampler
-from ..core.errors import CheckpointError, ResumeError, TrainingError
+from ..core.errors import CheckpointError, DataError, ResumeError, TrainingError
 from ..core.identity import code_version, file_sha256
 from ..core.io_utils import (
     RELATIVE_TO_FILE,
@@ -220,6 +220,12 @@ class Trainer:
         self.folds_id = folds_fingerprint(folds, cfg.fold, test_cars)
         # fold "full": every car trains, none is held out (so no validation and no out-of-fold maps).
         self.train_df, self.val_df = split_fold(folds, cfg.fold, test_cars)
+        if self.train_df.empty or (not cfg.full and self.val_df.empty):
+            empty = "training" if self.train_df.empty else f"fold {cfg.fold}'s validation"
+            raise DataError(
+                f"{cfg.test_split}: holds every car of {empty} in {cfg.folds_csv}, which would leave it empty "
+                "(no score, no checkpoint); use a test split that leaves cars in every fold, or other folds"
+            )
         tested = folds.car_id.isin(test_cars)
         if tested.any() and not self.quiet and distributed.is_main():
             n_cars = folds.car_id[tested].nunique()

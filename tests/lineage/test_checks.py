@@ -66,7 +66,7 @@ def test_a_recipe_this_code_does_not_know_is_refused(lab, tiny_data, tmp_path, c
     [
         ({"threshold": 0}, "'threshold' 0 is not an integer in 1..255"),
         ({"threshold_probability": 1.7}, "'threshold_probability' 1.7 is not in"),
-        ({"postprocess": ["despeckle"]}, "'postprocess' .*unknown step"),
+        ({"postprocess": ["despeckle"]}, "postprocess .*unknown step"),
         ({"m.weight": -1}, "negative weight"),
         ({"m.weight": 1.5}, "wrong type for \\['weight'\\]"),
         ({"m.weight": True}, "wrong type for \\['weight'\\]"),

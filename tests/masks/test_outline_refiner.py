@@ -46,7 +46,7 @@ OUTLINE_TILES = {(1, c) for c in range(2, 7)} | {(3, c) for c in range(2, 7)} | 
 
 def test_zero_correction_keeps_the_mask():
     mask, blended, photo = _case()
-    params = R.params_for(_net(0.0), core=CORE, band=1, margin=4)
+    params = R.params_for(_net(0.0), (H, W), core=CORE, band=1, margin=4)
     out = apply(mask, ["refine_outline"], blended=blended, image=photo, params={"refine_outline": params})
     assert out.dtype == np.uint8 and np.array_equal(out, mask)
 
@@ -54,7 +54,7 @@ def test_zero_correction_keeps_the_mask():
 @pytest.mark.parametrize("bias, value", [(20.0, 1), (-20.0, 0)])
 def test_only_the_tiles_along_the_outline_are_redrawn(bias, value):
     mask, blended, photo = _case()
-    params = R.params_for(_net(bias), core=CORE, band=1, margin=4)
+    params = R.params_for(_net(bias), (H, W), core=CORE, band=1, margin=4)
     assert {tuple(c) for c in R.outline_tiles(mask, CORE, 1)} == OUTLINE_TILES
     out = R.refine_outline(mask, blended, photo, params)
     tiles = _tiles(OUTLINE_TILES)
@@ -72,9 +72,16 @@ def test_parameters_are_checked():
     assert "missing" in params_problem("refine_outline", {k: v for k, v in params.items() if k != "weights"})
     assert "unknown key" in params_problem("refine_outline", dict(params, speed=2))
     assert "core" in params_problem("refine_outline", dict(params, core=0))
-    assert "cannot be loaded" in params_problem("refine_outline", dict(params, dilations=[1, 2, 4]))  # other shapes
+    assert "disagree with its weights" in params_problem("refine_outline", dict(params, dilations=[1, 2, 4]))
     assert "dilations" in params_problem("refine_outline", dict(params, dilations=[]))
+    assert "cannot be loaded" in params_problem("refine_outline", dict(params, weights="AAAA", sha256=_sha("AAAA")))
     assert "object" in params_problem("refine_outline", None)
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_the_step_needs_its_parameters_the_photo_and_one_size():
@@ -84,4 +91,4 @@ def test_the_step_needs_its_parameters_the_photo_and_one_size():
     with pytest.raises(ValueError, match="refine_outline"):
         apply(mask, ["refine_outline"], params={"refine_outline": R.params_for(_net(0.0))})
     with pytest.raises(ValueError, match="differ in size"):
-        R.refine_outline(mask, blended[:-1], photo, R.params_for(_net(0.0)))
+        R.refine_outline(mask, blended[:-1], photo, R.params_for(_net(0.0), (H, W)))

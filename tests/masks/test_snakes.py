@@ -111,7 +111,7 @@ def test_recipe_with_the_step_needs_valid_parameters(tmp_path):
             {**good, "postprocess_params": {"active_contour": {**snakes.DEFAULTS, "iterations": 2.5}}},
             "iterations=2.5 is not a whole number",
         ),
-        "unknown step params": ({"postprocess_params": {"snake": {}}}, "'postprocess_params'"),
+        "unknown step params": ({"postprocess_params": {"snake": {}}}, "postprocess_params for ['snake']"),
     }
     for what, (over, message) in bad.items():
         with pytest.raises(DataError, match="malformed recipe") as e:

@@ -302,19 +302,19 @@ def test_cpu_backends_give_the_torch_masks(exported, tiny_data, tmp_path, capsys
 def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, capsys):
     """``--refiner``: the step goes first after the threshold, its weights inside pipeline.json, checked
     where the folder is read; predict and submission apply it, and a broken file or text is refused."""
-    from pipeline.masks.outline_refiner import OutlineRefiner
+    from pipeline.masks.outline_refiner import OutlineRefiner, save_file
 
     runs, run_dir = full
     _, _, recipe = exported
     net = OutlineRefiner(width=4, dilations=(1, 2, 4, 8))
     with torch.no_grad():
         net.head.bias.fill_(20.0)  # every pixel of a tile along the outline becomes car: visible in the masks
-    weights = tmp_path / "refiner.pt"
-    torch.save(net.state_dict(), weights)
+    weights = tmp_path / "refiner.safetensors"  # trained, it says, at the tiny photos' size: applied there
+    save_file(net, weights, trained_size=(64, 96))
     out = tmp_path / "models" / "mr"
     spec = export_model(run_dir / "final.pt", out, recipe=recipe, dtype="fp32", name="mr", quiet=True, refiner=weights)
     assert spec["postprocess"][0] == "refine_outline" and spec["postprocess"][1:] == ["fill_holes"]
-    assert spec["source"]["refiner"]["file"] == "refiner.pt"
+    assert spec["source"]["refiner"]["file"] == "refiner.safetensors"
     assert check_folder(out)["postprocess_params"]["refine_outline"]["width"] == 4
     assert "smp alone does not apply it" in (out / "README.md").read_text()  # the card says what smp alone misses
     plain = tmp_path / "models" / "mp"
@@ -338,7 +338,8 @@ def test_export_with_an_outline_refiner(full, exported, tiny_data, tmp_path, cap
     shutil.copytree(out, broken)
     spec = read_json(broken / "pipeline.json")
     params = spec["postprocess_params"]["refine_outline"]
-    params["weights"] = params["weights"][:-12] + "A" * 11 + "="
+    w = params["weights"]
+    params["weights"] = w[:100] + ("B" if w[100] != "B" else "C") + w[101:]
     (broken / "pipeline.json").write_text(json.dumps(spec))
     with pytest.raises(ModelFolderError, match="refine_outline.*sha256"):
         check_folder(broken)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.stages.predict import OutputLog
 from tests.conftest import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +66,8 @@ def test_predict_keeps_its_upright_copies_in_its_own_folder(folder, tiny_data, t
     exif[0x0112] = 6  # stored sideways, shown upright
     im.save(rotated, exif=exif)
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / ".upright-left-by-a-kill").mkdir()
+    (tmp_path / "p" / ".upright-left-by-a-kill").mkdir()  # as a killed predict leaves it: listed in its log
+    OutputLog(tmp_path / "p").mark([tmp_path / "p" / ".upright-left-by-a-kill"], "upright", "claimed")
     code, _, _ = _cli(capsys, "predict", rotated, "--pretrained", folder, "--out", tmp_path / "p")
     assert code == 0 and (tmp_path / "p" / "phone_mask.png").is_file()
     assert list(system_tmp.iterdir()) == []

@@ -179,7 +179,7 @@ def test_report_escapes_every_value_from_names_and_paths(lab, tiny_data, tmp_pat
 
 @pytest.mark.slow
 def test_report_draws_no_worst_image_from_a_model_that_may_have_trained_on_it(folder, tiny_data, tmp_path, capsys):
-    _edit(folder, lambda spec: spec["source"].update(trained=None))  # a folder that does not say what it saw
+    _edit(folder, lambda spec: spec["source"].update(trained=None, cars=None))  # a folder that does not say what it saw
     code, _, err = _cli(
         capsys, "report", "--pretrained", folder, "--data", tiny_data, "--runs", tmp_path / "none",
         "--out", tmp_path / "rep", "--worst", "2", "--recipe", tmp_path / "none.json",

@@ -104,10 +104,10 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
     names = read_sample_names(tiny_data / "sample_submission.csv")
     real_row = submission_mod._row
 
-    def dying_row(name, mask, steps, photo=None):
+    def dying_row(name, mask, steps, photo=None, **how):
         if name == names[7]:  # the 8th row, mid-way through the third chunk of 3
             raise KeyboardInterrupt
-        return real_row(name, mask, steps, photo)
+        return real_row(name, mask, steps, photo, **how)
 
     monkeypatch.setattr(submission_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
