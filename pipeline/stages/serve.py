@@ -55,7 +55,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..core.config import ConfigError
 from ..core.errors import DataError
-from ..inference.review import DEVICE_FEATURES, review_table
+from ..inference.review import REVIEW_FEATURES, review_table
 from .predict import JPEG_PARAMS, Predictor, choose_model, composite, cutout, fit_background, load_predictor
 
 DEFAULT_HOST = "127.0.0.1"
@@ -148,7 +148,7 @@ def lone_review(name: str, features: list[int]) -> tuple[float, str]:
     has no other view of its car to compare with, so its shape is judged against all train cars'."""
     import pandas as pd
 
-    row = review_table(pd.DataFrame([[name, *features]], columns=["img", *DEVICE_FEATURES])).iloc[0]
+    row = review_table(pd.DataFrame([[name, *features]], columns=["img", *REVIEW_FEATURES])).iloc[0]
     return float(row["score"]), str(row["why"])
 
 
@@ -333,7 +333,7 @@ class Service:
             shutil.rmtree(scratch, ignore_errors=True)
         inferred = time.perf_counter() - start
         score, why = lone_review(name, features)
-        area = features[DEVICE_FEATURES.index("area")]  # the car's pixels, as the review counts them
+        area = features[REVIEW_FEATURES.index("area")]  # the car's pixels, as the review counts them
         look = area == 0 or score >= LOOK_SHARE * area
         h, w = mask.shape
         stem = _SAFE_NAME.sub("_", Path(name).stem).strip("._")[:100] or "photo"
