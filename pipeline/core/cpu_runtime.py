@@ -3,7 +3,9 @@
 OpenVINO writes usage data of its own when loaded (a client id and counters under ``~/intel``, a file
 in the temp folder) and has no switch for it here: it is loaded and compiled with ``HOME`` and
 ``TMPDIR`` pointed at a scratch folder that is removed at once (``scratch_home``). Compile before
-starting threads: the environment is the process's, not the thread's.
+starting threads: the environment is the process's, not the thread's. Loading its CPU plugin leaves the
+calling thread's alternate signal stack pointing at memory it has freed; ``scratch_home`` puts the
+thread's own back (``kept_signal_stack``).
 
 Used by the network's runtime (pipeline/inference/backends.py) and by the outline refiner's
 (pipeline/masks/outline_refiner.py). Imports nothing of the pipeline.
@@ -12,8 +14,10 @@ Used by the network's runtime (pipeline/inference/backends.py) and by the outlin
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -29,8 +33,34 @@ def scratch_home():
 
     Held by one thread at a time (the others wait): two threads swapping the process's environment would
     leave it pointing at a removed folder."""
-    with _SCRATCH:
+    with _SCRATCH, kept_signal_stack():
         yield from _scratch_home()
+
+
+class _SignalStack(ctypes.Structure):  # POSIX stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def kept_signal_stack():
+    """The calling thread's alternate signal stack as it was before, whatever runs inside.
+
+    OpenVINO's CPU plugin, while it loads, sets a signal stack of its own, frees the one it replaced and
+    then reinstates it: the thread is left with a stack in freed memory, and the next signal handled on
+    it (a worker process's exit, Ctrl-C) crashes the process with a segmentation fault, or writes into
+    whatever was mapped there since. Python has no call for this: libc's sigaltstack through ctypes."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def _scratch_home():

@@ -231,7 +231,9 @@ class Engine:
         if self.backend == "torch":
             return
         for m in self.members:
-            self.member_probs(m, torch.zeros(1, 3, m.height, m.width, dtype=torch.uint8))
+            # In the layout the photos come in: (1,H,W,3) when channels_last, else (1,3,H,W).
+            shape = (1, m.height, m.width, 3) if self.channels_last else (1, 3, m.height, m.width)
+            self.member_probs(m, torch.zeros(shape, dtype=torch.uint8))
 
     def _parallel(self, fn: Callable, images: list[Path]) -> Iterator:
         """``fn(path)`` for every photo on ``jobs`` threads, in input order; torch kernels stay on the
@@ -330,11 +332,18 @@ class Engine:
             return name, m if finish is None else finish(name, m, f), f
 
         batch: list = []
-        for done in self._parallel(one, images):
-            batch.append(done)
-            if len(batch) == self.batch_size:
+        try:
+            for done in self._parallel(one, images):
+                batch.append(done)
+                if len(batch) == self.batch_size:
+                    full, batch = batch, []
+                    yield self._batch_of(full)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            if batch:  # the photos before a failing one are handed over first: a resume keeps them
                 yield self._batch_of(batch)
-                batch = []
+            raise
         if batch:
             yield self._batch_of(batch)
 

@@ -136,7 +136,7 @@ def test_submission_and_predict_in_bf16_channels_last(confident, tiny_data, tmp_
     def submit(out, **kw):
         return make_submission(recipe, tiny_data, tmp_path / out, device="cpu", num_workers=0, quiet=True, **kw)
 
-    s32 = submit("fp32.csv.gz")
+    s32 = submit("fp32.csv.gz", precision="fp32")  # explicit: a CPU with BF16 runs bf16 by default
     s16 = submit("bf16.csv.gz", precision="bf16", channels_last=True)
     assert (s32["key"]["precision"], s16["key"]["precision"]) == ("fp32", "bf16")
     r32, r16 = _rows(tmp_path / "fp32.csv.gz"), _rows(tmp_path / "bf16.csv.gz")

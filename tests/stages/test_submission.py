@@ -56,7 +56,7 @@ def test_a_finished_submission_of_another_precision_is_never_replaced_silently(l
     _, recipe = lab
     out = tmp_path / "s.csv.gz"
     args = ["submission", "--recipe", recipe, "--data", tiny_data, "--out", out, "--device", "cpu"]
-    assert _cli(capsys, *args)[0] == 0
+    assert _cli(capsys, *args, "--precision", "fp32")[0] == 0  # explicit: a CPU with BF16 runs bf16 by default
     before = out.read_bytes()
     code, _, err = _cli(capsys, *args, "--precision", "bf16")
     assert code == 2 and "made with another precision" in err and "--force" in err and out.read_bytes() == before

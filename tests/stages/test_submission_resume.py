@@ -88,7 +88,7 @@ def test_a_full_disk_mid_run_keeps_the_rows_written_and_names_the_file(lab, tiny
     assert 0 < kept < 16
     calls = []
     real = submission_mod._row
-    submission_mod._row = lambda *a: calls.append(1) or real(*a)
+    submission_mod._row = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         _sub(recipe, tiny_data, out, chunk_rows=2)  # resumes after the rows on disk
     finally:
