@@ -81,7 +81,14 @@ def test_submission_row_by_row(tiny_data, trained):
     assert recipe["oof"]["n_images"] == 6 * 16
     out = root / "sub" / "submission.csv.gz"
     summary = make_submission(
-        root / "sub" / "recipe.json", tiny_data, out, device="cpu", num_workers=0, chunk_rows=5, quiet=True
+        root / "sub" / "recipe.json",
+        tiny_data,
+        out,
+        device="cpu",
+        num_workers=0,
+        chunk_rows=5,
+        quiet=True,
+        precision="fp32",  # the rows computed here are PyTorch's fp32: a CPU with BF16 runs bf16 by default
     )
     rows = _read_rows(out)
     assert rows[0] == ["img", "rle_mask"]
