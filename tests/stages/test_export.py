@@ -224,7 +224,7 @@ def test_folder_loads_with_smp_alone(exported):
 def test_fp16_weights_against_fp32(exported, tiny_data):
     """fp16 storage rounds each weight once (loaded back into fp32): the maps move by at most two levels of
     255, so a mask pixel changes side only right at the threshold (the effect on real out-of-fold Dice is
-    measured in docs/accuracy.md)."""
+    measured in docs/record/shipped-model.md)."""
     from pipeline.stages.evaluate import pretrained_predictions
 
     fp32, fp16, _ = exported
