@@ -2,7 +2,7 @@
 
 Whoever is lent a GPU runs this first (``make gpu-check DATA=/path/to/carvana``; a handful of real
 cars in the Kaggle layout is enough). Its sections, in order; each is written to
-``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (tables ready to paste into docs/benchmarks.md) as
+``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (tables ready to paste into docs/record/) as
 soon as it ends, so a section that fails, or a run cut short, keeps everything before it:
 
 1. ``env``               torch, CUDA, the GPU, its memory, bf16 support, cuDNN

@@ -1,4 +1,4 @@
-# Where the active contour step helps and where it fails (docs/accuracy.md, "Active contours"):
+# Where the active contour step helps and where it fails (docs/record/post-processing.md, "Active contours"):
 # reads the per-image Dice before and after the step with snakes.DEFAULTS that
 # active_contour_sweep.py wrote (PER_IMAGE=...), picks the image the step helped most and the one it hurt most, and for
 # each writes a crop of the region it changed most: the photo, the truth's outline in white, the

@@ -1,4 +1,4 @@
-# Active contour parameters against out-of-fold Dice (docs/accuracy.md, "Active contours"): for a
+# Active contour parameters against out-of-fold Dice (docs/record/post-processing.md, "Active contours"): for a
 # recipe (its members' out-of-fold maps, weights and threshold) and the images of the given folds,
 # the mean Dice change of `snakes.refine` with snakes.DEFAULTS and with each override given as JSON,
 # the images it helped and hurt, and the seconds per image on one core. With PER_IMAGE=file.csv it

@@ -8,7 +8,7 @@ cars in --cars when given, e.g. folds/test_split.csv) is cut out by the model fo
 threshold, post-processing) once per variant. Per variant and photo: the Dice with the true mask, and
 the pixels that differ from the reference (PyTorch fp32, today's path). Printed per variant: the mean
 Dice, its change against the reference, the largest loss of one photo, and the mean pixels changed.
-The rule a lever must pass (docs/benchmarks.md): mean change within 1e-4, no photo losing more than 2e-3.
+The rule a lever must pass (docs/record/cpu-speed.md): mean change within 1e-4, no photo losing more than 2e-3.
 
 Variants (name: runtime, precision, TTA, refiner): ref (torch fp32, the folder's TTA, PyTorch refiner),
 ov_fp32, ov_bf16 (network and refiner in OpenVINO bf16), ov_bf16_torch_refiner, ov_bf16_no_hflip,

@@ -1,6 +1,6 @@
 # Forward + backward + AdamW of the configs/cpu.yaml model (refine 0, no weights) on one fixed random
 # batch of 8 at 320x480, mean of 5 steps after one: the model's own cost, no data loading
-# (docs/accuracy.md, "What buys steps"). 'cl' runs it in channels_last, 'keep' calls
+# (docs/record/accuracy-levers.md, "What buys steps"). 'cl' runs it in channels_last, 'keep' calls
 # engine.keep_freed_memory() first (as every CPU run of the pipeline does). Run from the repository root:
 #   OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python docs/scripts/fb_bench.py [cl] [keep]
 import sys

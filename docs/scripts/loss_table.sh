@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The loss comparison of docs/accuracy.md: fold 0 of the 60 real cars, same seed and budget for every
+# The loss comparison of docs/record/accuracy-levers.md: fold 0 of the 60 real cars, same seed and budget for every
 # loss (U-Net, ImageNet MobileNetV2 from ../shared/weights, 256x384, 60 steps of batch 8, hflip TTA).
 # Run from the repository root after `make install`; each run takes 7-25 minutes on 2 CPU cores.
 #   docs/scripts/loss_table.sh l-bce_ratio bce_ratio                      # name, train.loss

@@ -1,4 +1,4 @@
-# Out-of-fold maps of a trained fold with other weights or TTA views, timed (docs/accuracy.md,
+# Out-of-fold maps of a trained fold with other weights or TTA views, timed (docs/record/accuracy-levers.md,
 # "Accuracy levers at equal wall time"): copies the fold's best.pt and config.yaml to a new run name
 # and predicts the held-out images again. --raw takes the raw (not averaged) final weights from
 # last.pt: the EMA lever at full resolution, on the same training. Run from the repository root:

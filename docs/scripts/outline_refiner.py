@@ -1,7 +1,8 @@
 """Train (and score) the outline refiner: the post-processing step ``refine_outline``
 (pipeline/masks/outline_refiner.py, after boundary patch refinement, Tang et al., CVPR 2021, and
 CascadePSP, Cheng et al., CVPR 2020). ``make export ... ARGS="--refiner FILE"`` puts it into a model folder;
-the shipped one is .exp/refiner/r1.pt from the first command below (docs/accuracy.md, "Levers at equal wall time").
+the shipped one is .exp/refiner/r1.pt from the first command below (docs/record/accuracy-levers.md,
+"Levers at equal wall time on 243 cars").
 
 train: 64x64 patches along the true outline of 1,500 photos of the training folds (folds_270.csv
        fold != 0, test split left out), the coarse input made from the true mask (downsampled to
@@ -29,7 +30,7 @@ from pipeline.data.layout import read_image, read_mask
 from pipeline.masks.metrics import dice
 from pipeline.masks.outline_refiner import OutlineRefiner, params_for, refine_outline, to_tensors
 
-DATA = Path(".exp/cars270")  # docs/accuracy.md: the 270 cars of ../shared/data/more-cars.sh
+DATA = Path(".exp/cars270")  # docs/record/accuracy-levers.md: the 270 cars of ../shared/data/more-cars.sh
 
 
 def coarse_from_truth(mask, rng, size=(480, 320)):

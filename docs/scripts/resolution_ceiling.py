@@ -1,4 +1,4 @@
-# What the resize to a training size and back costs, with a perfect model (docs/accuracy.md):
+# What the resize to a training size and back costs, with a perfect model (docs/record/accuracy-levers.md):
 # each ground-truth mask of fold 0 is area-resized to (h, w), upsampled bilinearly to 1918x1280 as
 # the engine upsamples probabilities, thresholded at 0.5 and scored against itself.
 # Run from the repository root: PYTHONPATH=. .venv/bin/python docs/scripts/resolution_ceiling.py

@@ -1,4 +1,4 @@
-# The review score and the alternatives it was chosen from (docs/accuracy.md, "Review list"): for the
+# The review score and the alternatives it was chosen from (docs/record/review-list.md): for the
 # out-of-fold maps of one run, the device features of every image (review.features_of, as the
 # submission computes them) and its errors against the truth; then, for each candidate score, the share
 # of all error pixels held by the top 5 % of images, and the Spearman rank correlation with 1 - Dice.

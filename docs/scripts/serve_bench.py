@@ -1,4 +1,4 @@
-"""The web API's speed (docs/benchmarks.md, "The web API (make serve)") and the README's screenshot.
+"""The web API's speed (docs/record/cpu-speed.md, "make serve") and the README's screenshot.
 
 Starts `python -m pipeline serve` (the shipped model unless --pretrained) on a free loopback port, then:
 - one client: each photo posted in turn (the first one, a warm-up, not counted): latency median and p95;

@@ -1,4 +1,4 @@
-# Seconds per training step of configs/cpu.yaml on the real cars, with overrides (docs/accuracy.md,
+# Seconds per training step of configs/cpu.yaml on the real cars, with overrides (docs/record/accuracy-levers.md,
 # "What buys steps"): the Trainer's own epoch (loading, augmentation, forward, backward, AdamW) after
 # one warm-up epoch of 4 steps, then 3 timed epochs of 4 steps; model.refine=0 unless overridden.
 # Run from the repository root, with ../shared beside it:

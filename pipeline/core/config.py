@@ -57,7 +57,7 @@ class ModelConfig:
     decoder_channels: list[int] | None = None
     # A ResNet-style refinement block after the decoder (Heitzinger & Kampel): sees the logits and
     # the image at input resolution and adds a residual to the logits. 0 disables; else its width.
-    # The shipped configs use 16 (docs/accuracy.md); the default stays 0 so that checkpoints saved
+    # The GPU configs use 16 (docs/record/accuracy-levers.md); the default stays 0 so that checkpoints saved
     # before the option existed (no `refine` key) rebuild exactly.
     refine: int = 0
 

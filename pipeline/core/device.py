@@ -45,8 +45,8 @@ def keep_freed_memory() -> bool:
     By default glibc serves every block above its mmap threshold (at most 32 MB; a 320x480 batch's
     activations are larger) with a fresh mmap and unmaps it on free, so on CPU each step page-faults
     all its activations anew: 17 % of a training run's CPU time was in the kernel. Measured on 2 cores,
-    a MobileNetV2 U-Net step at 320x480 (channels_last) went from 4.09 to 3.00 s (docs/accuracy.md). The process then
-    holds its peak memory until it exits, which a training or prediction run does anyway.
+    a MobileNetV2 U-Net step at 320x480 (channels_last) went from 4.09 to 3.00 s (docs/record/accuracy-levers.md).
+    The process then holds its peak memory until it exits, which a training or prediction run does anyway.
     ``PIPELINE_KEEP_FREED_MEMORY=0`` turns it off. True if set (glibc only; a no-op elsewhere)."""
     if os.environ.get("PIPELINE_KEEP_FREED_MEMORY", "1") == "0":
         return False

@@ -5,10 +5,10 @@ engine calls it exactly as it calls the PyTorch model: a (B, 3, H, W) batch of 0
 out. The model is exported once per input size it meets (the TTA views of one member have at most
 two), with a dynamic batch dimension, in memory; nothing is written to disk. Both runtimes are
 optional packages (``pip install onnxruntime`` or ``openvino``): asking for one that is not installed
-is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/benchmarks.md.
+is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/record/cpu-speed.md.
 
 OpenVINO runs in fp32 or, where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), in bf16: about
-twice as fast, with masks that agree with fp32's to well within the bound docs/benchmarks.md states.
+twice as fast, with masks that agree with fp32's to well within the bound docs/record/cpu-speed.md states.
 ``resolve_runtime`` turns ``--backend``/``--precision`` into what runs: on a CPU the default is OpenVINO in
 the fastest precision this CPU has, ``--precision fp32`` the PyTorch fp32 path. One ``Runtime`` may be
 called from several threads at once (the engine's photo workers): each thread gets its own inference

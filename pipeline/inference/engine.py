@@ -138,7 +138,7 @@ class Engine:
                 if self.channels_last:
                     model.to(memory_format=torch.channels_last)
             # torch.compile is off by default: it costs minutes of compilation per model and has
-            # not been measured to pay off here (make bench, docs/benchmarks.md).
+            # not been measured to pay off here (make bench, docs/record/cpu-speed.md).
             if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model on the CPU
                 threads = self.jobs if self.jobs > 1 else None
                 self._forward[id(m)] = [

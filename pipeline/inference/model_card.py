@@ -21,6 +21,22 @@ def _duration(seconds) -> str:
     return f"{m} min {s:02d} s"
 
 
+def _paths_row(paths: dict) -> str:
+    """Which base each recorded path is relative to (pipeline.json's ``source.paths``), grouped by base."""
+    said = {"project root": "relative to the project root", "data root": "relative to the data root"}
+    groups: dict[str, list[str]] = {}
+    for key, base in paths.items():
+        if key not in ("rule", "trained.command"):
+            short = key.removeprefix("config.").removeprefix("trained.")
+            groups.setdefault(said.get(base, "by name alone (outside the project and the data root)"), []).append(
+                f"`{short}`"
+            )
+    parts = [f"{base}: {', '.join(keys)}" for base, keys in sorted(groups.items(), key=lambda g: g[0].startswith("by"))]
+    if "trained.command" in paths:
+        parts.append("the command's paths by the same rule")
+    return "| paths | " + ("; ".join(parts) or paths.get("rule", "")) + " |"
+
+
 def render_card(spec: dict) -> str:
     name = spec["name"]
     model, inp, src = spec["model"], spec["input"], spec["source"]
@@ -138,6 +154,7 @@ def render_card(spec: dict) -> str:
         + (" (with uncommitted changes)" if code.get("dirty") else "")
         + " |",
         f"| command | `{trained.get('command', '-')}` |",
+        *([_paths_row(src["paths"])] if isinstance(src.get("paths"), dict) else []),
         f"| wall time | {_duration(trained.get('train_seconds'))} of training epochs |",
         f"| machine | {machine.get('cpu', '-')}, {machine.get('cores', '-')} cores, "
         f"{machine.get('torch_threads', '-')} torch threads, {machine.get('device', '-')}, "

@@ -69,7 +69,7 @@ REVIEW_FEATURES = (*DEVICE_FEATURES, *POST_FEATURES)
 # A blob's worth, as a share of the photo: the largest piece remove_far_blobs may take for a false blob
 # (postprocess.CAR_PIECE_FRACTION: 2 %, 1.5 times the largest false blob measured, under a quarter of the
 # smallest true car). The outline steps change far less: refine_outline at most 0.17 % of a photo (median
-# 0.09 %) on the 432 test-split photos (docs/accuracy.md, "The far-blob guard, car-aware"). Post-processing
+# 0.09 %) on the 432 test-split photos (docs/record/post-processing.md, "Car-aware: every car kept"). Post-processing
 # that removed or added more changed what may be a car: said on the console, and the pixels past it are
 # evidence (``post_px``).
 POST_TOLERANCE = CAR_PIECE_FRACTION
@@ -82,7 +82,7 @@ SHAPE_FEATURES = ("area", "box_width", "box_height", "box_cx", "box_cy", "fill")
 SHAPE_TOLERANCE = 0.25
 # A pixel is uncertain when its blended value is within [UNCERTAIN_LO, UNCERTAIN_HI] (probability 0.25..0.75).
 # Not wider: a model trained briefly leaves much of the background at 0.05..0.2, which says little about
-# errors (docs/accuracy.md, "Review list").
+# errors (docs/record/review-list.md).
 UNCERTAIN_LO, UNCERTAIN_HI = 64, 191
 # The review list: the score, why (each piece of evidence and its pixels, largest first), the pieces, then
 # the device features.
@@ -226,7 +226,7 @@ def car_view(img: str) -> tuple[str, int] | None:
 # neighbouring views differ little. So a car framed wider or lower than the train cars moves all its
 # views alike, and only a view that disagrees with its own car is evidence about its mask. Each
 # tolerance lies just past the largest disagreement among the 3,888 true masks of the 243 cars outside
-# the test split (docs/accuracy.md, "Review list, round 4"; mirror: area 0.121, top 97 px, bottom 47 px
+# the test split (docs/record/review-list.md, "Like with like"; mirror: area 0.121, top 97 px, bottom 47 px
 # of 1280; neighbours: area 0.315, bottom 92 px): |log area ratio|, and the box's top and bottom rows as
 # shares of the image height.
 VIEW_TOLERANCE = {

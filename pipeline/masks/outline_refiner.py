@@ -1,7 +1,7 @@
 """``refine_outline``: a small learned network that redraws the outline at full resolution.
 
 A 320x480 U-Net's outline is about a pixel off almost everywhere once upsampled to 1918x1280: most of
-the error left on good photos sits on the outline (docs/accuracy.md). After boundary patch refinement
+the error left on good photos sits on the outline (docs/record/accuracy-levers.md). After boundary patch refinement
 (Tang et al., CVPR 2021) and CascadePSP (Cheng et al., CVPR 2020), a network of a few thousand weights
 (five 3x3 convolutions, dilated 1-8, 16 channels) looks at the photo and the coarse probability in
 48x48 tiles along the outline (8 pixels of context each side) and corrects the coarse logit there;
@@ -48,9 +48,10 @@ MAX_BATCH_BYTES = 256 * 2**20
 TRAINED_SIZE = (1280, 1918)
 # Scales (the photo's width and height, each over the size it was trained at) at which the refiner is
 # applied. It sees pixels: 48x48 tiles, dilations 1-8, edges as sharp as a 1918x1280 photo's. Measured with
-# the shipped folder on 16 test-split photos resized to each scale (docs/accuracy.md, "The refiner's scale";
-# docs/scripts/refiner_scale.py): +0.00117 Dice at 1, +0.00078 at 0.7 and +0.00056 at 1.4 (at most 1 of 16
-# photos worse), but +0.00010 at 0.5 (5 worse), -0.00063 at 0.25 (15 worse) and +0.00017 at 2 (4 worse);
+# the shipped folder on 16 test-split photos resized to each scale (docs/record/post-processing.md,
+# "The outline refiner's scale"; docs/scripts/refiner_scale.py): +0.00117 Dice at 1, +0.00078 at 0.7
+# and +0.00056 at 1.4 (at most 1 of 16 photos worse), but +0.00010 at 0.5 (5 worse), -0.00063 at 0.25
+# (15 worse) and +0.00017 at 2 (4 worse);
 # a portrait photo (1280x1918, squeezed by the network's 320x480 input) loses 0.0048. Both sides must lie
 # in the band, so a portrait or squeezed photo is left as the network made it.
 SCALE_BAND = (0.7, 1.4)

@@ -14,7 +14,7 @@ Steps:
   within theirs: a part of the car cut off by a post in front of it, another car in the row); so is
   every piece that a chain of gaps of at most `FAR_BLOB_GAP` of the image diagonal links to a kept
   one (antenna tips, mirror edges). Measured on the 4,320 true masks, with posts painted through
-  them and with cars composed side by side (docs/accuracy.md, docs/scripts/far_blobs.py).
+  them and with cars composed side by side (docs/record/post-processing.md, docs/scripts/far_blobs.py).
 - `fill_holes`: fill background components that do not touch the image border and are smaller than
   `MAX_HOLE_FRACTION` of the image; big holes (background seen through the windows) stay.
 - `smooth_contour`: the adaptive contour smoothing of Heitzinger & Kampel, "Highly Accurate Binary
@@ -50,7 +50,7 @@ MIN_BLOB_FRACTION = 0.0005
 # A piece further than this from the car and from every piece linked to it (fraction of the image
 # diagonal: 0.05 of 1918x1280 is 115 pixels) is not part of it. The real masks' pieces need 59 pixels.
 FAR_BLOB_GAP = 0.05
-# What is plausibly car, and never removed as a far blob (docs/accuracy.md, "The far-blob guard"): a piece
+# What is plausibly car, and never removed as a far blob (docs/record/post-processing.md, "The far-blob guard"): a piece
 # of at least CAR_PIECE_FRACTION of the image (the smallest car of the 4,320 true masks is one piece of
 # 8.8 % of its photo, 3a7a8f03e713_09; the largest false blob on the platform edge of the wide-framed
 # photos the guard exists for, 1.35 %: 2 % keeps a car of half the smallest one's linear size), or of at

@@ -39,7 +39,7 @@ from .contours import find_contours, rasterize_contours
 
 STEP = "active_contour"
 # Chosen on the out-of-fold maps of fold 0 of quick real-car models and checked on folds 1-4
-# (docs/accuracy.md, "Active contours"; docs/scripts/active_contour_sweep.py).
+# (docs/record/post-processing.md, "Active contours"; docs/scripts/active_contour_sweep.py).
 DEFAULTS: dict[str, float] = {
     "min_width": 4.0,  # px of transition width from which a contour point may be uncertain...
     "width_ratio": 0.8,  # ...if also this many times the image's median width along its outline

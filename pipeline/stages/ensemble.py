@@ -114,7 +114,7 @@ POSTPROCESS_CANDIDATES = (
 # Guards against rare, large failures (false blobs far from the car): a mean gain cannot choose them,
 # since the failures they stop may not be among the out-of-fold images at all. One is kept when it
 # changes no out-of-fold image for the worse (it costs nothing there); that it never removes a true car
-# pixel is measured on every real train mask (docs/accuracy.md) and pinned by the tests.
+# pixel is measured on every real train mask (docs/record/post-processing.md) and pinned by the tests.
 GUARD_STEPS = ("remove_far_blobs",)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import torch
 from ..core.config import Config, run_name_problem
 from ..core.errors import ModelFolderError
 from ..core.identity import code_version, file_sha256
-from ..core.io_utils import OutputLock, check_writable, stored_path, write_json, write_text
+from ..core.io_utils import OutputLock, check_writable, resolve_stored, stored_path, write_json, write_text
 from ..inference.model_card import render_card
 from ..inference.model_folder import (
     CARD,
@@ -38,6 +39,7 @@ from ..inference.model_folder import (
     FILES,
     FORMAT,
     PIPELINE_JSON,
+    SHIPPED,
     WEIGHTS,
     check_folder,
     fetch,
@@ -142,6 +144,85 @@ def _add_refiner(inference: Inference, path: Path) -> dict:
     inference.postprocess = ["refine_outline", *steps]
     inference.postprocess_params = {**inference.postprocess_params, "refine_outline": params}
     return {"file": path.name, "sha256": file_sha256(path, 64)}
+
+
+# -- the paths a model folder records ---------------------------------------------------------------------
+# A model folder travels: its records name the data, runs and weights it came from relative to the project
+# root when they were inside it, else relative to the data root, else by their name alone, never as one
+# machine's absolute paths. (A relative path in a config is relative to where the command ran: the project.)
+PROJECT_ROOT = SHIPPED.parents[1]
+PATHS_RULE = "relative to the project root when inside it, else to the data root (config.data_dir), else the name alone"
+PROJECT, DATA_ROOT, NAME = "project root", "data root", "name only"
+
+
+def portable_path(value: str, project: Path, data_root: Path | None) -> tuple[str, str]:
+    """``value``, a path a record holds, as a model folder records it, and which base it is relative to
+    (PROJECT, DATA_ROOT or NAME). Lexical only: the files need not exist on this machine."""
+    p = Path(os.path.normpath(Path(project) / value))  # an absolute value stays itself
+    for base, kind in ((Path(project), PROJECT), (data_root, DATA_ROOT)):
+        if base is not None and p != base and p.is_relative_to(base):
+            return p.relative_to(base).as_posix(), kind
+    if p == Path(project):
+        return ".", PROJECT
+    return p.name, NAME
+
+
+def _is_path_setting(key: str, value) -> bool:
+    return isinstance(value, str) and value != "" and (key != "encoder_weights" or value not in ("imagenet", "none"))
+
+
+def portable_source(source: dict, trained_record: Path | None, project: Path = PROJECT_ROOT) -> dict:
+    """The ``source`` record of pipeline.json with every path made portable (``portable_path``): the training
+    config's data, folds, runs, test split and encoder weights, the full run's folds CSV and runs (stored
+    relative to its full.json at ``trained_record``) and the paths in its command. ``source["paths"]`` says
+    the rule and which base each one took."""
+    out = json.loads(json.dumps(source))
+    config, trained = out.get("config") or {}, out.get("trained")
+    data = config.get("data_dir")
+    data_root = Path(os.path.normpath(Path(project) / data)) if isinstance(data, str) and data else None
+    bases: dict[str, str] = {}
+
+    def record(holder: dict, key: str, where: str, value: str) -> None:
+        holder[key], bases[where] = portable_path(value, project, data_root)
+
+    for key in ("data_dir", "folds_csv", "runs_dir", "test_split"):
+        if _is_path_setting(key, config.get(key)):
+            record(config, key, f"config.{key}", config[key])
+    model = config.get("model") or {}
+    if _is_path_setting("encoder_weights", model.get("encoder_weights")):
+        record(model, "encoder_weights", "config.model.encoder_weights", model["encoder_weights"])
+    if isinstance(trained, dict):
+        here = trained_record if trained_record is not None else Path(project) / "full.json"
+        on, cv = trained.get("trained_on") or {}, trained.get("cross_validation") or {}
+        if isinstance(on.get("folds_csv"), str):
+            record(on, "folds_csv", "trained.trained_on.folds_csv", str(resolve_stored(on["folds_csv"], here)))
+        if isinstance(cv.get("runs"), str):
+            record(cv, "runs", "trained.cross_validation.runs", str(resolve_stored(cv["runs"], here)))
+        if isinstance(trained.get("command"), str):
+            trained["command"] = _portable_command(trained["command"], project, data_root, bases)
+        if "paths" in trained:
+            trained["paths"] = "as source.paths says"
+    out["paths"] = {"rule": PATHS_RULE, **dict(sorted(bases.items()))}
+    return out
+
+
+def _portable_command(command: str, project: Path, data_root: Path | None, bases: dict[str, str]) -> str:
+    """A recorded command line with each absolute path in it (an argument, or the value of ``--set key=PATH``)
+    made portable."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not a shell line: its absolute paths cut to names
+        return " ".join(Path(w).name if w.startswith("/") else w for w in command.split())
+    kinds = set()
+    for i, word in enumerate(words):
+        key, eq, value = word.partition("=") if not word.startswith("/") else ("", "", word)
+        if value.startswith("/"):
+            new, kind = portable_path(value, project, data_root)
+            words[i] = f"{key}{eq}{new}"
+            kinds.add(kind)
+    if kinds:
+        bases["trained.command"] = ", ".join(sorted(kinds))
+    return shlex.join(words)
 
 
 STAGE_MARK = "export-"  # a folder being written: .<name>.export-XXXX beside the model folder
@@ -320,16 +401,19 @@ def export_model(
                 "postprocess_params": inference.postprocess_params,
                 "precision": inference.precision,
                 "files": {f: file_sha256(stage / f, 64) for f in FILES},
-                "source": {
-                    "checkpoint": checkpoint.name,
-                    "checkpoint_sha256": ckpt_sha,
-                    "epoch": meta.get("epoch"),
-                    "config": saved,
-                    "trained": trained,
-                    "recipe": figures,
-                    "refiner": refiner_source,
-                    "cars": cars,
-                },
+                "source": portable_source(
+                    {
+                        "checkpoint": checkpoint.name,
+                        "checkpoint_sha256": ckpt_sha,
+                        "epoch": meta.get("epoch"),
+                        "config": saved,
+                        "trained": trained,
+                        "recipe": figures,
+                        "refiner": refiner_source,
+                        "cars": cars,
+                    },
+                    full.absolute(),
+                ),
                 "notes": notes or {},
                 "code": code_version(),
                 "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),

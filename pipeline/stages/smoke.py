@@ -279,7 +279,7 @@ def main_smoke(a) -> None:
 
 
 def markdown(results: list[dict]) -> str:
-    """The figures of several smoke runs as a Markdown table (for docs/benchmarks.md)."""
+    """The figures of several smoke runs as a Markdown table (for docs/record/full-resolution-memory.md)."""
     head = "| config | device | size | precision (train/infer) | stage | seconds | peak GB | img/s |"
     lines = [head, "|" + "---|" * 8]
     for r in results:

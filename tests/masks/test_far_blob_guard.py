@@ -66,7 +66,8 @@ def test_a_small_car_is_kept_beside_a_larger_false_blob():
 def test_the_platform_edge_blobs_it_exists_for_still_go():
     car = _car(_blank(), 40, 60, 140, 260)  # 28 % of the image, lowest row 179
     m = car.copy()
-    # Flat blobs on the platform edge, well below the car, at the sizes of the real ones (docs/accuracy.md):
+    # Flat blobs on the platform edge, well below the car, at the sizes of the real ones
+    # (docs/record/post-processing.md):
     # 1.3 %, 0.5 % and 0.1 % of the image, the largest 10 % of the car.
     cv2.ellipse(m, (45, 232), (40, 10), 0, 0, 360, 1, -1)
     cv2.ellipse(m, (200, 238), (28, 5), 0, 0, 360, 1, -1)

@@ -133,7 +133,7 @@ def test_remove_far_blobs_gap_is_a_fraction_of_the_diagonal():
 
 @needs_real_data()
 @pytest.mark.parametrize(
-    "name",  # the real masks with separate pieces (the farthest 33 px from the body; docs/accuracy.md)
+    "name",  # the real masks with separate pieces (the farthest 33 px from the body; docs/record/post-processing.md)
     ["0d3adbbc9a8b_15", "0d3adbbc9a8b_12", "2335eef27de6_08", "2335eef27de6_01", "2335eef27de6_09",
      "2af7c265531e_16", "28d9a149cb02_02"],
 )  # fmt: skip

@@ -128,6 +128,82 @@ def test_a_fold_checkpoint_exports_with_its_exact_weights(tiny_runs, tmp_path):
     assert all(torch.equal(v, weights[k]) for k, v in model.model.state_dict().items())
 
 
+def _strings(value):
+    """Every string in a JSON value (keys too)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.slow
+def test_an_export_records_no_absolute_path(full, exported, tiny_data):
+    """The folder travels: its pipeline.json and card name the data, folds, runs and command of its training
+    relative to the project or the data root, or by name, never by this machine's absolute paths."""
+    runs, _ = full
+    for folder in exported[:2]:
+        spec = read_json(folder / "pipeline.json")
+        card = (folder / "README.md").read_text()
+        machine = [s for s in _strings(spec) if s.startswith("/") or str(tiny_data.parent) in s or str(REPO) in s]
+        assert machine == []
+        assert str(tiny_data.parent) not in card and str(REPO) not in card and str(runs) not in card
+        config, trained = spec["source"]["config"], spec["source"]["trained"]
+        # The tiny run's data, folds and runs lie outside the project: recorded by name, and said so.
+        assert (config["data_dir"], config["runs_dir"], config["folds_csv"]) == ("data", "runs", "folds.csv")
+        assert trained["trained_on"]["folds_csv"] == "folds.csv" and trained["cross_validation"]["runs"] == "m"
+        paths = spec["source"]["paths"]
+        assert paths["config.data_dir"] == paths["config.runs_dir"] == "name only" and "project root" in paths["rule"]
+        assert "| paths | by name alone (outside the project and the data root): `data_dir`" in card
+
+
+def test_recorded_paths_are_relative_to_the_project_else_the_data_root_else_a_name(tmp_path):
+    from pipeline.stages.export import portable_path, portable_source
+
+    project, data = tmp_path / "project", tmp_path / "carvana"
+    assert portable_path(str(project / ".exp" / "cars270"), project, data) == (".exp/cars270", "project root")
+    assert portable_path("folds/folds_270.csv", project, data) == ("folds/folds_270.csv", "project root")
+    assert portable_path(str(data / "weights" / "w.pth"), project, data) == ("weights/w.pth", "data root")
+    assert portable_path("/opt/weights/w.pth", project, data) == ("w.pth", "name only")
+    assert portable_path("../shared/weights/w.pth", project, data) == ("w.pth", "name only")
+    run_dir = project / ".exp" / "runs" / "ship" / "full"
+    source = portable_source(
+        {
+            "config": {
+                "data_dir": str(data),
+                "runs_dir": str(project / ".exp" / "runs"),
+                "folds_csv": "folds/folds.csv",
+                "test_split": None,
+                "model": {"encoder_weights": "imagenet"},
+            },
+            "trained": {
+                "trained_on": {"folds_csv": "../../../../folds/folds.csv"},  # relative to full.json, as train writes
+                "cross_validation": {"runs": "../../ship"},
+                "paths": "relative to this file",
+                "command": f"python -m pipeline train --data {data} --runs {project}/.exp/runs "
+                f"--set model.encoder_weights={data}/w.pth --set name=ship",
+            },
+        },
+        run_dir / "full.json",
+        project,
+    )
+    config, trained = source["config"], source["trained"]
+    assert (config["data_dir"], config["runs_dir"], config["folds_csv"]) == ("carvana", ".exp/runs", "folds/folds.csv")
+    assert config["test_split"] is None and config["model"]["encoder_weights"] == "imagenet"
+    assert trained["trained_on"]["folds_csv"] == "folds/folds.csv" and trained["cross_validation"]["runs"] == (
+        ".exp/runs/ship"
+    )
+    assert trained["command"] == (
+        "python -m pipeline train --data carvana --runs .exp/runs --set model.encoder_weights=w.pth --set name=ship"
+    )
+    assert source["paths"]["config.data_dir"] == "name only" and source["paths"]["config.runs_dir"] == "project root"
+    assert trained["paths"] == "as source.paths says"
+
+
 @pytest.mark.slow
 def test_folder_loads_with_smp_alone(exported):
     """smp.from_pretrained loads it in a process that never imports this pipeline."""
@@ -148,7 +224,7 @@ def test_folder_loads_with_smp_alone(exported):
 def test_fp16_weights_against_fp32(exported, tiny_data):
     """fp16 storage rounds each weight once (loaded back into fp32): the maps move by at most two levels of
     255, so a mask pixel changes side only right at the threshold (the effect on real out-of-fold Dice is
-    measured in docs/accuracy.md)."""
+    measured in docs/record/shipped-model.md)."""
     from pipeline.stages.evaluate import pretrained_predictions
 
     fp32, fp16, _ = exported

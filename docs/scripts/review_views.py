@@ -1,20 +1,20 @@
-"""The review list on real cars, out of fold: round 3's score against round 4's (issue 25, section 1).
+"""The review list on real cars, out of fold: a shape judged against all train cars, or its own car's views.
 
 Every photo of a source that never saw its car: a run's out-of-fold maps (``runs RUNS_DIR NAME DATA``)
 or an exported model on the cars its record says it never saw (``model MODEL_DIR DATA``). Per photo its
 Dice, error pixels and review features; then the share of all error pixels the top 5 % hold under
 
-- ``soft``: soft_error / 255 alone (round 2),
-- ``round 3``: plus the shape term for every photo (its shape against all train cars, car_shapes.json),
-- ``now``: review.review_table (the shape judged against the same car's own views; all train cars only
-  where no view of its car is there),
+- ``soft``: soft_error / 255 alone,
+- ``all cars``: plus the shape term for every photo (its shape against all train cars, car_shapes.json),
+- ``own views``: review.review_table, the score as it is (the shape judged against the same car's own
+  views; all train cars only where no view of its car is there),
 
 against the best possible 5 %, and how many good masks (Dice above the median) sit in the top 5 % mainly
 because of shape evidence (its shape or view pixels above its uncertain pixels). The cars framed unlike
 the train cars (``--framing CSV``: car ids, e.g. from the true masks' boxes) are listed with their ranks.
 
-    PYTHONPATH=. python docs/scripts/review_round4.py runs .exp/runs L_cars243 .exp/cars270 [--framing F] [--csv OUT]
-    PYTHONPATH=. python docs/scripts/review_round4.py model models/carvana-unet-mobilenetv2 DATA [--framing F]
+    PYTHONPATH=. python docs/scripts/review_views.py runs .exp/runs L_cars243 .exp/cars270 [--framing F] [--csv OUT]
+    PYTHONPATH=. python docs/scripts/review_views.py model models/carvana-unet-mobilenetv2 DATA [--framing F]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
     now = review.review_table(t[["img", *review.DEVICE_FEATURES]]).set_index("img")
     t = t.join(now[["score", "why", "uncertain_px", "view_px", "shape_px", "framing_dev"]], on="img")
     t["soft"] = t["soft_error"] / 255
-    t["round 3"] = t["soft"] + review.shape_px(t.assign(shape_dev=review.shape_dev(t)))
+    t["all cars"] = t["soft"] + review.shape_px(t.assign(shape_dev=review.shape_dev(t)))
     if a.csv:
         t.to_csv(a.csv, index=False)
     n, k = len(t), max(1, int(round(review.TOP_SHARE * len(t))))
@@ -71,12 +71,12 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     good = t.dice > t.dice.median()
-    for col in ("soft", "round 3", "score"):
+    for col in ("soft", "all cars", "score"):
         f = review.review_figures(t.assign(review_score=t[col]))
         top = t.assign(s=t[col]).sort_values(["s", "img"], ascending=[False, True]).head(k)
         by_shape = top[good[top.index] & (top[col] - top["soft"] > top["soft"])]
         print(
-            f"| {'now' if col == 'score' else col} | {f['error_share_top']:.1%} | {f['error_share_best']:.1%} | "
+            f"| {'own views' if col == 'score' else col} | {f['error_share_top']:.1%} | {f['error_share_best']:.1%} | "
             f"{f['error_share_top'] / f['error_share_best']:.0%} | {f['error_share_random']:.1%} | "
             f"{f['spearman']:.3f} | {len(by_shape)} |"
         )
@@ -84,13 +84,13 @@ def main() -> None:
         cars = set(pd.read_csv(a.framing)["car"])
         sel = t[t.img.str[:12].isin(cars)]
         print(f"\ncars framed unlike the train cars here: {sorted(set(sel.img.str[:12]))} ({len(sel)} photos)")
-        for col in ("soft", "round 3", "score"):
+        for col in ("soft", "all cars", "score"):
             rank = t[col].rank(ascending=False, method="min")
             r = rank[sel.index]
             print(f"  {col}: ranks {int(r.min())}-{int(r.max())} of {n}; in the top 5 %: {(r <= k).sum()}")
         err = (t.fp + t.fn).rank(ascending=False, method="min")[sel.index]
         print(f"  their error ranks: {int(err.min())}-{int(err.max())}; Dice {sel.dice.min():.4f}-{sel.dice.max():.4f}")
-    print("\nthe top 10 now:")
+    print("\nthe top 10 by the score:")
     top = t.sort_values(["score", "img"], ascending=[False, True]).head(10)
     for r in top.itertuples():
         print(f"  {r.img} Dice {r.dice:.4f} errors {int(r.fp + r.fn):,} score {r.score:,.0f}: {r.why}")
