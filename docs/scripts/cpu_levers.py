@@ -53,7 +53,7 @@ def masks_of(variant: str, pre, paths: list[Path], jobs: int):
     steps, params, threshold = spec.get("postprocess", []), spec.get("postprocess_params", {}), int(spec["threshold"])
     openvino = engine.openvino if ov_refiner else None
 
-    def finish(name, blended):
+    def finish(name, blended, features=None):  # the engine hands each photo's review features too (none here)
         path = next(p for p in paths if p.name == name)
         return postprocess(blended >= threshold, steps, blended, read_image(path), params, openvino=openvino)
 
