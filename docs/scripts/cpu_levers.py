@@ -80,11 +80,23 @@ def calibration_inputs(spec: dict, paths: list[Path]) -> dict[tuple[int, int], l
     return out
 
 
+def quantize_network(model, samples: list[torch.Tensor], float_layers: list[str]):
+    """``model`` (an OpenVINO model of the network) quantized to INT8 by NNCF, calibrated on ``samples``."""
+    import nncf
+
+    return nncf.quantize(
+        model,
+        nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32)),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+        ignored_scope=nncf.IgnoredScope(patterns=float_layers),
+    )
+
+
 @contextlib.contextmanager
 def int8_network(calibration: dict[tuple[int, int], list], float_layers: list[str]):
     """The network's OpenVINO runtime (``backends.openvino_callable``) compiling an NNCF INT8 model of its ONNX:
     the same compile settings, the model read from the same bytes, quantized before it is compiled."""
-    import nncf
     import openvino as ov
 
     real_callable, real_read = backends.openvino_callable, ov.Core.read_model
@@ -92,15 +104,8 @@ def int8_network(calibration: dict[tuple[int, int], list], float_layers: list[st
     def quantized_callable(onnx: bytes, precision: str, threads: int, streams: int = 1):
         model = real_read(ov.Core(), onnx)
         size = tuple(model.input(0).get_partial_shape().get_min_shape()[2:])
-        samples = calibration[size]
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32)),
-            preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(samples),
-            ignored_scope=nncf.IgnoredScope(patterns=float_layers),
-        )
-        print(f"  INT8 network at {size[0]}x{size[1]}: calibrated on {len(samples)} inputs", flush=True)
+        quantized = quantize_network(model, calibration[size], float_layers)
+        print(f"  INT8 network at {size[0]}x{size[1]}: calibrated on {len(calibration[size])} inputs", flush=True)
         ov.Core.read_model = lambda self, *a, **k: quantized  # what openvino_callable reads: the quantized model
         try:
             return real_callable(onnx, precision, threads, streams)
