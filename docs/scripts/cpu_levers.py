@@ -1,7 +1,7 @@
 """The CPU levers of the submission, each held against the masks of the same model in PyTorch fp32.
 
     PYTHONPATH=. python docs/scripts/cpu_levers.py DATA [--model DIR] [--every K] [--cars CSV]
-        [--variants a,b,...] [--csv OUT]
+        [--variants a,b,...] [--csv OUT] [--jobs N]
 
 DATA is a Kaggle-layout root with train/ and train_masks/; every K-th photo of it (in name order, of the
 cars in --cars when given, e.g. folds/test_split.csv) is cut out by the model folder's full recipe (TTA,
@@ -12,12 +12,22 @@ The rule a lever must pass (docs/record/cpu-speed.md): mean change within 1e-4, 
 
 Variants (name: runtime, precision, TTA, refiner): ref (torch fp32, the folder's TTA, PyTorch refiner),
 ov_fp32, ov_bf16 (network and refiner in OpenVINO bf16), ov_bf16_torch_refiner, ov_bf16_no_hflip,
-ov_bf16_no_scale.
+ov_bf16_no_scale, ov_int8 and ov_int8_float_ends (the network quantized to INT8 by NNCF, the rest as ov_bf16).
+
+INT8 (a measurement only: NNCF is not a requirement of the project; `pip install nncf`): the OpenVINO
+model read from the same ONNX the backend compiles is quantized by ``nncf.quantize`` (preset MIXED:
+symmetric weights, asymmetric activations), then compiled with the same settings, per input size.
+Calibration: the photos of DATA half-way between the evaluated ones (every K-th from K/2 on; never a car
+of folds/test_split.csv nor an evaluated photo), decoded and transformed by every TTA view exactly as the
+engine feeds the network (each view at its own input size). Kept in float: the first convolution and the
+segmentation head (ov_int8), and also the layers at half and full resolution (ov_int8_float_ends:
+encoder stages 0-1, decoder blocks 3-4); the nearest-neighbour upsampling is never quantized.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -25,25 +35,100 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.data.datasets import InferenceDataset
 from pipeline.data.layout import read_image, read_mask
+from pipeline.inference import backends
 from pipeline.inference.engine import Engine, Member
 from pipeline.inference.model_folder import load_pretrained
+from pipeline.inference.tta import resolve
 from pipeline.masks.metrics import score_image
 from pipeline.masks.postprocess import apply as postprocess
 
 VARIANTS = {
-    # name: (backend, precision, views to drop, refiner in OpenVINO)
-    "ref": ("torch", None, (), False),
-    "ov_fp32": ("openvino", "fp32", (), True),
-    "ov_bf16": ("openvino", "bf16", (), True),
-    "ov_bf16_torch_refiner": ("openvino", "bf16", (), False),
-    "ov_bf16_no_hflip": ("openvino", "bf16", ("hflip",), True),
-    "ov_bf16_no_scale": ("openvino", "bf16", ("scale1.25",), True),
+    # name: (backend, precision, views to drop, refiner in OpenVINO, network layers kept in float if INT8)
+    "ref": ("torch", None, (), False, None),
+    "ov_fp32": ("openvino", "fp32", (), True, None),
+    "ov_bf16": ("openvino", "bf16", (), True, None),
+    "ov_bf16_torch_refiner": ("openvino", "bf16", (), False, None),
+    "ov_bf16_no_hflip": ("openvino", "bf16", ("hflip",), True, None),
+    "ov_bf16_no_scale": ("openvino", "bf16", ("scale1.25",), True, None),
+    "ov_int8": ("openvino", "bf16", (), True, "ends"),
+    "ov_int8_float_ends": ("openvino", "bf16", (), True, "wide_ends"),
+}
+TEST_SPLIT = Path(__file__).resolve().parents[2] / "folds" / "test_split.csv"
+# Regular expressions on OpenVINO's node names (NNCF's ignored_scope patterns): layers left in float.
+FIRST_AND_LAST = [r".*/encoder/features\.0/.*", r".*/segmentation_head/.*"]
+FLOAT_LAYERS = {
+    "ends": FIRST_AND_LAST,
+    # ...and every layer at half or full resolution: encoder stages 0-1, decoder blocks 3-4 (160x240, 320x480).
+    "wide_ends": FIRST_AND_LAST + [r".*/encoder/features\.1/.*", r".*/decoder/blocks\.[34]/.*"],
 }
 
 
-def masks_of(variant: str, pre, paths: list[Path], jobs: int):
-    backend, precision, drop, ov_refiner = VARIANTS[variant]
+def calibration_inputs(spec: dict, paths: list[Path]) -> dict[tuple[int, int], list[torch.Tensor]]:
+    """Per input size (h, w): the network's inputs for ``paths``, one (1, 3, h, w) uint8 tensor per photo and
+    view, made as ``Engine.member_probs`` makes them (InferenceDataset, then each TTA view)."""
+    inp = spec["input"]
+    views = resolve(spec["tta"])
+    data = InferenceDataset(paths, [(inp["height"], inp["width"])])
+    out: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for i in range(len(data)):
+        x = data[i]["x0"][None]
+        for forward, _ in views:
+            v = forward(x)  # uint8, as the engine hands it to the runtime (which converts it to float32)
+            out.setdefault(tuple(v.shape[-2:]), []).append(v)
+    return out
+
+
+def quantize_network(model, samples: list[torch.Tensor], float_layers: list[str]):
+    """``model`` (an OpenVINO model of the network) quantized to INT8 by NNCF, calibrated on ``samples``."""
+    import nncf
+
+    return nncf.quantize(
+        model,
+        nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32)),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(samples),
+        ignored_scope=nncf.IgnoredScope(patterns=float_layers),
+    )
+
+
+@contextlib.contextmanager
+def int8_network(calibration: dict[tuple[int, int], list], float_layers: list[str]):
+    """The network's OpenVINO runtime (``backends.openvino_callable``) compiling an NNCF INT8 model of its ONNX:
+    the same compile settings, the model read from the same bytes, quantized before it is compiled."""
+    import openvino as ov
+
+    real_callable, real_read = backends.openvino_callable, ov.Core.read_model
+
+    def quantized_callable(onnx: bytes, precision: str, threads: int, streams: int = 1):
+        model = real_read(ov.Core(), onnx)
+        size = tuple(model.input(0).get_partial_shape().get_min_shape()[2:])
+        quantized = quantize_network(model, calibration[size], float_layers)
+        print(f"  INT8 network at {size[0]}x{size[1]}: calibrated on {len(calibration[size])} inputs", flush=True)
+        ov.Core.read_model = lambda self, *a, **k: quantized  # what openvino_callable reads: the quantized model
+        try:
+            return real_callable(onnx, precision, threads, streams)
+        finally:
+            ov.Core.read_model = real_read
+
+    backends.openvino_callable = quantized_callable
+    try:
+        yield
+    finally:
+        backends.openvino_callable = real_callable
+
+
+def masks_of(variant: str, pre, paths: list[Path], jobs: int, calibration_paths: list[Path]):
+    backend, precision, drop, ov_refiner, int8 = VARIANTS[variant]
+    if int8 is None:
+        yield from _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner)
+        return
+    with int8_network(calibration_inputs(pre.spec, calibration_paths), FLOAT_LAYERS[int8]):
+        yield from _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner)
+
+
+def _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner):
     spec = pre.spec
     inp = spec["input"]
     tta = [t for t in spec["tta"] if t not in drop]
@@ -53,7 +138,7 @@ def masks_of(variant: str, pre, paths: list[Path], jobs: int):
     steps, params, threshold = spec.get("postprocess", []), spec.get("postprocess_params", {}), int(spec["threshold"])
     openvino = engine.openvino if ov_refiner else None
 
-    def finish(name, blended):
+    def finish(name, blended, features=None):  # the engine hands each photo's review features too (none here)
         path = next(p for p in paths if p.name == name)
         return postprocess(blended >= threshold, steps, blended, read_image(path), params, openvino=openvino)
 
@@ -80,15 +165,24 @@ def main() -> None:
     if a.cars:
         cars = set(pd.read_csv(a.cars)["car_id"].astype(str))
         paths = [p for p in paths if p.name.split("_")[0] in cars]
+    # INT8's calibration: the photos half-way between the evaluated ones, never a test-split car's.
+    test_cars = set(pd.read_csv(TEST_SPLIT)["car_id"].astype(str))
+    calibration_paths = [p for p in paths[a.every // 2 :: a.every] if p.name.split("_")[0] not in test_cars]
     paths = paths[:: a.every]
+    calibration_paths = sorted(set(calibration_paths) - set(paths))
     pre = load_pretrained(a.model, torch.device("cpu"))
     truth = {p.name: read_mask(data / "train_masks" / p.name.replace(".jpg", "_mask.gif")) for p in paths}
     names = ["ref"] + [v for v in a.variants.split(",") if v != "ref"]
+    if any(VARIANTS[v][4] for v in names):
+        if not calibration_paths:
+            raise SystemExit("error: no photos to calibrate INT8 on (--every 2 or more, cars outside the test split)")
+        print(f"INT8 calibration: {len(calibration_paths)} photos of "
+              f"{len({p.name.split('_')[0] for p in calibration_paths})} cars", flush=True)  # fmt: skip
     ref: dict[str, np.ndarray] = {}
     rows = []
     for v in names:
         start = time.perf_counter()
-        for name, mask in masks_of(v, pre, paths, a.jobs):
+        for name, mask in masks_of(v, pre, paths, a.jobs, calibration_paths):
             mask = mask.astype(bool)
             if v == "ref":
                 ref[name] = np.packbits(mask)
