@@ -265,7 +265,8 @@ def cmd_submission(a) -> None:
     from datetime import timedelta
 
     from .core import distributed
-    from .lineage.checks import check_compile, check_device, check_recipe
+    from .inference.recipe import Recipe
+    from .lineage.checks import check_compile, check_device
     from .masks.submission_csv import SubmissionError
     from .stages.submission import make_submission, merge_shards, parse_shard
 
@@ -287,7 +288,7 @@ def cmd_submission(a) -> None:
         a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent)
         print(f"submission from the exported model {a.pretrained}: recipe {a.recipe}")
     a.recipe = a.recipe or "submissions/recipe.json"
-    check_recipe(a.recipe)
+    Recipe.load(a.recipe)  # the whole recipe checked before torchrun's ranks start
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
     shard = parse_shard(a.shard) if a.shard else None

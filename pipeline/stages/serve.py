@@ -359,8 +359,8 @@ class Service:
 
 def model_info(recipe, checkpoint, pretrained, predictor: Predictor) -> dict:
     """What ``GET /api/model`` says: the model's name, its card and its figures (test split, out of fold)."""
-    info: dict = {"name": predictor.source, "source": predictor.source, "threshold": predictor.threshold}
-    info["postprocess"] = list(predictor.postprocess)
+    info: dict = {"name": predictor.source, "source": predictor.source, "threshold": predictor.recipe.threshold}
+    info["postprocess"] = list(predictor.recipe.postprocess)
     if pretrained is None:
         return {**info, "card": None, "test_split": None, "out_of_fold": None}
     from ..inference.model_folder import CARD, check_folder, fetch

@@ -60,6 +60,7 @@ from ..core.profile import PROFILE
 from ..data.layout import DataError, Layout, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member
+from ..inference.recipe import Recipe
 from ..inference.review import (
     REVIEW_FEATURES,
     ReviewSidecar,
@@ -71,8 +72,6 @@ from ..inference.review import (
 from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle
-from ..masks.postprocess import apply as postprocess
-from ..masks.postprocess import needs_photo
 from ..masks.submission_csv import SubmissionError, read_sample_names, validate_submission
 from ..models.unet import load_checkpoint, read_checkpoint
 
@@ -135,25 +134,26 @@ def _write_all(f, data: bytes) -> None:
 
 
 # -- ordered, pooled row writer ---------------------------------------------------------------------
-def _row(
-    name: str, mask: np.ndarray, steps: list[str], photo: tuple | None = None, openvino=None, review_row=None
-) -> str:
-    """One CSV row: the recipe's post-processing (pipeline.masks.postprocess), then the RLE.
+def _row(name: str, m: np.ndarray, recipe: Recipe, photo: Path | None = None, openvino=None, review_row=None) -> str:
+    """One CSV row: the recipe's mask of the image (``Recipe.mask``), then the RLE.
 
-    ``photo``: (uint8 blend, photo path, postprocess_params) for steps that need them (active_contour);
-    the photo is decoded here, in the pool, not on the loader's or the device's time. ``openvino``: how
-    a step's network runs (as the model does, ``Engine.openvino``). ``review_row``: the row's review
+    ``m``: the image's uint8 blend where a step needs the probabilities and the photo (``Recipe.needs_photo``),
+    else its mask as the engine thresholded it on the device at the recipe's threshold (as many bytes).
+    ``photo``: the photo's path, decoded here (in the pool, or on the photo's thread: not on the loader's
+    or the device's time) only where a step needs it (active_contour, refine_outline). ``openvino``: how a
+    step's network runs (as the model does, ``Engine.openvino``). ``review_row``: the row's review
     features, completed here from the mask written (review.final_features).
     """
-    raw = mask
-    if photo is not None:
-        blended, path, params = photo
+
+    def decode():
         with PROFILE.step("decode the photo (post-processing)"):
-            image = read_image(path)
-        mask = postprocess(mask, steps, blended, image, params, openvino=openvino)
-    elif steps:
-        mask = postprocess(mask, steps)
-    if review_row is not None and (steps or photo is not None):  # the review list describes the mask written
+            return read_image(photo)
+
+    if recipe.needs_photo:
+        raw, mask = recipe.mask(m, decode, openvino=openvino)
+    else:
+        raw, mask = m, recipe.postprocessed(m)
+    if review_row is not None and recipe.postprocess:  # the review list describes the mask written
         final_features(review_row, raw, mask, out=review_row)
     with PROFILE.step("RLE"):
         return f"{name},{rle.encode(mask)}\n"
@@ -195,22 +195,22 @@ class RowWriter:
         chunk_rows: int,
         compress,
         on_chunk,
+        recipe: Recipe,
+        *,
         max_rows: int = 32,
-        steps=(),
         openvino=None,
     ):
         self.f, self.pool, self.chunk_rows, self.compress, self.on_chunk = f, pool, chunk_rows, compress, on_chunk
-        self.steps, self.openvino = list(steps), openvino
+        self.recipe, self.openvino = recipe, openvino
         self.max_rows, self.max_chunks = max_rows, 2
         self.rows: deque[Future] = deque()
         self.chunks: deque[tuple[Future, int]] = deque()
         self.lines: list[str] = []
         self.broken = False  # a row failed: nothing after it may be written
 
-    def add(self, name: str, mask: np.ndarray, photo: tuple | None = None, review_row=None) -> None:
-        self._queue(
-            self.pool.submit(_row, name, mask, self.steps, photo, openvino=self.openvino, review_row=review_row)
-        )
+    def add(self, name: str, m: np.ndarray, photo: Path | None = None, review_row=None) -> None:
+        """An image's mask (or blend, for photo steps), made a row in the pool (``_row``); ``photo``: its path."""
+        self._queue(self.pool.submit(_row, name, m, self.recipe, photo, openvino=self.openvino, review_row=review_row))
 
     def add_row(self, line: str) -> None:
         """A row computed elsewhere (``_row`` on the engine's photo thread), in its turn."""
@@ -283,57 +283,56 @@ class RowWriter:
 
 
 # -- submission -------------------------------------------------------------------------------------
-def load_members(recipe: dict, device: torch.device) -> tuple[list[Member], list[int]]:
+def load_members(recipe: Recipe, device: torch.device) -> tuple[list[Member], list[int]]:
     """The recipe's positive-weight members as models on ``device``, and their weights.
 
     Every checkpoint's config is checked against the input size the recipe recorded for its
     member before any model is built (a memory-mapped read: the weights are not loaded twice).
     """
-    active = [m for m in recipe["members"] if m["weight"] > 0]  # a zero weight would cost GPU time for nothing
+    active = recipe.active  # a zero weight would cost GPU time for nothing
     if not active:
         raise SubmissionError("recipe has no member with a positive weight")
     for m in active:
-        for c in m.get("checkpoints", []):
+        for c in m.checkpoints:
             image = read_checkpoint(c, mmap=True)["config"].get("image", {})
-            if (image.get("height"), image.get("width")) != (m["height"], m["width"]):
+            if (image.get("height"), image.get("width")) != (m.height, m.width):
                 raise LineageError(
                     f"{c}: trained at {image.get('height')}x{image.get('width')}, but the recipe runs member "
-                    f"{m['name']!r} at {m['height']}x{m['width']}; re-run `make ensemble`"
+                    f"{m.name!r} at {m.height}x{m.width}; re-run `make ensemble`"
                 )
     members, weights = [], []
     for m in active:
-        if "model" in m:  # an exported model folder, checked against the hash the recipe holds
+        if m.model is not None:  # an exported model folder, checked against the hash the recipe holds
             from ..inference.model_folder import load_pretrained
 
-            pretrained = load_pretrained(m["model"], device, m["model_sha256"])
+            pretrained = load_pretrained(m.model, device, m.model_sha256)
             inp = pretrained.spec["input"]
-            if (inp["height"], inp["width"]) != (m["height"], m["width"]):
-                raise LineageError(f"{m['model']}: input {inp['height']}x{inp['width']}, the recipe says otherwise")
+            if (inp["height"], inp["width"]) != (m.height, m.width):
+                raise LineageError(f"{m.model}: input {inp['height']}x{inp['width']}, the recipe says otherwise")
             models = [pretrained.model]
         else:
             # The bytes loaded are the bytes the recipe recorded (hashed as read, not in a second read).
-            models = [load_checkpoint(c, device, sha)[0] for c, sha in zip(m["checkpoints"], m["checkpoint_sha256"])]
-        members.append(Member(m["name"], models, m["height"], m["width"], m["tta"], m.get("precision", "auto")))
-        weights.append(int(m["weight"]))
+            models = [load_checkpoint(c, device, sha)[0] for c, sha in zip(m.checkpoints, m.checkpoint_sha256)]
+        members.append(Member(m.name, models, m.height, m.width, list(m.tta), m.precision or "auto"))
+        weights.append(m.weight)
     return members, weights
 
 
-def member_precisions(recipe: dict, device: torch.device, override: str | None = None) -> str:
+def member_precisions(recipe: Recipe, device: torch.device, override: str | None = None) -> str:
     """The inference precision of every positive-weight member on ``device``, as one name for the key.
 
     Each member runs in the precision the recipe recorded for it (that of its out-of-fold maps, on
     which its threshold was tuned; ``auto`` for recipes written before), unless ``override`` is given.
     """
-    active = [m for m in recipe["members"] if m["weight"] > 0]
-    return precision_label([resolve_precision(override or m.get("precision", "auto"), device) for m in active])
+    return precision_label([resolve_precision(override or m.precision or "auto", device) for m in recipe.active])
 
 
-def configured_workers(recipe: dict, default: int = 2) -> int:
+def configured_workers(recipe: Recipe, default: int = 2) -> int:
     """DataLoader workers from the members' configs (``predict.num_workers``, the largest), else ``default``."""
     counts = []
-    for m in recipe["members"]:
-        if m["weight"] > 0 and m.get("checkpoints"):
-            config = read_checkpoint(m["checkpoints"][0], mmap=True)["config"]
+    for m in recipe.active:
+        if m.checkpoints:
+            config = read_checkpoint(m.checkpoints[0], mmap=True)["config"]
             counts.append(int(config.get("predict", {}).get("num_workers", default)))
     return max(counts, default=default)
 
@@ -581,37 +580,28 @@ def _write_rows(
         bar.update(n)
 
     with open_nofollow(files.part, "ab") as f, ThreadPoolExecutor(max(1, rle_threads), "rle") as pool:
-        steps = recipe.get("postprocess", [])
         writer = RowWriter(
-            f, pool, chunk_rows, compress, on_chunk, max(32, 4 * batch_size), steps, engine.openvino
-        )  # fmt: skip
-        if engine.openvino and "refine_outline" in steps:  # compiled here, before the pool's threads use it
+            f, pool, chunk_rows, compress, on_chunk, recipe, max_rows=max(32, 4 * batch_size), openvino=engine.openvino
+        )
+        if engine.openvino and "refine_outline" in recipe.postprocess:  # compiled here, before the threads use it
             from ..masks.outline_refiner import openvino_runner
 
-            openvino_runner(recipe["postprocess_params"]["refine_outline"], *engine.openvino)
-        # Steps that need the photo and the probabilities (active_contour) get the uint8 blend
-        # instead of the mask (as many bytes) and threshold it here.
-        photo_step = needs_photo(steps)
-        threshold = int(recipe["threshold"])
-
-        def row_of(name: str, m: np.ndarray) -> tuple[tuple | None, np.ndarray]:
-            """(what a photo step needs, the mask) of an image's mask, or of its blend for photo steps."""
-            if not photo_step:
-                return None, m
-            return (m, layout.test_dir / name, recipe.get("postprocess_params")), m >= threshold
-
+            openvino_runner(recipe.postprocess_params["refine_outline"], *engine.openvino)
+        # Steps that need the photo and the probabilities (active_contour) get the uint8 blend instead of
+        # the mask (as many bytes): ``_row`` makes the recipe's mask of either (``Recipe.mask``).
         finish = None
         if engine.jobs > 1:  # each photo's post-processing and RLE on its photo thread: no pool competes for cores
 
             def finish(name: str, m: np.ndarray, features) -> tuple[str, tuple[int, int], np.ndarray]:
-                photo, mask = row_of(name, m)
                 row = np.zeros(len(REVIEW_FEATURES), np.int64)
                 row[: features.shape[1]] = features[0]
-                line = _row(name, mask, steps, photo, openvino=engine.openvino, review_row=row)
-                return line, (mask.shape[1], mask.shape[0]), row
+                line = _row(name, m, recipe, layout.test_dir / name, openvino=engine.openvino, review_row=row)
+                return line, (m.shape[1], m.shape[0]), row
 
         try:
-            batches = engine.masks(todo, weights, threshold, features=image_features, blends=photo_step, finish=finish)
+            batches = engine.masks(
+                todo, weights, recipe.threshold, features=image_features, blends=recipe.needs_photo, finish=finish
+            )
             batches = _timed(batches, "main thread: waiting for masks")
             for batch_names, masks, features in batches:
                 if finish is not None:  # each photo's review row was completed on its thread
@@ -619,7 +609,6 @@ def _write_rows(
                 review_rows = review.add(batch_names, features)  # filled in by _row from the masks written
                 for name, mask, review_row in zip(batch_names, masks, review_rows):
                     if finish is None:
-                        photo, mask = row_of(name, mask)
                         width_height = (mask.shape[1], mask.shape[0])
                     else:
                         line, width_height, _ = mask
@@ -632,7 +621,7 @@ def _write_rows(
                             f"images before it are {w0}x{h0}"
                         )
                     if finish is None:
-                        writer.add(name, mask, photo, review_row)
+                        writer.add(name, mask, layout.test_dir / name, review_row)
                     else:
                         writer.add_row(line)
             writer.finish()

@@ -31,10 +31,10 @@ def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_
     out = tmp_path / "s.csv.gz"
     real_row = submission_mod._row
 
-    def dying_row(name, mask, steps, photo=None, **how):
+    def dying_row(name, mask, recipe, photo=None, **how):
         if name == names[7]:
             raise KeyboardInterrupt
-        return real_row(name, mask, steps, photo, **how)
+        return real_row(name, mask, recipe, photo, **how)
 
     monkeypatch.setattr(submission_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
