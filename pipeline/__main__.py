@@ -265,8 +265,8 @@ def cmd_submission(a) -> None:
     from datetime import timedelta
 
     from .core import distributed
+    from .core.checks import check_compile, check_device
     from .inference.recipe import Recipe
-    from .lineage.checks import check_compile, check_device
     from .masks.submission_csv import SubmissionError
     from .stages.submission import make_submission, merge_shards, parse_shard
 
@@ -329,8 +329,8 @@ def cmd_merge(a) -> None:
 
 
 def cmd_evaluate(a) -> None:
+    from .core.checks import check_device
     from .core.io_utils import atomic_path, write_json
-    from .lineage.checks import check_device
     from .stages.evaluate import check_outputs, evaluate, format_table, json_payload, review_lines
 
     _check_jobs(a.jobs)
@@ -404,7 +404,7 @@ def _check_jobs(jobs: int) -> None:
 
 
 def cmd_predict(a) -> None:
-    from .lineage.checks import check_compile, check_device
+    from .core.checks import check_compile, check_device
     from .stages.predict import run_predict
 
     check_device(a.device, "--device")
@@ -473,7 +473,7 @@ def cmd_export(a) -> None:
 
 
 def cmd_serve(a) -> None:
-    from .lineage.checks import check_device
+    from .core.checks import check_device
     from .stages.serve import API_KEY_ENV, run_serve
 
     check_device(a.device, "--device")

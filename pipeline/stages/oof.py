@@ -18,6 +18,7 @@ import cv2
 import pandas as pd
 from tqdm import tqdm
 
+from ..core.checks import check_fold
 from ..core.config import Config
 from ..core.device import pick_device, resolve_precision
 from ..core.errors import PipelineError
@@ -26,7 +27,6 @@ from ..core.io_utils import atomic_path, read_json, write_json
 from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout, decode_file, read_mask
 from ..inference.engine import Engine, Member
-from ..lineage.checks import check_fold
 from ..lineage.provenance import check_same_folds, folds_fingerprint, oof_source
 from ..masks.metrics import dice
 from ..masks.probability import HALF

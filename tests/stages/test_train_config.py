@@ -1,5 +1,6 @@
-"""What a user chose, checked before a stage writes anything (pipeline/lineage/checks.py): run names,
-training settings. (Recipes: tests/inference/test_recipe.py.)"""
+"""A training config, checked before a stage writes anything (``check_train_config`` in
+pipeline/stages/train.py): run names, training settings. (Devices, compile backends and folds:
+tests/core/test_checks.py; recipes: tests/inference/test_recipe.py.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.config import ConfigError, load_config
-from pipeline.lineage.checks import check_train_config
+from pipeline.stages.train import check_train_config
 from tests.conftest import run_cli as _cli
 
 REPO = Path(__file__).resolve().parents[2]
