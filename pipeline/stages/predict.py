@@ -39,12 +39,12 @@ from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writab
 from ..data.layout import DataError, image_size, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member, blend
+from ..inference.members import load_members, member_precisions
 from ..inference.recipe import Recipe
 from ..inference.review import REVIEW_FEATURES, final_features, image_features, review_table, write_review
 from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source
 from ..models.unet import load_checkpoint
-from .submission import load_members, member_precisions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")

@@ -37,11 +37,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from ..core.device import cpu_jobs, pick_device, precision_label, resolve_precision
-from ..core.errors import LineageError
+from ..core.device import cpu_jobs, pick_device
 from ..core.identity import file_sha256
 from ..core.io_utils import (
     RELATIVE_TO_FILE,
@@ -59,7 +57,8 @@ from ..core.io_utils import (
 from ..core.profile import PROFILE
 from ..data.layout import DataError, Layout, read_image
 from ..inference.backends import resolve_runtime
-from ..inference.engine import Engine, Member
+from ..inference.engine import Engine
+from ..inference.members import configured_workers, load_members, member_precisions
 from ..inference.recipe import Recipe
 from ..inference.review import (
     REVIEW_FEATURES,
@@ -73,7 +72,6 @@ from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source, submission_key, summary_recipe
 from ..masks import rle
 from ..masks.submission_csv import SubmissionError, read_sample_names, validate_submission
-from ..models.unet import load_checkpoint, read_checkpoint
 
 HEADER = "img,rle_mask\n"
 SUFFIXES = (".csv.gz", ".csv")
@@ -283,60 +281,6 @@ class RowWriter:
 
 
 # -- submission -------------------------------------------------------------------------------------
-def load_members(recipe: Recipe, device: torch.device) -> tuple[list[Member], list[int]]:
-    """The recipe's positive-weight members as models on ``device``, and their weights.
-
-    Every checkpoint's config is checked against the input size the recipe recorded for its
-    member before any model is built (a memory-mapped read: the weights are not loaded twice).
-    """
-    active = recipe.active  # a zero weight would cost GPU time for nothing
-    if not active:
-        raise SubmissionError("recipe has no member with a positive weight")
-    for m in active:
-        for c in m.checkpoints:
-            image = read_checkpoint(c, mmap=True)["config"].get("image", {})
-            if (image.get("height"), image.get("width")) != (m.height, m.width):
-                raise LineageError(
-                    f"{c}: trained at {image.get('height')}x{image.get('width')}, but the recipe runs member "
-                    f"{m.name!r} at {m.height}x{m.width}; re-run `make ensemble`"
-                )
-    members, weights = [], []
-    for m in active:
-        if m.model is not None:  # an exported model folder, checked against the hash the recipe holds
-            from ..inference.model_folder import load_pretrained
-
-            pretrained = load_pretrained(m.model, device, m.model_sha256)
-            inp = pretrained.spec["input"]
-            if (inp["height"], inp["width"]) != (m.height, m.width):
-                raise LineageError(f"{m.model}: input {inp['height']}x{inp['width']}, the recipe says otherwise")
-            models = [pretrained.model]
-        else:
-            # The bytes loaded are the bytes the recipe recorded (hashed as read, not in a second read).
-            models = [load_checkpoint(c, device, sha)[0] for c, sha in zip(m.checkpoints, m.checkpoint_sha256)]
-        members.append(Member(m.name, models, m.height, m.width, list(m.tta), m.precision or "auto"))
-        weights.append(m.weight)
-    return members, weights
-
-
-def member_precisions(recipe: Recipe, device: torch.device, override: str | None = None) -> str:
-    """The inference precision of every positive-weight member on ``device``, as one name for the key.
-
-    Each member runs in the precision the recipe recorded for it (that of its out-of-fold maps, on
-    which its threshold was tuned; ``auto`` for recipes written before), unless ``override`` is given.
-    """
-    return precision_label([resolve_precision(override or m.precision or "auto", device) for m in recipe.active])
-
-
-def configured_workers(recipe: Recipe, default: int = 2) -> int:
-    """DataLoader workers from the members' configs (``predict.num_workers``, the largest), else ``default``."""
-    counts = []
-    for m in recipe.active:
-        if m.checkpoints:
-            config = read_checkpoint(m.checkpoints[0], mmap=True)["config"]
-            counts.append(int(config.get("predict", {}).get("num_workers", default)))
-    return max(counts, default=default)
-
-
 # Measured on the 960 real masks (RLE of every 8th, one CSV row each): 8.7 kB plain, 3.5 kB gzipped
 # per row. With a margin for jagged predicted outlines, what the free-space check asks for per row:
 ROW_BYTES = {".csv.gz": 4_500, ".csv": 11_000}

@@ -13,13 +13,13 @@ import torch
 from pipeline.core.errors import LineageError
 from pipeline.core.io_utils import read_json, write_json
 from pipeline.data.layout import DataError
+from pipeline.inference import members as members_mod
 from pipeline.inference.engine import Engine
 from pipeline.inference.model_folder import SHIPPED, check_folder
 from pipeline.inference.recipe import Recipe
 from pipeline.masks import snakes
 from pipeline.masks.postprocess import apply
 from pipeline.masks.probability import HALF
-from pipeline.stages import submission as submission_mod
 from tests.conftest import run_cli as _cli
 from tests.conftest import tiny_submission as _sub
 
@@ -145,6 +145,6 @@ def test_recipe_is_checked_completely_before_any_model_loads(lab, tiny_data, tmp
     def no_models(*a, **k):
         raise AssertionError("a model was built before the recipe was checked")
 
-    monkeypatch.setattr(submission_mod, "load_checkpoint", no_models)
+    monkeypatch.setattr(members_mod, "load_checkpoint", no_models)
     with pytest.raises((DataError, LineageError), match=expected):
         _sub(recipe, tiny_data, tmp_path / "s.csv.gz")
