@@ -268,7 +268,9 @@ def cmd_submission(a) -> None:
     from .core.checks import check_compile, check_device
     from .inference.recipe import Recipe
     from .masks.submission_csv import SubmissionError
-    from .stages.submission import make_submission, merge_shards, parse_shard
+    from .stages.merge import merge_shards
+    from .stages.submission import make_submission
+    from .stages.submission_files import parse_shard
 
     check_device(a.device, "--device")
     check_compile(a.compile, "--compile")
@@ -323,7 +325,7 @@ def cmd_submission(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    from .stages.submission import merge_shards
+    from .stages.merge import merge_shards
 
     merge_shards(a.data, a.out, recipe_path=a.recipe, shards_of=a.shards_of)
 

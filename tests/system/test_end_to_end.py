@@ -16,7 +16,7 @@ from pipeline.masks import rle
 from pipeline.masks.postprocess import apply as postprocess
 from pipeline.masks.submission_csv import read_sample_names
 from pipeline.models.unet import load_checkpoint_model
-from pipeline.stages import submission as submission_mod
+from pipeline.stages import row_writer as row_writer_mod
 from pipeline.stages.ensemble import tune
 from pipeline.stages.submission import make_submission
 from pipeline.stages.train import run
@@ -102,14 +102,14 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
 
     crashed = root / "crashed.csv.gz"
     names = read_sample_names(tiny_data / "sample_submission.csv")
-    real_row = submission_mod._row
+    real_row = row_writer_mod._row
 
     def dying_row(name, mask, recipe, photo=None, **how):
         if name == names[7]:  # the 8th row, mid-way through the third chunk of 3
             raise KeyboardInterrupt
         return real_row(name, mask, recipe, photo, **how)
 
-    monkeypatch.setattr(submission_mod, "_row", dying_row)
+    monkeypatch.setattr(row_writer_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
         make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert not crashed.exists()
@@ -122,7 +122,7 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
     # Garbage past the recorded offset (a chunk half-written at the crash) must be dropped.
     with open(crashed.with_name(crashed.name + ".part"), "ab") as f:
         f.write(b"\x1f\x8b half a chunk")
-    monkeypatch.setattr(submission_mod, "_row", real_row)
+    monkeypatch.setattr(row_writer_mod, "_row", real_row)
     make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert _read_rows(crashed) == _read_rows(clean)
 
