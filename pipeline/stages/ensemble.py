@@ -211,6 +211,7 @@ def tune(
     runs_dir: str | Path,
     data_dir: str | Path,
     out: str | Path,
+    *,
     names: list[str] | None = None,
     steps: int = 10,
     n_jobs: int = -1,

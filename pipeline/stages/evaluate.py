@@ -154,6 +154,7 @@ def unseen_test_cars(pretrained, test_split: str | Path) -> frozenset[str]:
 def score_pretrained(
     source: str | Path,
     data_dir: str | Path,
+    *,
     device: str = "auto",
     quiet: bool = True,
     pretrained=None,
@@ -394,6 +395,7 @@ def check_outputs(json_path: str | None, per_image: str | None, force: bool) -> 
 
 
 def evaluate(
+    *,
     runs: str | None = None,
     recipe: str | None = None,
     data: str = "data",
@@ -423,7 +425,9 @@ def evaluate(
         from ..inference.model_folder import load_pretrained
 
         model = load_pretrained(pretrained, "cpu")
-        tables[model.label] = score_pretrained(pretrained, data, device, quiet, pretrained=model, test_split=test_split)
+        tables[model.label] = score_pretrained(
+            pretrained, data, device=device, quiet=quiet, pretrained=model, test_split=test_split
+        )
     if not tables:
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}

@@ -214,6 +214,7 @@ def _swap_in(stage: Path, out: Path) -> None:
 def export_model(
     checkpoint: str | Path,
     out: str | Path,
+    *,
     recipe: str | Path | None = None,
     dtype: str = "fp16",
     name: str | None = None,

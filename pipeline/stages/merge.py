@@ -43,6 +43,7 @@ _SOURCE_KEYS = ("recipe", "checkpoints", "precision", "backend")
 def merge_shards(
     data_dir: str | Path,
     out: str | Path,
+    *,
     recipe_path: str | Path | None = None,
     quiet: bool = False,
     shards_of: str | Path | None = None,

@@ -123,6 +123,7 @@ def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
 
 def load_predictor(
     recipe: str | Path | None = None,
+    *,
     checkpoint: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
@@ -367,6 +368,7 @@ def predict_images(
     predictor: Predictor,
     inputs: list[Path],
     out_dir: str | Path,
+    *,
     background: tuple[int, int, int] | np.ndarray | None = None,
     feather: int = 0,
     resume: bool = False,
@@ -472,6 +474,7 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
 def run_predict(
     input_path: str | Path,
     out_dir: str | Path,
+    *,
     recipe: str | Path | None = None,
     checkpoint: str | Path | None = None,
     background: str | None = None,
@@ -500,12 +503,12 @@ def run_predict(
     if pretrained is not None and asked is None and not quiet:
         print(f"no recipe (make ensemble) or --checkpoint: using the model this project ships, {pretrained}")
     predictor = load_predictor(
-        recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile,
-        pretrained=pretrained, backend=backend, jobs=jobs,
+        recipe, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
+        channels_last=channels_last, compile=compile, pretrained=pretrained, backend=backend, jobs=jobs,
     )  # fmt: skip
     if not quiet:
         print(predictor.runtime)
-    result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
+    result = predict_images(predictor, inputs, out_dir, background=bg, feather=feather, resume=resume, quiet=quiet)
     if not quiet:
         print(
             f"{out_dir}: {len(result['written'])} image(s) cut out with {predictor.source}"

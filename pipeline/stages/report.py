@@ -437,6 +437,7 @@ def make_report(
     runs_dir: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
+    *,
     recipe_path: str | Path | None = None,
     names: list[str] | None = None,
     n_worst: int = 6,
