@@ -22,6 +22,10 @@ refuses checkpoints that changed since ``make ensemble``. The resume key of a su
 shard is what its rows are computed from (the recipe, the checkpoints' content hashes, the
 inference precision) and which rows (sample order, test files, shard, limit), so a resumed run
 never mixes rows of two models, and a merge never mixes shards of two.
+
+Here: ``make_submission``, which runs the phases in order. The files, shards, resume point and
+summaries: pipeline/stages/submission_files.py; the rows and their ordered, chunked writer:
+pipeline/stages/row_writer.py; ``merge_shards``: pipeline/stages/merge.py.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def make_submission(
     recipe_path: str | Path,
     data_dir: str | Path,
     out: str | Path,
+    *,
     device: str = "auto",
     batch_size: int = 4,
     num_workers: int | None = None,
