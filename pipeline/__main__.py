@@ -265,9 +265,12 @@ def cmd_submission(a) -> None:
     from datetime import timedelta
 
     from .core import distributed
-    from .lineage.checks import check_compile, check_device, check_recipe
+    from .core.checks import check_compile, check_device
+    from .inference.recipe import Recipe
     from .masks.submission_csv import SubmissionError
-    from .stages.submission import make_submission, merge_shards, parse_shard
+    from .stages.merge import merge_shards
+    from .stages.submission import make_submission
+    from .stages.submission_files import parse_shard
 
     check_device(a.device, "--device")
     check_compile(a.compile, "--compile")
@@ -287,7 +290,7 @@ def cmd_submission(a) -> None:
         a.recipe = pretrained_recipe(a.pretrained, Path(a.out).parent)
         print(f"submission from the exported model {a.pretrained}: recipe {a.recipe}")
     a.recipe = a.recipe or "submissions/recipe.json"
-    check_recipe(a.recipe)
+    Recipe.load(a.recipe)  # the whole recipe checked before torchrun's ranks start
 
     # torchrun: every rank computes shard rank/world on its own GPU; rank 0 merges after a barrier.
     shard = parse_shard(a.shard) if a.shard else None
@@ -322,14 +325,14 @@ def cmd_submission(a) -> None:
 
 
 def cmd_merge(a) -> None:
-    from .stages.submission import merge_shards
+    from .stages.merge import merge_shards
 
     merge_shards(a.data, a.out, recipe_path=a.recipe, shards_of=a.shards_of)
 
 
 def cmd_evaluate(a) -> None:
+    from .core.checks import check_device
     from .core.io_utils import atomic_path, write_json
-    from .lineage.checks import check_device
     from .stages.evaluate import check_outputs, evaluate, format_table, json_payload, review_lines
 
     _check_jobs(a.jobs)
@@ -403,7 +406,7 @@ def _check_jobs(jobs: int) -> None:
 
 
 def cmd_predict(a) -> None:
-    from .lineage.checks import check_compile, check_device
+    from .core.checks import check_compile, check_device
     from .stages.predict import run_predict
 
     check_device(a.device, "--device")
@@ -472,7 +475,7 @@ def cmd_export(a) -> None:
 
 
 def cmd_serve(a) -> None:
-    from .lineage.checks import check_device
+    from .core.checks import check_device
     from .stages.serve import API_KEY_ENV, run_serve
 
     check_device(a.device, "--device")

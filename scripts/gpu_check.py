@@ -44,13 +44,14 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipeline.core.checks import check_compile, check_device  # noqa: E402
 from pipeline.core.config import ConfigError, load_config  # noqa: E402
 from pipeline.core.device import pick_device  # noqa: E402
 from pipeline.core.errors import PipelineError  # noqa: E402
 from pipeline.core.io_utils import check_writable, write_json, write_text  # noqa: E402
 from pipeline.core.measure import GB  # noqa: E402
 from pipeline.data.layout import Layout  # noqa: E402
-from pipeline.lineage.checks import check_compile, check_device, check_train_config  # noqa: E402
+from pipeline.stages.train import check_train_config  # noqa: E402
 
 # Seconds each section is expected to take on one H100/H200 (guesses until measured: see the JSON's
 # "seconds" after the first run); a section is skipped when it would end past --budget.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from ..masks.probability import HALF
+
 
 def _fmt(value, digits: int = 5) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
@@ -131,7 +133,7 @@ def render_card(spec: dict) -> str:
             f"| {figures['n_images']} | {_fmt(figures['mean_dice'])} | {_fmt(figures['dice_p5'])} | {per_fold} |",
             "",
             f"(mean and 5th percentile with the recipe's threshold {figures['threshold']}/255 and post-processing "
-            f"{figures['postprocess'] or 'none'}; per fold at threshold 128.)",
+            f"{figures['postprocess'] or 'none'}; per fold at threshold {HALF}.)",
         ]
     else:
         lines.append("No cross-validation of this config was recorded with it: its accuracy is not measured here.")

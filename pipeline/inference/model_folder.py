@@ -27,6 +27,7 @@ from ..core.identity import file_sha256
 from ..masks.postprocess import chain_problem
 from ..models.unet import SegModel
 from .engine import Member
+from .recipe import Recipe
 from .tta import TTAS
 
 FORMAT = 1
@@ -67,6 +68,11 @@ class Pretrained:
         if any(cars is None for cars in seen.values()):
             return None
         return set().union(*seen.values())
+
+    @property
+    def recipe(self) -> Recipe:
+        """Its threshold and post-processing, as every stage applies them (``Recipe.mask``)."""
+        return Recipe.of_model(self.spec)
 
     def member(self, precision: str | None = None):
         """The engine's member for this model: its input size and TTA, in ``precision`` or its own."""

@@ -27,7 +27,7 @@ from ..core.errors import LineageError, ModelFolderError, ResumeError
 from ..core.identity import code_version, file_sha256, text_sha
 from ..core.io_utils import RELATIVE_TO_FILE, resolve_stored, stored_path
 from ..inference.model_folder import PIPELINE_JSON, fetch, folder_sha256
-from .checks import check_recipe
+from ..inference.recipe import Recipe, RecipeMember
 
 
 # -- link 1: folds CSV -> checkpoints --------------------------------------------------------------
@@ -147,7 +147,7 @@ def _rebuild_hint(ckpt: Path) -> str:
     )
 
 
-def verify_recipe_checkpoints(recipe: dict, recipe_path: str | Path) -> list[str]:
+def verify_recipe_checkpoints(recipe: Recipe, recipe_path: str | Path) -> list[str]:
     """The content hashes of the recipe's checkpoints, each checked against what the recipe recorded.
 
     Every member's checkpoints are hashed (once per process); a missing, replaced or retrained
@@ -155,70 +155,72 @@ def verify_recipe_checkpoints(recipe: dict, recipe_path: str | Path) -> list[str
     were tuned for the ones it recorded (a zero weight too was chosen against the old model).
     """
     shas = []
-    for m in recipe["members"]:
-        if "model" in m:  # an exported model folder: the hash of its pipeline.json (which holds its files' hashes)
+    for m in recipe.members:
+        if m.model is not None:  # an exported model folder: the hash of its pipeline.json (which holds its files')
             shas.append(_verify_model_member(m, recipe_path))
             continue
-        for ckpt, want in zip(m["checkpoints"], m["checkpoint_sha256"]):
+        for ckpt, want in zip(m.checkpoints, m.checkpoint_sha256):
             ckpt = Path(ckpt)
             if not ckpt.is_file():
                 raise LineageError(
-                    f"{recipe_path}: member {m['name']!r} checkpoint {ckpt} not found; {_rebuild_hint(ckpt)}"
+                    f"{recipe_path}: member {m.name!r} checkpoint {ckpt} not found; {_rebuild_hint(ckpt)}"
                 )
             got = file_sha256(ckpt)
             if got != want:
                 raise LineageError(
-                    f"{recipe_path}: member {m['name']!r} checkpoint {ckpt} changed since the recipe was tuned "
+                    f"{recipe_path}: member {m.name!r} checkpoint {ckpt} changed since the recipe was tuned "
                     f"(sha256 {want} then, {got} now: retrained, replaced or copied over); {_rebuild_hint(ckpt)}"
                 )
             shas.append(got)
     return shas
 
 
-def _verify_model_member(m: dict, recipe_path: str | Path) -> str:
+def _verify_model_member(m: RecipeMember, recipe_path: str | Path) -> str:
     try:
-        folder = fetch(m["model"])
+        folder = fetch(m.model)
     except ModelFolderError as e:
-        raise LineageError(f"{recipe_path}: member {m['name']!r}: {e}") from None
+        raise LineageError(f"{recipe_path}: member {m.name!r}: {e}") from None
     got = folder_sha256(folder) if (folder / PIPELINE_JSON).is_file() else None
-    if got != m["model_sha256"]:
+    if got != m.model_sha256:
         raise LineageError(
-            f"{recipe_path}: member {m['name']!r}: model folder {m['model']} is not the one the recipe was made for "
-            f"(hash {m['model_sha256']} then, {got} now); re-run `make submission PRETRAINED={m['model']}`"
+            f"{recipe_path}: member {m.name!r}: model folder {m.model} is not the one the recipe was made for "
+            f"(hash {m.model_sha256} then, {got} now); re-run `make submission PRETRAINED={m.model}`"
         )
     return got
 
 
-def verify_recipe_oof(recipe: dict, recipe_path: str | Path) -> None:
+def verify_recipe_oof(recipe: Recipe, recipe_path: str | Path) -> None:
     """The out-of-fold summaries (and so the maps) the recipe was tuned on are still the ones in the runs.
     (An exported model's figures are part of its folder, bound by the folder's hash.)"""
-    for m in recipe["members"]:
-        if "model" in m:
+    for m in recipe.members:
+        if m.model is not None:
             continue
-        for ckpt, want in zip(m["checkpoints"], m.get("oof_sha256") or [None] * len(m["checkpoints"])):
+        for ckpt, want in zip(m.checkpoints, m.oof_sha256 or [None] * len(m.checkpoints)):
             oof = Path(ckpt).parent / "oof.json"
             if want is None or not oof.is_file() or file_sha256(oof) != want:
                 what = "not found" if not oof.is_file() else "changed since the recipe was tuned"
                 raise LineageError(
-                    f"{recipe_path}: member {m['name']!r}: {oof} {what} (the fold was retrained or re-predicted); "
+                    f"{recipe_path}: member {m.name!r}: {oof} {what} (the fold was retrained or re-predicted); "
                     "re-run `make ensemble` to tune on the out-of-fold maps there now"
                 )
 
 
 # -- link 4: recipe -> submission rows, shards, predict outputs ----------------------------------------
-def recipe_hash(recipe: dict) -> str:
-    # What the rows depend on; the recipe's timestamps and code record are left out so a re-tuned
-    # identical recipe matches, and so are its paths (the checkpoints are bound by their content
-    # hashes, which are part of the rows' key): a moved or copied project keeps its keys.
-    stable = {k: v for k, v in recipe.items() if k not in ("created", "seconds", "code", "runs_dir", "format")}
+def recipe_hash(recipe: Recipe) -> str:
+    """What the rows depend on, of the recipe file as read (``Recipe.record``): its timestamps and code
+    record are left out so that a re-tuned identical recipe matches, and so are its paths (the checkpoints
+    are bound by their content hashes, which are part of the rows' key): a moved or copied project keeps
+    its keys."""
+    record = recipe.record
+    stable = {k: v for k, v in record.items() if k not in ("created", "seconds", "code", "runs_dir", "format")}
     stable["members"] = [
         {k: v for k, v in m.items() if k not in ("checkpoints", "model") or m.get("model_hub")}
-        for m in recipe["members"]
+        for m in record["members"]
     ]
     return text_sha(json.dumps(stable, sort_keys=True))
 
 
-def rows_source(recipe: dict, checkpoint_shas: list[str], precision: str, backend: str = "torch") -> dict:
+def rows_source(recipe: Recipe, checkpoint_shas: list[str], precision: str, backend: str = "torch") -> dict:
     """What every predicted row depends on: the recipe, the checkpoints' contents, the precision and the
     runtime (another runtime's masks agree to about 1e-4 of pixels, not exactly)."""
     source = {"recipe": recipe_hash(recipe), "checkpoints": list(checkpoint_shas), "precision": precision}
@@ -257,14 +259,14 @@ def summary_recipe(summary: dict, summary_path: str | Path) -> Path | None:
     return resolve_stored(stored, summary_path, summary.get("paths") == RELATIVE_TO_FILE)
 
 
-def load_recipe(path: str | Path) -> tuple[dict, list[str]]:
-    """A recipe checked completely (pipeline/lineage/checks.py), and its checkpoints' verified content hashes.
+def load_recipe(path: str | Path) -> tuple[Recipe, list[str]]:
+    """A recipe checked completely (``Recipe.load``), and its checkpoints' verified content hashes.
 
     What the submission, its shards, ``merge`` and ``predict`` all read a recipe through. It checks
     the links ``lineage`` prints: each checkpoint, and the out-of-fold summary (so the maps) its
     weights and threshold were tuned on.
     """
-    recipe = check_recipe(path)
+    recipe = Recipe.load(path)
     shas = verify_recipe_checkpoints(recipe, path)
     verify_recipe_oof(recipe, path)
     return recipe, shas

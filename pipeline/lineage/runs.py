@@ -23,6 +23,7 @@ from ..core.config import SPEED_SETTINGS, run_name_problem
 from ..core.identity import file_sha256
 from ..core.io_utils import check_csv_name, plain_name, read_json, stored_path
 from ..data.layout import DataError, Layout, decode_file, read_mask
+from ..masks.probability import HALF
 
 FOLD_DIR_RE = re.compile(r"fold(\d+)")
 _OOF_KEYS = {"fold": int, "tta": list, "height": int, "width": int, "checkpoint": str}
@@ -39,9 +40,6 @@ def clear_fold_outputs(run_dir: Path) -> None:
     for name in ("last.pt", "best.pt", "oof.json", "oof_dice.csv", "history.csv", FINAL, FULL_SUMMARY):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "oof", ignore_errors=True)
-
-
-OOF_THRESHOLD = 128  # out-of-fold Dice and evaluate's member scores: probability 0.5 on the uint8 scale
 
 
 def oof_disagreement(path: Path, info: dict) -> str | None:
@@ -73,7 +71,7 @@ def oof_disagreement(path: Path, info: dict) -> str | None:
     recorded_fold = (info.get("folds") or {}).get("fold_sha")
     if recorded_fold is not None and recorded_fold != source.get("fold_sha"):
         differ.append("folds")
-    if info.get("threshold", OOF_THRESHOLD) != OOF_THRESHOLD:
+    if info.get("threshold", HALF) != HALF:  # the maps are scored at probability 0.5
         differ.append("threshold")
     if differ:
         return f"its {', '.join(differ)} disagree(s) with {marker}, which its maps were made with (edited?)"

@@ -16,8 +16,8 @@ from ..core.identity import file_sha256
 from ..core.io_utils import RELATIVE_TO_FILE, resolve_stored
 from ..data.folds import load_folds
 from ..inference.model_folder import check_folder, fetch, folder_sha256
+from ..inference.recipe import Recipe
 from ..models.unet import read_checkpoint
-from .checks import check_recipe
 from .provenance import folds_fingerprint, lineage_folds_csv, recipe_hash, summary_recipe, verify_recipe_checkpoints
 from .runs import oof_disagreement
 
@@ -244,7 +244,7 @@ def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> l
 
 
 def _trace_recipe(path: Path, depth: int, seen: set, want_hash: str | None = None) -> list[Link]:
-    recipe, err = _safe(check_recipe, path)
+    recipe, err = _safe(Recipe.load, path)
     if err:
         return [Link(depth, False, err, "re-run `make ensemble`")]
     if want_hash is not None:
@@ -264,20 +264,18 @@ def _trace_recipe(path: Path, depth: int, seen: set, want_hash: str | None = Non
             Link(
                 depth,
                 None,
-                f"recipe {path}: threshold {recipe['threshold']}/255, postprocess {recipe.get('postprocess', [])}",
+                f"recipe {path}: threshold {recipe.threshold}/255, postprocess {list(recipe.postprocess)}",
             )
         ]
-    for m in recipe["members"]:
+    for m in recipe.members:
         links.append(
-            Link(
-                depth + 1, None, f"member {m['name']}: weight {m['weight']}, {m['height']}x{m['width']}, TTA {m['tta']}"
-            )
+            Link(depth + 1, None, f"member {m.name}: weight {m.weight}, {m.height}x{m.width}, TTA {list(m.tta)}")
         )
-        if "model" in m:  # an exported model folder
-            links += _trace_pretrained(m["model"], depth + 2, m["model_sha256"])
+        if m.model is not None:  # an exported model folder
+            links += _trace_pretrained(m.model, depth + 2, m.model_sha256)
             continue
-        oofs = m.get("oof_sha256") or [None] * len(m["checkpoints"])
-        for ckpt, sha, oof_sha in zip(m["checkpoints"], m["checkpoint_sha256"], oofs):
+        oofs = m.oof_sha256 or [None] * len(m.checkpoints)
+        for ckpt, sha, oof_sha in zip(m.checkpoints, m.checkpoint_sha256, oofs):
             links += _trace_checkpoint(Path(ckpt), depth + 2, seen, sha)
             oof = Path(ckpt).parent / "oof.json"
             if oof_sha is not None:
@@ -319,7 +317,7 @@ def _trace_submission(path: Path, depth: int, seen: set) -> list[Link]:
         ]
     recipe_path = summary_recipe(summary, summary_path) or Path("")
     links += _trace_recipe(recipe_path, depth + 1, seen, key.get("recipe"))
-    recipe, err = _safe(check_recipe, recipe_path)
+    recipe, err = _safe(Recipe.load, recipe_path)
     if not err:
         now, err = _safe(verify_recipe_checkpoints, recipe, recipe_path)
         links.append(

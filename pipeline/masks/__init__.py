@@ -4,6 +4,6 @@
 ``sample_submission.csv``), ``metrics`` (Dice and friends at full resolution), ``contours`` (outlines
 as sub-pixel polygons), ``snakes`` (active contours), ``outline_refiner`` (a small learned network that
 redraws the outline from the photo; its weights come with its parameters), ``postprocess`` (the steps a
-recipe may name). Imports: ``core`` only. No trained segmentation model, no data layout: a mask in, a
-mask or a number out.
+recipe may name), ``probability`` (the uint8 scale of probabilities: ``HALF``, probability 0.5).
+Imports: ``core`` only. No trained segmentation model, no data layout: a mask in, a mask or a number out.
 """

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .probability import HALF
+
 DEFAULTS = {"core": 48, "margin": 8, "band": 3, "width": 16, "dilations": [1, 2, 4, 8], "batch": 64}
 KEYS = (*DEFAULTS, "weights", "sha256")
 # The tiling and the network, bounded: a batch of tiles holds batch x width x (core + 2 margin)^2 floats
@@ -411,5 +413,5 @@ def refine_outline(
     for (r, c), t in zip(cells, tiles):
         y0, x0 = r * core, c * core
         hh, ww = min(core, h - y0), min(core, w - x0)
-        out[y0 : y0 + hh, x0 : x0 + ww] = t[:hh, :ww] >= 128
+        out[y0 : y0 + hh, x0 : x0 + ww] = t[:hh, :ww] >= HALF
     return out

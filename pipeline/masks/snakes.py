@@ -6,9 +6,9 @@ outline instead of jumping from 0 to 1, with a snake (Kass, Witkin and Terzopoul
 pulled onto the photo's edges. Here, for every contour of the thresholded mask:
 
 1. Uncertainty of a contour point: the width in pixels of the probability's transition across it,
-   128 / |grad blend| (the distance over which the probability would go from 0.25 to 0.75 at the
-   local slope). A network's sharp step, bilinearly upsampled from its input size, is a few pixels
-   wide at full resolution; a model trained briefly is blurrier everywhere.
+   HALF / |grad blend| (half the uint8 scale over the slope: the distance over which the probability
+   would go from 0.25 to 0.75 at the local slope). A network's sharp step, bilinearly upsampled from its
+   input size, is a few pixels wide at full resolution; a model trained briefly is blurrier everywhere.
 2. Uncertain stretches: runs of at least ``min_points`` contour points whose width is at least
    ``min_width`` px and at least ``width_ratio`` times the median width of the image's outline (what
    is unusually uncertain for this model on this image), joined across short gaps and extended by
@@ -36,6 +36,7 @@ import numpy as np
 from scipy.linalg import get_lapack_funcs
 
 from .contours import find_contours, rasterize_contours
+from .probability import HALF
 
 STEP = "active_contour"
 # Chosen on the out-of-fold maps of fold 0 of quick real-car models and checked on folds 1-4
@@ -77,7 +78,7 @@ def params_problem(params) -> str | None:
 
 
 def transition_width(blended: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """At (x, y) integer ``points``: 128 / |grad blend| in px, the Sobel gradient of the uint8 blend over
+    """At (x, y) integer ``points``: HALF / |grad blend| in px, the Sobel gradient of the uint8 blend over
     its 3x3 neighbourhood (capped at 1e4 px where the blend is flat)."""
     x, y = points[:, 0].astype(int), points[:, 1].astype(int)
     h, w = blended.shape
@@ -85,7 +86,7 @@ def transition_width(blended: np.ndarray, points: np.ndarray) -> np.ndarray:
     win = np.stack([pad[y + dy, x + dx] for dy in range(3) for dx in range(3)]).reshape(3, 3, -1)
     kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)[..., None] / 8
     gx, gy = (win * kx).sum((0, 1)), (win * kx.transpose(1, 0, 2)).sum((0, 1))
-    return 128 / np.maximum(np.hypot(gx, gy), 128 / 1e4)
+    return HALF / np.maximum(np.hypot(gx, gy), HALF / 1e4)
 
 
 def uncertain_stretches(flags: np.ndarray, min_points: int, pad: int) -> list[np.ndarray]:

@@ -39,7 +39,9 @@ from torch import nn
 
 from ..core.io_utils import write_json
 from ..data.layout import image_size, read_mask
+from ..inference.recipe import Recipe
 from ..masks import rle
+from ..masks.probability import HALF
 
 TEST_IMAGES = 100_064
 
@@ -148,15 +150,20 @@ def trivial_recipe(root: Path, height: int, width: int) -> Path:
         "tta": [],
     }
     path = root / "recipe.json"
-    path.write_text(json.dumps({"members": [member], "threshold": 128}))
+    path.write_text(json.dumps({"members": [member], "threshold": HALF}))
     return path
 
 
-def load_trivial(recipe: dict, device: torch.device):
+def load_trivial(recipe: Recipe, device: torch.device):
+    """The members of ``trivial_recipe``'s recipe, as ``make_submission(load=...)`` builds them."""
+    m = recipe.members[0]
+    return _trivial_members(m.height, m.width), [1]
+
+
+def _trivial_members(height: int, width: int) -> list:
     from ..inference.engine import Member
 
-    m = recipe["members"][0]
-    return [Member("trivial", [Trivial(_trivial_logits(m["height"], m["width"]))], m["height"], m["width"], [])], [1]
+    return [Member("trivial", [Trivial(_trivial_logits(height, width))], height, width, [])]
 
 
 def _device(name: str) -> torch.device:
@@ -181,7 +188,7 @@ def figure_host(data: Path, n: int, workers: int, batch: int, height: int, width
         paths = sorted((test / "test").glob("*.jpg"))
         recipe = trivial_recipe(root, height, width)
         # The engine's own loader (layout, pinning, prefetch) without the device work: what the host can feed.
-        trivial = load_trivial(json.loads(recipe.read_text()), dev)[0]
+        trivial = _trivial_members(height, width)
         feeder = Engine(trivial, dev, batch_size=batch, num_workers=workers)
 
         def decode_only():

@@ -27,12 +27,13 @@ from ..core.io_utils import atomic_path, check_writable, stored_path, write_json
 from ..core.parallel import parallel
 from ..data.layout import DataError, Layout, read_image
 from ..inference.engine import blend
-from ..lineage.checks import RECIPE_FORMAT
+from ..inference.recipe import RECIPE_FORMAT
 from ..lineage.provenance import recipe_fold
 from ..lineage.runs import discover, load_maps, member_images
 from ..masks.metrics import dice, dice_from_counts
 from ..masks.postprocess import apply as postprocess
 from ..masks.postprocess import needs_photo, parse_steps
+from ..masks.probability import HALF, probability
 from ..masks.snakes import DEFAULTS as ACTIVE_CONTOUR_DEFAULTS
 from ..masks.snakes import STEP as ACTIVE_CONTOUR
 from ..masks.snakes import params_problem
@@ -210,6 +211,7 @@ def tune(
     runs_dir: str | Path,
     data_dir: str | Path,
     out: str | Path,
+    *,
     names: list[str] | None = None,
     steps: int = 10,
     n_jobs: int = -1,
@@ -296,7 +298,7 @@ def tune(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "runs_dir": stored_path(runs_dir, out),
         "threshold": int(threshold),
-        "threshold_probability": round(int(threshold) / 255, 6),
+        "threshold_probability": probability(threshold),
         "postprocess": chosen,
         # Mean out-of-fold Dice gained by each candidate over the thresholded blend (negative: it hurts).
         "postprocess_gain": pp_gain,
@@ -321,7 +323,7 @@ def tune(
                 # The inference precision its out-of-fold maps (and so the threshold) were made in:
                 # the submission and predict apply the member in it (runs.discover: folds agree).
                 **({"precision": m["folds"][0]["precision"]} if m["folds"][0].get("precision") else {}),
-                "oof_dice_at_0.5": float(mean[vertex[m["name"]], 128]),
+                "oof_dice_at_0.5": float(mean[vertex[m["name"]], HALF]),
                 "oof_dice_best_threshold": float(mean[vertex[m["name"]]].max()),
             }
             for m, w in zip(members, weights)
@@ -330,7 +332,7 @@ def tune(
             "n_images": len(common),
             "dice": float(scores.blend.mean()),
             "dice_before_postprocess": float(mean[ci, threshold]),
-            "dice_at_0.5": float(mean[ci, 128]),
+            "dice_at_0.5": float(mean[ci, HALF]),
             "dice_percentiles": {f"p{p}": float(np.percentile(scores.blend, p)) for p in (1, 5, 25, 50)},
             "weight_step": 1 / steps,
         },

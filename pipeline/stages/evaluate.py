@@ -30,13 +30,11 @@ from ..data.folds import load_test_split
 from ..data.layout import DataError, Layout, decode_file, list_images, parse_name, read_image, read_mask
 from ..inference import review
 from ..inference.engine import blend
-from ..lineage.checks import check_recipe
+from ..inference.recipe import Recipe
 from ..lineage.provenance import verify_recipe_oof
 from ..lineage.runs import discover, load_maps, member_images
 from ..masks import rle
 from ..masks.metrics import PER_IMAGE_COLUMNS, SUMMARY_KEYS, score_image, summarize
-from ..masks.postprocess import apply as postprocess
-from ..masks.postprocess import needs_photo
 from ..masks.submission_csv import SubmissionError, submission_rows
 
 
@@ -59,20 +57,22 @@ def _parallel(fn, items: list, n_jobs: int, desc: str, quiet: bool) -> list:
 def score_runs(
     runs_dir: str | Path, data_dir: str | Path, names: list[str] | None = None, n_jobs: int = -1, quiet: bool = True
 ) -> dict[str, pd.DataFrame]:
-    """{member name: per-image table over its out-of-fold images} at each run's threshold.
+    """{member name: per-image table over its out-of-fold images} at the runs' threshold (probability 0.5,
+    as their out-of-fold Dice), without post-processing.
 
     A member still missing folds is scored on the folds it has (``n_images`` says how many)."""
     layout = Layout(data_dir)
     layout.require(layout.masks_dir)
     out = {}
+    plain = Recipe()
     for name, folds in discover(runs_dir, names, allow_incomplete=True).items():
         by_image = member_images(folds)
         images = sorted(by_image)
-        threshold = int(folds[0].get("threshold", 128))
 
-        def one(img: str, by_image=by_image, threshold=threshold) -> tuple[dict, dict]:
+        def one(img: str, by_image=by_image) -> tuple[dict, dict]:
             (q,), mask = load_maps(layout, img, [by_image])
-            return score_image(q >= threshold, mask), review.features_of(q[None], [1], threshold)
+            _, car = plain.mask(q)
+            return score_image(car, mask), review.features_of(q[None], [1], plain.threshold)
 
         out[name] = _table(images, _parallel(one, images, n_jobs, f"evaluate {name}", quiet), with_review=True)
     return out
@@ -81,19 +81,17 @@ def score_runs(
 def score_recipe(recipe_path: str | Path, data_dir: str | Path, n_jobs: int = -1, quiet: bool = True) -> pd.DataFrame:
     """Per-image table of the recipe's blend (weights, threshold, post-processing) on out-of-fold maps."""
     recipe_path = Path(recipe_path)
-    recipe = check_recipe(recipe_path)
+    recipe = Recipe.load(recipe_path)
     verify_recipe_oof(recipe, recipe_path)  # the maps it was tuned on, not a retrained fold's
     layout = Layout(data_dir)
-    found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
-    maps_of = [member_images(found[m["name"]]) for m in recipe["members"]]
+    maps_of = recipe_maps(recipe)
     images = sorted(set.intersection(*(set(b) for b in maps_of)))
-    weights = [int(m["weight"]) for m in recipe["members"]]
 
     def one(img: str) -> tuple[dict, dict]:
         maps, mask = load_maps(layout, img, maps_of)
         car = recipe_prediction(layout, img, maps, recipe)
         # The review features of the mask scored (after post-processing), as the submission's list has them.
-        return score_image(car, mask), review.features_of(maps, weights, int(recipe["threshold"]), final=car)
+        return score_image(car, mask), review.features_of(maps, recipe.weights, recipe.threshold, final=car)
 
     return _table(images, _parallel(one, images, n_jobs, "evaluate recipe", quiet), with_review=True)
 
@@ -105,15 +103,13 @@ def pretrained_predictions(pretrained, images: list[Path], device: str = "auto",
     from ..inference.engine import Engine
 
     dev = pick_device(device)
-    spec = pretrained.spec
+    recipe = pretrained.recipe
     engine = Engine([pretrained.member()], dev, batch_size=batch_size, num_workers=0)
     by_name = {p.name: p for p in images}
-    steps, params = list(spec.get("postprocess", [])), spec.get("postprocess_params", {})
     for name, q in engine.predict(images):
         maps = q.cpu().numpy()
-        car = (maps[0] >= int(spec["threshold"])).astype(np.uint8)
-        photo = read_image(by_name[name]) if needs_photo(steps) else None
-        yield name, maps, postprocess(car, steps, blended=maps[0], image=photo, params=params), by_name[name]
+        _, car = recipe.mask(maps[0], lambda name=name: read_image(by_name[name]))
+        yield name, maps, car, by_name[name]
 
 
 def _unrecorded(pretrained, what: str, test_split=None) -> str:
@@ -158,6 +154,7 @@ def unseen_test_cars(pretrained, test_split: str | Path) -> frozenset[str]:
 def score_pretrained(
     source: str | Path,
     data_dir: str | Path,
+    *,
     device: str = "auto",
     quiet: bool = True,
     pretrained=None,
@@ -196,7 +193,7 @@ def score_pretrained(
     if not images:
         raise DataError(f"{layout.train_dir}: no image with a mask in {layout.masks_dir} to score")
     rows, names = [], []
-    threshold = int(pretrained.spec["threshold"])
+    threshold = pretrained.recipe.threshold
     predictions = pretrained_predictions(pretrained, images, device)
     for name, maps, car, _ in tqdm(predictions, total=len(images), desc="evaluate model", unit="img", disable=quiet):
         mask = read_mask(layout.mask(name))
@@ -209,15 +206,18 @@ def score_pretrained(
     return table
 
 
-def recipe_prediction(layout: Layout, img: str, maps: np.ndarray, recipe: dict) -> np.ndarray:
-    """The recipe's uint8 0/1 mask of one train image from its members' (M, H, W) maps, as the submission
-    makes it: the weighted blend, the threshold, then the post-processing (with the photo where a step
-    needs it)."""
-    blended = blend(maps, [int(m["weight"]) for m in recipe["members"]])
-    steps = list(recipe.get("postprocess", []))
-    photo = read_image(layout.train_image(img)) if needs_photo(steps) else None
-    car = (blended >= int(recipe["threshold"])).astype(np.uint8)
-    return postprocess(car, steps, blended=blended, image=photo, params=recipe.get("postprocess_params"))
+def recipe_maps(recipe: Recipe) -> list[dict]:
+    """Per member of the recipe, in its order, {image: out-of-fold map} of the runs it was tuned on."""
+    found = discover(recipe.runs_dir, [m.name for m in recipe.members], allow_incomplete=True)
+    return [member_images(found[m.name]) for m in recipe.members]
+
+
+def recipe_prediction(layout: Layout, img: str, maps: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """The recipe's 0/1 mask of one train image from its members' (M, H, W) maps, as the submission makes
+    it: the weighted blend, then ``Recipe.mask`` (the threshold, then the post-processing, with the photo
+    where a step needs it)."""
+    _, car = recipe.mask(blend(maps, recipe.weights), lambda: read_image(layout.train_image(img)))
+    return car
 
 
 def mask_path(masks_dir: Path, img: str) -> Path | None:
@@ -395,6 +395,7 @@ def check_outputs(json_path: str | None, per_image: str | None, force: bool) -> 
 
 
 def evaluate(
+    *,
     runs: str | None = None,
     recipe: str | None = None,
     data: str = "data",
@@ -424,7 +425,9 @@ def evaluate(
         from ..inference.model_folder import load_pretrained
 
         model = load_pretrained(pretrained, "cpu")
-        tables[model.label] = score_pretrained(pretrained, data, device, quiet, pretrained=model, test_split=test_split)
+        tables[model.label] = score_pretrained(
+            pretrained, data, device=device, quiet=quiet, pretrained=model, test_split=test_split
+        )
     if not tables:
         raise DataError("nothing to evaluate: give --runs, --recipe, --submission, --pred-dir or --pretrained")
     summaries = {name: summarize(t) for name, t in tables.items()}

@@ -45,9 +45,10 @@ from ..inference.model_folder import (
     fetch,
     folder_sha256,
 )
-from ..lineage.checks import RECIPE_FORMAT
+from ..inference.recipe import RECIPE_FORMAT, Recipe
 from ..lineage.provenance import load_recipe, recipe_hash, trained_cars
 from ..lineage.runs import same_recipe
+from ..masks.probability import HALF, probability
 from ..models.unet import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint
 
 
@@ -57,57 +58,57 @@ class Inference:
     """How the exported model is applied: the settings of the recipe that stands for it."""
 
     tta: list[str]
-    threshold: int = 128
+    threshold: int = HALF
     postprocess: list[str] = field(default_factory=list)
     postprocess_params: dict = field(default_factory=dict)
     precision: str = "fp32"
 
 
-def _inference_from(cfg: Config, recipe: dict | None) -> Inference:
+def _inference_from(cfg: Config, recipe: Recipe | None) -> Inference:
     if recipe is None:
         return Inference(tta=list(cfg.predict.tta))
-    (member,) = [m for m in recipe["members"] if m["weight"] > 0]
+    (member,) = recipe.active
     return Inference(
-        tta=list(member["tta"]),
-        threshold=int(recipe["threshold"]),
-        postprocess=list(recipe.get("postprocess", [])),
-        postprocess_params=dict(recipe.get("postprocess_params", {})) if recipe.get("postprocess") else {},
-        precision=member.get("precision", "fp32"),
+        tta=list(member.tta),
+        threshold=recipe.threshold,
+        postprocess=list(recipe.postprocess),
+        postprocess_params=dict(recipe.postprocess_params) if recipe.postprocess else {},
+        precision=member.precision or "fp32",
     )
 
 
-def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[dict, dict]:
+def _standing_recipe(recipe_path: Path, cfg: dict) -> tuple[Recipe, dict]:
     """The recipe whose out-of-fold figures stand for the exported model: checked (its checkpoints and
     out-of-fold summaries are the ones it was tuned on), one member with weight, of the same config."""
     recipe, _ = load_recipe(recipe_path)
-    active = [m for m in recipe["members"] if m["weight"] > 0]
-    if len(active) != 1 or "checkpoints" not in active[0]:
+    active = recipe.active
+    if len(active) != 1 or not active[0].checkpoints:
         raise ModelFolderError(
             f"{recipe_path}: blends {len(active)} members; a single model's threshold and figures come from a recipe "
             "of that model's folds alone: `make ensemble ARGS='--members NAME' RECIPE=submissions/recipe-NAME.json`"
         )
-    fold_cfg = read_checkpoint(active[0]["checkpoints"][0], mmap=True)["config"]
+    fold_cfg = read_checkpoint(active[0].checkpoints[0], mmap=True)["config"]
     differ = same_recipe(fold_cfg, cfg)
     if differ:
         raise ModelFolderError(
-            f"{recipe_path}: its member {active[0]['name']!r} was trained with another {', '.join(differ)} than the "
+            f"{recipe_path}: its member {active[0].name!r} was trained with another {', '.join(differ)} than the "
             "model to export; its figures do not stand for it"
         )
     per_fold, tuned_on = {}, set()
-    for ckpt in active[0]["checkpoints"]:
+    for ckpt in active[0].checkpoints:
         oof = json.loads((Path(ckpt).parent / "oof.json").read_text())
         per_fold[str(oof["fold"])] = {"dice_at_0.5": oof["mean_dice"], "n_images": oof["n_images"]}
         # The cars whose out-of-fold maps chose the threshold and post-processing.
         tuned_on |= set((read_checkpoint(ckpt, mmap=True).get("folds") or {}).get("held_out_cars", []))
     figures = {
         "recipe_hash": recipe_hash(recipe),
-        "member": active[0]["name"],
-        "folds": active[0].get("folds"),
-        "threshold": recipe["threshold"],
-        "postprocess": recipe.get("postprocess", []),
-        "n_images": recipe.get("oof", {}).get("n_images"),
-        "mean_dice": recipe.get("oof", {}).get("dice"),
-        "dice_p5": recipe.get("oof", {}).get("dice_percentiles", {}).get("p5"),
+        "member": active[0].name,
+        "folds": list(active[0].folds) if active[0].folds is not None else None,
+        "threshold": recipe.threshold,
+        "postprocess": list(recipe.postprocess),
+        "n_images": recipe.oof.get("n_images"),
+        "mean_dice": recipe.oof.get("dice"),
+        "dice_p5": recipe.oof.get("dice_percentiles", {}).get("p5"),
         "per_fold": per_fold,
         "tuned_on_cars": sorted(tuned_on),
     }
@@ -294,6 +295,7 @@ def _swap_in(stage: Path, out: Path) -> None:
 def export_model(
     checkpoint: str | Path,
     out: str | Path,
+    *,
     recipe: str | Path | None = None,
     dtype: str = "fp16",
     name: str | None = None,
@@ -396,7 +398,7 @@ def export_model(
                 "output": "one channel of logits; probability = sigmoid, averaged over the TTA views",
                 "tta": inference.tta,
                 "threshold": inference.threshold,
-                "threshold_probability": round(inference.threshold / 255, 6),
+                "threshold_probability": probability(inference.threshold),
                 "postprocess": inference.postprocess,
                 "postprocess_params": inference.postprocess_params,
                 "precision": inference.precision,
@@ -466,13 +468,14 @@ def pretrained_recipe(source: str | Path, out_dir: str | Path) -> Path:
     hub = not Path(str(source)).is_dir()
     name = spec["name"] if not run_name_problem(spec["name"]) else "pretrained"
     figures = (spec.get("source") or {}).get("recipe") or {}
+    own = Recipe.of_model(spec)
     recipe = {
         "format": RECIPE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "threshold": int(spec["threshold"]),
-        "threshold_probability": round(int(spec["threshold"]) / 255, 6),
-        "postprocess": list(spec.get("postprocess", [])),
-        "postprocess_params": dict(spec.get("postprocess_params", {})),
+        "threshold": own.threshold,
+        "threshold_probability": own.threshold_probability,
+        "postprocess": list(own.postprocess),
+        "postprocess_params": dict(own.postprocess_params),
         "weight_total": 1,
         "members": [
             {

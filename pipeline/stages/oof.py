@@ -18,6 +18,7 @@ import cv2
 import pandas as pd
 from tqdm import tqdm
 
+from ..core.checks import check_fold
 from ..core.config import Config
 from ..core.device import pick_device, resolve_precision
 from ..core.errors import PipelineError
@@ -26,9 +27,9 @@ from ..core.io_utils import atomic_path, read_json, write_json
 from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout, decode_file, read_mask
 from ..inference.engine import Engine, Member
-from ..lineage.checks import check_fold
 from ..lineage.provenance import check_same_folds, folds_fingerprint, oof_source
 from ..masks.metrics import dice
+from ..masks.probability import HALF
 from ..models.unet import load_checkpoint
 
 
@@ -101,7 +102,7 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
     rows = []
     for img in tqdm(val.img, desc="out-of-fold dice", unit="img", disable=quiet):
         q = decode_file(oof_dir / f"{Path(img).stem}.png", cv2.IMREAD_UNCHANGED)
-        rows.append((img, dice(q >= 128, read_mask(layout.mask(img)))))
+        rows.append((img, dice(q >= HALF, read_mask(layout.mask(img)))))
     scores = pd.DataFrame(rows, columns=["img", "dice"])
     with atomic_path(run_dir / "oof_dice.csv") as tmp:
         scores.to_csv(tmp, index=False, float_format="%.6f")
@@ -110,7 +111,7 @@ def predict_oof(cfg: Config, quiet: bool = False) -> dict:
         "fold": cfg.fold,
         "n_images": len(scores),
         "mean_dice": float(scores.dice.mean()),
-        "threshold": 128,
+        "threshold": HALF,
         "tta": list(cfg.predict.tta),
         "precision": precision,
         "height": mcfg.image.height,

@@ -39,49 +39,37 @@ from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writab
 from ..data.layout import DataError, image_size, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member, blend
+from ..inference.members import load_members, member_precisions
+from ..inference.recipe import Recipe
 from ..inference.review import REVIEW_FEATURES, final_features, image_features, review_table, write_review
 from ..inference.review import notes as review_notes
 from ..lineage.provenance import load_recipe, rows_source
-from ..masks.postprocess import apply as postprocess
 from ..models.unet import load_checkpoint
-from .submission import load_members, member_precisions
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _COLOUR_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
 # Quality 95 without chroma subsampling: colour edges along the car's outline stay crisp.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-CHECKPOINT_THRESHOLD = 128  # probability 0.5 on the engine's uint8 scale, as out-of-fold scoring uses
 
 
 @dataclass
 class Predictor:
     engine: Engine
     weights: list[int]
-    threshold: int  # on the uint8 scale: car where blend >= threshold
+    recipe: Recipe  # the threshold and post-processing (one checkpoint: 0.5, none)
     source: str
-    postprocess: list[str] = field(default_factory=list)  # the recipe's mask post-processing steps, in order
     batch_size: int = 4  # images decoded and handed to the engine at a time
     lineage: dict = field(default_factory=dict)  # what every mask depends on (provenance.rows_source or checkpoint)
-    postprocess_params: dict = field(default_factory=dict)  # the recipe's parameters of photo steps (active_contour)
     runtime: str = ""  # what runs the network, in words (backends.RuntimeChoice.describe)
 
     def mask(self, maps, image: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """One photo's mask (uint8 0/255 at the photo's size) and its review features from the engine's
-        uint8 maps (M, H, W) of it: the blend, the review features, the threshold, then the post-processing
-        with the photo, as ``evaluate`` scores the recipe. predict and serve both call this, so that a
-        photo gets the same mask from either."""
+        uint8 maps (M, H, W) of it: the blend, the review features, then the recipe's threshold and
+        post-processing with the photo (``Recipe.mask``), as ``evaluate`` scores the recipe. predict and
+        serve both call this, so that a photo gets the same mask from either."""
         blended = blend(maps, self.weights)
-        features = image_features(maps[:, None], blended[None], self.threshold)[0].tolist()
-        car = raw = (blended >= self.threshold).cpu().numpy()
-        if self.postprocess:
-            car = postprocess(
-                car.astype(np.uint8),
-                self.postprocess,
-                blended.cpu().numpy(),
-                image,
-                self.postprocess_params,
-                openvino=self.engine.openvino,
-            )
+        features = image_features(maps[:, None], blended[None], self.recipe.threshold)[0].tolist()
+        raw, car = self.recipe.mask(blended.cpu().numpy(), image, openvino=self.engine.openvino)
         features = final_features(features, raw, car).tolist()  # the review list describes the mask written
         return car.astype(np.uint8) * 255, features
 
@@ -89,10 +77,10 @@ class Predictor:
         """Compile what a CPU runtime compiles on first use (the network at each view's size, the refiner),
         so that the first photo does not wait for it (a server, before it listens)."""
         self.engine.warm_up()
-        if self.engine.openvino and "refine_outline" in self.postprocess:
+        if self.engine.openvino and "refine_outline" in self.recipe.postprocess:
             from ..masks.outline_refiner import openvino_runner
 
-            openvino_runner(self.postprocess_params["refine_outline"], *self.engine.openvino)
+            openvino_runner(self.recipe.postprocess_params["refine_outline"], *self.engine.openvino)
 
     def photo(self, path: Path, scratch: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """One photo file end to end, as ``predict`` does it: (the photo upright as RGB, its mask 0/255, its
@@ -135,6 +123,7 @@ def choose_model(recipe: str | Path | None, checkpoint, pretrained) -> tuple:
 
 def load_predictor(
     recipe: str | Path | None = None,
+    *,
     checkpoint: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
@@ -160,29 +149,26 @@ def load_predictor(
         from ..inference.model_folder import load_pretrained
 
         pre = load_pretrained(pretrained, dev)
-        spec = pre.spec
-        own = resolve_precision(precision or spec.get("precision", "fp32"), dev)
+        own = resolve_precision(precision or pre.spec.get("precision", "fp32"), dev)
         members = [pre.member(own)]
-        weights, threshold, source = [1], int(spec["threshold"]), f"{pre.name} ({pretrained})"
-        steps, params = list(spec.get("postprocess", [])), dict(spec.get("postprocess_params", {}))
-        lineage = {"pretrained": pre.sha, "tta": list(spec["tta"]), "precision": own}
+        weights, recipe, source = [1], pre.recipe, f"{pre.name} ({pretrained})"
+        lineage = {"pretrained": pre.sha, "tta": list(pre.spec["tta"]), "precision": own}
     elif checkpoint is not None:
         model, cfg, sha, _ = load_checkpoint(checkpoint, dev)  # the outputs' key holds the hash of what was loaded
         own = resolve_precision(precision or cfg.predict.amp, dev)
         members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta), own)]
-        weights, threshold, source, steps, params = [1], CHECKPOINT_THRESHOLD, str(checkpoint), [], {}
+        weights, recipe, source = [1], Recipe(), str(checkpoint)  # probability 0.5, as out-of-fold scoring uses
         lineage = {"checkpoint": sha, "tta": list(cfg.predict.tta), "precision": own}
     else:
-        recipe = Path(recipe or "submissions/recipe.json")
-        if not recipe.is_file():
+        path = Path(recipe or "submissions/recipe.json")
+        if not path.is_file():
             raise DataError(
-                f"{recipe}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH or --pretrained DIR"
+                f"{path}: recipe not found; run `make ensemble` first, or pass --checkpoint PATH or --pretrained DIR"
             )
-        spec, shas = load_recipe(recipe)  # checked exactly as the submission checks it
-        members, weights = load_members(spec, dev)
-        threshold, source, steps = int(spec["threshold"]), str(recipe), list(spec.get("postprocess", []))
-        params = spec.get("postprocess_params", {})
-        lineage = rows_source(spec, shas, member_precisions(spec, dev, precision), backend)
+        recipe, shas = load_recipe(path)  # checked exactly as the submission checks it
+        members, weights = load_members(recipe, dev)
+        source = str(path)
+        lineage = rows_source(recipe, shas, member_precisions(recipe, dev, precision), backend)
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     if backend != "torch":
         lineage = {**lineage, "backend": backend}
@@ -190,7 +176,7 @@ def load_predictor(
         members, dev, precision, channels_last, batch_size=batch_size, num_workers=0, compile=compile, backend=backend,
         jobs=jobs,
     )  # fmt: skip
-    return Predictor(engine, weights, threshold, source, steps, batch_size, lineage, params, choice.describe(dev, jobs))
+    return Predictor(engine, weights, recipe, source, batch_size, lineage, choice.describe(dev, jobs))
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -334,8 +320,8 @@ def output_key(predictor: Predictor, image: Path, background_id: str | None, fea
         json.dumps(
             {
                 "source": predictor.lineage,
-                "threshold": predictor.threshold,
-                "postprocess": predictor.postprocess,
+                "threshold": predictor.recipe.threshold,
+                "postprocess": list(predictor.recipe.postprocess),
                 "background": background_id,
                 "feather": feather,
                 "input": [image.name, st.st_size, st.st_mtime_ns],
@@ -382,6 +368,7 @@ def predict_images(
     predictor: Predictor,
     inputs: list[Path],
     out_dir: str | Path,
+    *,
     background: tuple[int, int, int] | np.ndarray | None = None,
     feather: int = 0,
     resume: bool = False,
@@ -487,6 +474,7 @@ def _predict_locked(predictor, inputs, out_dir, background, feather, resume, qui
 def run_predict(
     input_path: str | Path,
     out_dir: str | Path,
+    *,
     recipe: str | Path | None = None,
     checkpoint: str | Path | None = None,
     background: str | None = None,
@@ -515,12 +503,12 @@ def run_predict(
     if pretrained is not None and asked is None and not quiet:
         print(f"no recipe (make ensemble) or --checkpoint: using the model this project ships, {pretrained}")
     predictor = load_predictor(
-        recipe, checkpoint, device, precision, batch_size, channels_last=channels_last, compile=compile,
-        pretrained=pretrained, backend=backend, jobs=jobs,
+        recipe, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
+        channels_last=channels_last, compile=compile, pretrained=pretrained, backend=backend, jobs=jobs,
     )  # fmt: skip
     if not quiet:
         print(predictor.runtime)
-    result = predict_images(predictor, inputs, out_dir, bg, feather, resume=resume, quiet=quiet)
+    result = predict_images(predictor, inputs, out_dir, background=bg, feather=feather, resume=resume, quiet=quiet)
     if not quiet:
         print(
             f"{out_dir}: {len(result['written'])} image(s) cut out with {predictor.source}"

@@ -24,7 +24,7 @@ from ..core.errors import PipelineError
 from ..core.io_utils import OutputLock, check_writable, plain_name, write_json, write_text
 from ..data.layout import DataError, Layout, read_image, read_mask
 from ..inference import review
-from ..lineage.checks import check_recipe
+from ..inference.recipe import Recipe
 from ..lineage.provenance import verify_recipe_oof
 from ..lineage.runs import FOLD_DIR_RE, discover, load_maps, member_images, no_runs_message
 from ..lineage.trace import trace
@@ -74,19 +74,18 @@ def load_histories(
 
 
 def predicted_mask(
-    source: str, img: str, layout: Layout, runs_dir: Path, recipe: dict | None, pretrained=None
+    source: str, img: str, layout: Layout, runs_dir: Path, recipe: Recipe | None, pretrained=None
 ) -> np.ndarray:
     """The binary prediction that ``evaluate`` scored for ``source`` (a member, the blend, or an exported model)."""
     if pretrained is not None and source == pretrained.label:
         ((_, _, car, _),) = evaluate.pretrained_predictions(pretrained, [layout.train_image(img)])
         return car.astype(bool)
     if source == BLEND:
-        found = discover(recipe["runs_dir"], [m["name"] for m in recipe["members"]], allow_incomplete=True)
-        maps, _ = load_maps(layout, img, [member_images(found[m["name"]]) for m in recipe["members"]])
+        maps, _ = load_maps(layout, img, evaluate.recipe_maps(recipe))
         return evaluate.recipe_prediction(layout, img, maps, recipe).astype(bool)
     folds = discover(runs_dir, [source], allow_incomplete=True)[source]
     (q,), _ = load_maps(layout, img, [member_images(folds)])
-    return q >= int(folds[0].get("threshold", 128))
+    return Recipe().mask(q)[1]  # a member at probability 0.5, as evaluate scores it
 
 
 # -- pictures --------------------------------------------------------------------------------------
@@ -438,6 +437,7 @@ def make_report(
     runs_dir: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
+    *,
     recipe_path: str | Path | None = None,
     names: list[str] | None = None,
     n_worst: int = 6,
@@ -456,7 +456,7 @@ def make_report(
     recipe = None
     if recipe_path is not None and Path(recipe_path).is_file():
         try:  # a recipe whose runs were retrained since is reported, not blended with the new maps
-            recipe = check_recipe(recipe_path)
+            recipe = Recipe.load(recipe_path)
             verify_recipe_oof(recipe, recipe_path)
         except PipelineError as e:
             recipe = None
@@ -523,8 +523,8 @@ def _draw(assets, runs_dir, layout, data_dir, recipe, recipe_path, names, n_wors
         "metric_columns": TABLE_COLUMNS,
         "metrics": _metric_rows(summaries),
         "metrics_note": "Per image, then averaged over images; Dice percentiles over images. Members at threshold 0.5"
-        + (f"; the blend with the recipe's weights, threshold {recipe['threshold']}/255" if recipe else "")
-        + (f" and post-processing {recipe['postprocess']}" if recipe and recipe.get("postprocess") else "")
+        + (f"; the blend with the recipe's weights, threshold {recipe.threshold}/255" if recipe else "")
+        + (f" and post-processing {list(recipe.postprocess)}" if recipe and recipe.postprocess else "")
         + ".",
         "review_columns": REVIEW_COLUMNS,
         "review_rows": [],

@@ -359,8 +359,8 @@ class Service:
 
 def model_info(recipe, checkpoint, pretrained, predictor: Predictor) -> dict:
     """What ``GET /api/model`` says: the model's name, its card and its figures (test split, out of fold)."""
-    info: dict = {"name": predictor.source, "source": predictor.source, "threshold": predictor.threshold}
-    info["postprocess"] = list(predictor.postprocess)
+    info: dict = {"name": predictor.source, "source": predictor.source, "threshold": predictor.recipe.threshold}
+    info["postprocess"] = list(predictor.recipe.postprocess)
     if pretrained is None:
         return {**info, "card": None, "test_split": None, "out_of_fold": None}
     from ..inference.model_folder import CARD, check_folder, fetch
@@ -693,6 +693,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_serve(
     pretrained: str | Path | None = None,
+    *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     api_key: str | None = None,
@@ -728,7 +729,7 @@ def run_serve(
     sock = bind(host, port)  # before the model loads: a port in use fails at once
     try:
         print(f"loading the model ({pretrained or recipe}) ...", flush=True)
-        predictor = load_predictor(recipe, checkpoint, device=device, pretrained=pretrained)
+        predictor = load_predictor(recipe, checkpoint=checkpoint, device=device, pretrained=pretrained)
         print(predictor.runtime, flush=True)
         predictor.warm_up()  # the first cut-out does not wait for a runtime to compile
         info = model_info(recipe, checkpoint, pretrained, predictor)

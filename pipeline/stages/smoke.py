@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
+from ..core.checks import check_device
 from ..core.config import Config, load_config
 from ..core.device import pick_device, resolve_channels_last, resolve_precision
 from ..core.io_utils import write_json
 from ..core.measure import GB, Meter
 from ..data.folds import COLUMNS, scan_train
 from ..data.layout import DataError, Layout, list_images, parse_name
-from ..lineage.checks import check_device, check_train_config
 
 HEADROOM = 0.9  # of the device's memory: what the batch-size estimates may fill (fragmentation, cuDNN workspaces)
 TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 2, 2, 4
@@ -114,7 +114,7 @@ def run_smoke(
     from .oof import predict_oof
     from .predict import run_predict
     from .submission import make_submission
-    from .train import Trainer
+    from .train import Trainer, check_train_config
 
     start = time.time()
     # Everything the user chose is checked before a scratch folder is made.

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from ..core import distributed
-from ..core.config import SPEED_SETTINGS, Config, ConfigError, config_from_dict
+from ..core.checks import check_compile, check_device, check_fold
+from ..core.config import SPEED_SETTINGS, Config, ConfigError, config_from_dict, run_name_problem
 from ..core.device import autocast, pick_device, resolve_channels_last, resolve_precision, use_device
 from ..core.distributed import RankSampler
 from ..core.errors import CheckpointError, DataError, ResumeError, TrainingError
@@ -51,12 +52,12 @@ from ..data.augment import train_transform
 from ..data.datasets import SegmentationDataset
 from ..data.folds import load_folds, load_test_split, split_fold
 from ..data.layout import Layout
-from ..lineage.checks import check_fold, check_train_config
+from ..inference.tta import TTAS
 from ..lineage.provenance import check_same_folds, checkpoint_lineage, folds_fingerprint
 from ..lineage.runs import FINAL, FULL_SUMMARY, clear_fold_outputs, cross_validation
 from ..masks.metrics import dice_batch
 from ..models.losses import get_loss
-from ..models.unet import build_model, read_checkpoint
+from ..models.unet import build_model, read_checkpoint, resolve_model_config
 from .oof import predict_oof
 
 # Config sections that must not change when resuming a run.
@@ -69,6 +70,37 @@ _FREE_ON_RESUME = {
     "train.channels_last", "predict.tta", "predict.amp",
     "train.amp",  # the device may change on resume (a CPU run goes on on a GPU), and 'auto' follows it
 }  # fmt: skip
+
+
+def check_train_config(cfg: Config) -> Config:
+    """Every name in a training config (pipeline/core/checks.py checks its device and compile settings);
+    returns it with the model section resolved (see models)."""
+    problem = run_name_problem(cfg.name)
+    if problem:  # the name becomes <runs_dir>/<name>/: never a path of its own
+        raise ConfigError(f"name: {problem}")
+    t = cfg.train
+    choices = {
+        "train.optimizer": (t.optimizer, ("adam", "adamw")),
+        "train.scheduler": (t.scheduler, ("cosine", "constant")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: not one of {', '.join(allowed)}")
+    try:
+        get_loss(t.loss)
+    except ValueError as e:
+        raise ConfigError(f"train.loss={t.loss!r}: {e}") from None
+    unknown = [n for n in cfg.predict.tta if n not in TTAS and n != "none"]
+    if unknown:
+        raise ConfigError(f"predict.tta={cfg.predict.tta}: unknown {unknown}; available: {sorted(TTAS)} (or [])")
+    if not 0 <= t.ema < 1:
+        raise ConfigError(f"train.ema={t.ema!r}: the decay of the weights' moving average is in [0, 1) (0: off)")
+    if t.progressive_epochs and (len(t.progressive_size) != 2 or min(t.progressive_size) < 32):
+        raise ConfigError(f"train.progressive_size={t.progressive_size!r}: [height, width], each at least 32")
+    check_compile(t.compile, "train.compile")
+    check_device(cfg.device)
+    cfg.model = resolve_model_config(cfg.model)
+    return cfg
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

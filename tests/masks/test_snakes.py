@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.data.layout import DataError
-from pipeline.lineage.checks import check_recipe
+from pipeline.inference.recipe import Recipe
 from pipeline.masks import snakes
 from pipeline.masks.postprocess import apply
+from pipeline.masks.probability import HALF
 
 H, W = 120, 160
 
@@ -93,13 +94,13 @@ def test_apply_runs_the_step_only_with_the_photo_and_the_blend():
 
 def _recipe(path, **over):
     member = {"name": "m", "weight": 1, "checkpoints": ["c.pt"], "checkpoint_sha256": ["0"], "tta": []}
-    path.write_text(json.dumps({"threshold": 128, "members": [{**member, "height": 32, "width": 48}], **over}))
+    path.write_text(json.dumps({"threshold": HALF, "members": [{**member, "height": 32, "width": 48}], **over}))
     return path
 
 
 def test_recipe_with_the_step_needs_valid_parameters(tmp_path):
     good = {"postprocess": ["active_contour"], "postprocess_params": {"active_contour": dict(snakes.DEFAULTS)}}
-    assert check_recipe(_recipe(tmp_path / "ok.json", **good))["postprocess"] == ["active_contour"]
+    assert Recipe.load(_recipe(tmp_path / "ok.json", **good)).postprocess == ("active_contour",)
     bad = {
         "no parameters": ({"postprocess": ["active_contour"]}, "has no parameters for it"),
         "unknown key": ({**good, "postprocess_params": {"active_contour": {**snakes.DEFAULTS, "x": 1}}}, "unknown"),
@@ -115,7 +116,7 @@ def test_recipe_with_the_step_needs_valid_parameters(tmp_path):
     }
     for what, (over, message) in bad.items():
         with pytest.raises(DataError, match="malformed recipe") as e:
-            check_recipe(_recipe(tmp_path / "bad.json", **over))
+            Recipe.load(_recipe(tmp_path / "bad.json", **over))
         assert message in str(e.value), what
 
 

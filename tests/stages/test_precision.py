@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from pipeline.core.io_utils import read_json, write_json
 from pipeline.data.layout import DataError
 from pipeline.inference.engine import Engine, Member
-from pipeline.lineage.checks import check_recipe
+from pipeline.inference.recipe import Recipe
 from pipeline.masks import rle
 from pipeline.masks.submission_csv import SubmissionError
 from pipeline.models.unet import build_model, load_checkpoint_model
@@ -186,7 +186,7 @@ def test_recipe_with_an_unknown_precision_is_refused(confident, tiny_data, tmp_p
     spec["members"][0]["precision"] = "int8"
     write_json(recipe, spec)
     with pytest.raises(DataError, match="'precision' 'int8' is not one of fp32, bf16, fp16"):
-        check_recipe(recipe)
+        Recipe.load(recipe)
 
 
 @pytest.mark.slow

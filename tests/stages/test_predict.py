@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.__main__ import main
+from pipeline.inference.recipe import Recipe
 from pipeline.inference.review import review_path
-from pipeline.lineage.checks import check_recipe
 from pipeline.masks import rle
 from pipeline.stages.predict import choose_model, composite, feather_alpha, fit_background
 from pipeline.stages.submission import make_submission
@@ -193,7 +193,7 @@ def test_recipe_post_processing_is_applied(tiny_data, tiny_runs, tmp_path):
     from pipeline.masks.postprocess import apply
 
     _, recipe = tiny_runs
-    spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints
+    spec = Recipe.load(recipe).to_dict()  # its paths resolved, so the copy written elsewhere finds the checkpoints
     spec["postprocess"] = ["largest_cc", "fill_holes"]
     with_steps = tmp_path / "recipe_pp.json"
     with_steps.write_text(json.dumps(spec))
@@ -243,7 +243,7 @@ def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tin
     from pipeline.stages.predict import load_predictor
 
     _, recipe = tiny_runs
-    spec = check_recipe(recipe)  # its paths resolved, so the copy written elsewhere finds the checkpoints
+    spec = Recipe.load(recipe).to_dict()  # its paths resolved, so the copy written elsewhere finds the checkpoints
     spec["postprocess"] = ["active_contour"]
     params = {**DEFAULTS, "min_width": 1.0, "width_ratio": 1.2, "min_points": 4, "pad": 2}  # tiny 96x64 images
     spec["postprocess_params"] = {"active_contour": params}
@@ -259,7 +259,7 @@ def test_recipe_with_active_contour_is_applied_by_predict_and_the_submission(tin
     changed = 0
     for path, (name, q) in zip(images, predictor.engine.predict(images)):
         blended = blend(q, predictor.weights).numpy()
-        raw = (blended >= predictor.threshold).astype(np.uint8)
+        raw = (blended >= predictor.recipe.threshold).astype(np.uint8)
         expected = apply(raw, ["active_contour"], blended, read_image(path), spec["postprocess_params"])
         got = _gray(tmp_path / "ac" / f"{path.stem}_mask.png") > 0
         assert np.array_equal(got, expected.astype(bool)), name

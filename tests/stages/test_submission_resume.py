@@ -16,7 +16,7 @@ from pipeline.core.errors import LineageError
 from pipeline.core.identity import file_sha256
 from pipeline.core.io_utils import read_json, write_json
 from pipeline.masks.submission_csv import read_sample_names
-from pipeline.stages import submission as submission_mod
+from pipeline.stages import row_writer as row_writer_mod
 from tests.conftest import csv_rows as _rows
 from tests.conftest import retrain_stand_in as _retrain
 from tests.conftest import tiny_submission as _sub
@@ -29,17 +29,17 @@ def test_resume_after_a_checkpoint_changed_never_mixes_rows(lab, tiny_data, tmp_
     runs, recipe = lab
     names = read_sample_names(tiny_data / "sample_submission.csv")
     out = tmp_path / "s.csv.gz"
-    real_row = submission_mod._row
+    real_row = row_writer_mod._row
 
-    def dying_row(name, mask, steps, photo=None, **how):
+    def dying_row(name, mask, recipe, photo=None, **how):
         if name == names[7]:
             raise KeyboardInterrupt
-        return real_row(name, mask, steps, photo, **how)
+        return real_row(name, mask, recipe, photo, **how)
 
-    monkeypatch.setattr(submission_mod, "_row", dying_row)
+    monkeypatch.setattr(row_writer_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
         _sub(recipe, tiny_data, out)
-    monkeypatch.setattr(submission_mod, "_row", real_row)
+    monkeypatch.setattr(row_writer_mod, "_row", real_row)
     assert read_json(out.with_name(out.name + ".progress.json"))["rows"] == 7
     ckpt = runs / "b" / "fold0" / "best.pt"
     _retrain(ckpt)
@@ -87,12 +87,12 @@ def test_a_full_disk_mid_run_keeps_the_rows_written_and_names_the_file(lab, tiny
     kept = read_json(out.with_name(out.name + ".progress.json"))["rows"]
     assert 0 < kept < 16
     calls = []
-    real = submission_mod._row
-    submission_mod._row = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = row_writer_mod._row
+    row_writer_mod._row = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         _sub(recipe, tiny_data, out, chunk_rows=2)  # resumes after the rows on disk
     finally:
-        submission_mod._row = real
+        row_writer_mod._row = real
     assert len(calls) == 16 - kept
     _sub(recipe, tiny_data, tmp_path / "clean.csv.gz")
     assert _rows(out) == _rows(tmp_path / "clean.csv.gz")

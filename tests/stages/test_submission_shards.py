@@ -22,7 +22,9 @@ from pipeline.masks import rle
 from pipeline.masks.submission_csv import SubmissionError, read_sample_names
 from pipeline.models.unet import build_model
 from pipeline.stages import submission as submission_mod
-from pipeline.stages.submission import limit_path, make_submission, merge_shards, shard_path
+from pipeline.stages.merge import merge_shards
+from pipeline.stages.submission import make_submission
+from pipeline.stages.submission_files import limit_path, shard_path
 from tests.conftest import csv_rows as _rows
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import run_cli_stderr as _cli
@@ -125,13 +127,13 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
     # reached the disk and before the progress file recorded it.
     script = textwrap.dedent(f"""
         import os, signal
-        from pipeline.stages import submission
-        real = submission.write_json
+        from pipeline.stages import submission, submission_files
+        real = submission_files.write_json
         def write_json(path, obj):
             if obj.get("rows") == 4:
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, obj)
-        submission.write_json = write_json
+        submission_files.write_json = write_json  # what saves the progress
         submission.make_submission({str(recipe)!r}, {str(tiny_data)!r}, {str(out)!r}, device="cpu",
                                    num_workers=0, chunk_rows=2, quiet=True, shard=(1, 2))
     """)
@@ -152,11 +154,11 @@ def test_shard_resumes_after_kill_9(recipe, tiny_data, single, tmp_path):
         calls.append(1)
         return real(mask)
 
-    submission_mod.rle.encode = counting
+    rle.encode = counting
     try:
         _run(recipe, tiny_data, out, shard=(1, 2))
     finally:
-        submission_mod.rle.encode = real
+        rle.encode = real
     assert len(calls) == 6  # rows 3..8: the chunk past the recorded offset is dropped and redone
     merge_shards(tiny_data, out, recipe_path=recipe, quiet=True)
     assert _text(out) == _text(single)
@@ -197,7 +199,7 @@ def test_resume_key_ignores_how_the_data_path_is_spelled(recipe, tiny_data, tmp_
     def boom(mask):
         raise AssertionError("recomputed a finished submission")
 
-    monkeypatch.setattr(submission_mod.rle, "encode", boom)
+    monkeypatch.setattr(rle, "encode", boom)
     for data in (spelled, link, str(tiny_data) + "/"):
         assert _run(recipe, data, out)["rows"] == 16
 
@@ -215,7 +217,7 @@ def test_crash_after_the_final_rename_does_not_recompute(recipe, tiny_data, sing
     with pytest.raises(KeyboardInterrupt):
         _run(recipe, tiny_data, out)
     monkeypatch.setattr(submission_mod.os, "replace", real_replace)
-    monkeypatch.setattr(submission_mod.rle, "encode", lambda mask: pytest.fail("recomputed"))
+    monkeypatch.setattr(rle, "encode", lambda mask: pytest.fail("recomputed"))
     assert _run(recipe, tiny_data, out)["rows"] == 16
     assert _text(out) == _text(single)
 

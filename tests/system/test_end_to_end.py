@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from pipeline.core.io_utils import read_json
 from pipeline.data.layout import DataError, read_image
 from pipeline.inference.engine import blend
-from pipeline.lineage.checks import check_recipe
+from pipeline.inference.recipe import Recipe
 from pipeline.masks import rle
 from pipeline.masks.postprocess import apply as postprocess
 from pipeline.masks.submission_csv import read_sample_names
 from pipeline.models.unet import load_checkpoint_model
-from pipeline.stages import submission as submission_mod
+from pipeline.stages import row_writer as row_writer_mod
 from pipeline.stages.ensemble import tune
 from pipeline.stages.submission import make_submission
 from pipeline.stages.train import run
@@ -37,7 +37,7 @@ def trained(tiny_data, tmp_path_factory):
     # CPU, and this test is about the rows (active_contour's rows are tested on their own, in test_predict).
     path = root / "sub" / "recipe.json"
     tune(runs, tiny_data, path, steps=4, n_jobs=1, quiet=True, postprocess_steps="fill_holes")
-    return root, check_recipe(path)  # its paths resolved (stored relative to the recipe's folder)
+    return root, Recipe.load(path).to_dict()  # its paths resolved (stored relative to the recipe's folder)
 
 
 def _expected_rows(tiny_data, recipe):
@@ -109,14 +109,14 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
 
     crashed = root / "crashed.csv.gz"
     names = read_sample_names(tiny_data / "sample_submission.csv")
-    real_row = submission_mod._row
+    real_row = row_writer_mod._row
 
-    def dying_row(name, mask, steps, photo=None, **how):
+    def dying_row(name, mask, recipe, photo=None, **how):
         if name == names[7]:  # the 8th row, mid-way through the third chunk of 3
             raise KeyboardInterrupt
-        return real_row(name, mask, steps, photo, **how)
+        return real_row(name, mask, recipe, photo, **how)
 
-    monkeypatch.setattr(submission_mod, "_row", dying_row)
+    monkeypatch.setattr(row_writer_mod, "_row", dying_row)
     with pytest.raises(KeyboardInterrupt):
         make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert not crashed.exists()
@@ -129,7 +129,7 @@ def test_submission_resumes_after_a_crash(tiny_data, trained, monkeypatch):
     # Garbage past the recorded offset (a chunk half-written at the crash) must be dropped.
     with open(crashed.with_name(crashed.name + ".part"), "ab") as f:
         f.write(b"\x1f\x8b half a chunk")
-    monkeypatch.setattr(submission_mod, "_row", real_row)
+    monkeypatch.setattr(row_writer_mod, "_row", real_row)
     make_submission(recipe, tiny_data, crashed, device="cpu", num_workers=0, chunk_rows=3, quiet=True)
     assert _read_rows(crashed) == _read_rows(clean)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 from pipeline.stages import submission as submission_mod
+from pipeline.stages import submission_files as submission_files_mod
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import run_cli_stderr as _cli
 
@@ -23,7 +24,9 @@ def test_an_output_that_cannot_be_written_is_found_before_the_work(lab, tiny_dat
     code, err = _cli(capsys, "submission", "--out", blocker / "s.csv.gz", *args)
     assert code == 2 and f"{blocker}: cannot write the submission here" in _one_error_line(err)
     # A disk without room for the rows: refused up front, with the estimate.
-    monkeypatch.setattr(submission_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    monkeypatch.setattr(
+        submission_files_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1000)
+    )
     code, err = _cli(capsys, "submission", "--out", tmp_path / "s.csv.gz", *args)
     assert code == 2 and "MB free, but 16 rows need about" in _one_error_line(err)
     code, err = _cli(capsys, "report", "--runs", runs, "--data", tiny_data, "--out", blocker / "r", "--jobs", "1")
