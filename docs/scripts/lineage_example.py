@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline.core import measure
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "lineage.md"
@@ -42,15 +43,8 @@ def _run(args: list[str], cwd: Path) -> tuple[str, float]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before"
+    m = measure.machine()  # the processor and cores, as the stages record them
+    return f"{m['cpu']}, {m['cores']} cores, load average {os.getloadavg()[0]:.1f} before"
 
 
 def _commit() -> str:
