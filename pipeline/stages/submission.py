@@ -76,7 +76,7 @@ def make_submission(
     shard: tuple[int, int] | None = None,
     compile: bool | str = False,
     rle_threads: int = 2,
-    load=load_members,
+    load=None,
     channels_last: bool | str = "auto",
     backend: str = "auto",
     jobs: int | None = None,
@@ -85,7 +85,7 @@ def make_submission(
     """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
 
     ``shard=(i, N)`` writes only shard i's slice to ``shard_path(out, i, N)``; ``limit`` writes the
-    first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members.
+    first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members (default ``load_members``).
     ``precision`` (auto|bf16|fp16|fp32) overrides every member's recorded one; it is part of the
     resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
     members' ``predict.num_workers``. ``backend``/``precision``: as ``backends.resolve_runtime`` decides
@@ -139,7 +139,7 @@ def make_submission(
         if todo:
             if not quiet:
                 print(choice.describe(dev, jobs))
-            members, weights = load(recipe, dev)
+            members, weights = (load or load_members)(recipe, dev)
             engine = Engine(
                 members, dev, precision, channels_last, batch_size=batch_size, num_workers=num_workers,
                 compile=compile, backend=backend, jobs=jobs,
