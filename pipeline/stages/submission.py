@@ -85,7 +85,8 @@ def make_submission(
     """Write ``out`` (.csv.gz or .csv) for the rows of ``sample_submission.csv``; return a summary.
 
     ``shard=(i, N)`` writes only shard i's slice to ``shard_path(out, i, N)``; ``limit`` writes the
-    first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members (default ``load_members``).
+    first N rows (of the shard) to ``limit_path``. ``load(recipe, device)`` builds the members
+    (default ``load_members``).
     ``precision`` (auto|bf16|fp16|fp32) overrides every member's recorded one; it is part of the
     resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
     members' ``predict.num_workers``. ``backend``/``precision``: as ``backends.resolve_runtime`` decides
