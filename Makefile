@@ -181,7 +181,7 @@ train-folds: $(STAMP)
 			tail -n 5 $(RUNS)/logs/$(MODEL)-fold$${p#*:}.log; fail=1; fi; \
 	done; exit $$fail
 
-# -- what users see (issue 8): cut-outs, report, Kaggle round trip ---------------------------------
+# -- what users see: cut-outs, report, Kaggle round trip ----------------------------------------------
 IN ?= data/test
 # predict and merge: a recipe only when RECIPE is given (predict's default is the model this project ships)
 RECIPE_ARG = $(if $(filter command line environment,$(origin RECIPE)),--recipe "$(RECIPE)")

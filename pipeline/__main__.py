@@ -396,7 +396,7 @@ def cmd_validate(a) -> None:
     print(validate_submission(a.file, names, width, height))
 
 
-# -- what users see: predict (cut-outs), report, Kaggle download/submit (issue 8) -------------------
+# -- what users see: predict (cut-outs), report, Kaggle download/submit ------------------------------
 def _check_jobs(jobs: int) -> None:
     """joblib's processes: -1 = all cores, n >= 1 (0 means nothing to joblib)."""
     from .core.config import ConfigError

@@ -222,7 +222,7 @@ def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> l
         )
     )
     measured = isinstance(figures, dict) and isinstance(figures.get("mean_dice"), float)
-    # A folder whose settings were changed after export (issue 24: the far-blob guard added) is not what
+    # A folder whose settings were changed after export (e.g. a post-processing step added) is not what
     # its figures measured: say so rather than let them stand for it.
     changed = [
         f"{key} {figures.get(key)} when measured, {spec.get(key)} now"
