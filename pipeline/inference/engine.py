@@ -132,6 +132,7 @@ class Engine:
         self.compiled = bool(compile)
         backend = "inductor" if compile is True else compile
         self._forward: dict[int, list] = {}
+        self._warm = False  # every view's input size compiled (``warm_up``)
         for m in members:
             for model in m.models:
                 model.to(device).eval()
@@ -227,13 +228,16 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compile every input size the members' views meet, on this thread, before photos go to threads
-        (a CPU runtime compiles on first use, with the process's environment pointed at a scratch folder)."""
-        if self.backend == "torch":
+        (a CPU runtime compiles on first use, with the process's environment pointed at a scratch folder).
+        Once: the runtime keeps what it compiled, and ``predict``/``masks`` on threads call this on every call
+        (a served photo, each batch of ``predict``), where another run on zeros would be a network's time lost."""
+        if self.backend == "torch" or self._warm:
             return
         for m in self.members:
             # In the layout the photos come in: (1,H,W,3) when channels_last, else (1,3,H,W).
             shape = (1, m.height, m.width, 3) if self.channels_last else (1, 3, m.height, m.width)
             self.member_probs(m, torch.zeros(shape, dtype=torch.uint8))
+        self._warm = True
 
     def _parallel(self, fn: Callable, images: list[Path]) -> Iterator:
         """``fn(path)`` for every photo on ``jobs`` threads, in input order; torch kernels stay on the

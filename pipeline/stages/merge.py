@@ -86,11 +86,10 @@ def merge_shards(
     layout = Layout(data_dir)
     layout.require(layout.sample_submission, layout.test_dir)
     names = test_names(layout)
-    summaries = []
+    summaries, summary_paths = [], [SubmissionFiles(shards[i]).summary for i in range(count)]
     for i in range(count):
-        path = shards[i]
+        path, summary_path = shards[i], summary_paths[i]
         part_names = names[shard_slice(len(names), i, count)]
-        summary_path = path.with_name(path.name + ".json")
         info = read_json(summary_path) if summary_path.is_file() else {}
         recorded = info.get("key") if isinstance(info.get("key"), dict) else {}
         rows = submission_key(
@@ -113,8 +112,7 @@ def merge_shards(
             "or image sizes; re-run the stale ones with the current recipe"
         )
     shard_source = {k: summaries[0]["key"][k] for k in _SOURCE_KEYS}
-    first_summary = shards[0].with_name(shards[0].name + ".json")
-    recorded_recipe = summary_recipe(summaries[0], first_summary)
+    recorded_recipe = summary_recipe(summaries[0], summary_paths[0])
     want = Path(recipe_path) if recipe_path is not None else recorded_recipe or Path("")
     if recipe_path is not None or want.is_file():
         recipe, shas = load_recipe(want)

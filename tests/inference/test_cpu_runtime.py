@@ -81,6 +81,25 @@ def test_photos_on_threads_give_the_batched_path_s_maps(tiny_data, tiny_runs):
     assert np.abs(np.concatenate(feats) - np.concatenate(ref)).max() <= 16  # the few pixels a last bit moves
 
 
+def test_a_cpu_runtime_is_warmed_up_once_not_on_every_call(tiny_data, tiny_runs):
+    """Photos on threads warm the runtime up first (it compiles each input size on first use); after that, a
+    call (a served photo, each batch of ``predict``) runs the network on its photos only, not on zeros again."""
+    photo = sorted((tiny_data / "test").glob("*.jpg"))[0]
+    engine = Engine([_member(tiny_runs, tta=())], CPU, backend="onnxruntime", jobs=2)
+    inputs = []
+    real = engine.member_probs
+
+    def counted(member, x):
+        inputs.append(bool(x.any()))
+        return real(member, x)
+
+    engine.member_probs = counted
+    for _ in range(3):
+        ((name, _),) = engine.predict([photo])
+        assert name == photo.name
+    assert inputs == [False, True, True, True]  # one run on zeros to compile, then the photos alone
+
+
 def _features():
     from pipeline.inference.review import image_features
 
