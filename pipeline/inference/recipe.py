@@ -201,6 +201,15 @@ class Recipe:
         return needs_photo(self.postprocess)
 
     # -- applying it ---------------------------------------------------------------------------------
+    def compile_steps(self, openvino: tuple[str, int] | None) -> None:
+        """Compile the steps that run a network (``refine_outline``) in the CPU runtime ``openvino``
+        ((precision, threads), ``Engine.openvino``) now, on this thread, before photo threads use them
+        (a runtime compiles with the process's environment pointed at a scratch folder). None: nothing."""
+        if openvino and "refine_outline" in self.postprocess:
+            from ..masks.outline_refiner import openvino_runner  # torch: only when the step is used
+
+            openvino_runner(self.postprocess_params["refine_outline"], *openvino)
+
     def mask(
         self,
         blended: np.ndarray,

@@ -77,10 +77,7 @@ class Predictor:
         """Compile what a CPU runtime compiles on first use (the network at each view's size, the refiner),
         so that the first photo does not wait for it (a server, before it listens)."""
         self.engine.warm_up()
-        if self.engine.openvino and "refine_outline" in self.recipe.postprocess:
-            from ..masks.outline_refiner import openvino_runner
-
-            openvino_runner(self.recipe.postprocess_params["refine_outline"], *self.engine.openvino)
+        self.recipe.compile_steps(self.engine.openvino)
 
     def photo(self, path: Path, scratch: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """One photo file end to end, as ``predict`` does it: (the photo upright as RGB, its mask 0/255, its

@@ -205,10 +205,7 @@ def write_rows(
         writer = RowWriter(
             f, pool, chunk_rows, compress, on_chunk, recipe, max_rows=max(32, 4 * batch_size), openvino=engine.openvino
         )
-        if engine.openvino and "refine_outline" in recipe.postprocess:  # compiled here, before the threads use it
-            from ..masks.outline_refiner import openvino_runner
-
-            openvino_runner(recipe.postprocess_params["refine_outline"], *engine.openvino)
+        recipe.compile_steps(engine.openvino)  # before the threads use them
         # Steps that need the photo and the probabilities (active_contour) get the uint8 blend instead of
         # the mask (as many bytes): ``_row`` makes the recipe's mask of either (``Recipe.mask``).
         finish = None
