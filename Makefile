@@ -57,6 +57,7 @@ help:
 	@echo "make train MODEL=cpu FOLD=0     no GPU: MobileNetV2 U-Net at 320x480 (configs/cpu.yaml)"
 	@echo "make train MODEL=cpu FOLD=full  one model on every car (after cross-validation) -> $(RUNS)/cpu/full/final.pt"
 	@echo "make export MODEL=cpu EXPORT_RECIPE=...  that model as a folder smp.from_pretrained loads -> models/cpu"
+	@echo "make quantize PRETRAINED=models/cpu DATA=...  its network in INT8 for CPUs (calibrated on its training photos)"
 	@echo "make predict IN=photo.jpg PRETRAINED=models/carvana-unet-mobilenetv2   the shipped model, no training"
 	@echo "make submission PRETRAINED=models/carvana-unet-mobilenetv2             a Kaggle CSV from it"
 	@echo "make serve [PORT=7000 HOST=127.0.0.1 PRETRAINED=...]   a web page and an API for cut-outs (docs/serve.md)"
@@ -188,7 +189,7 @@ RECIPE_ARG = $(if $(filter command line environment,$(origin RECIPE)),--recipe "
 OUT ?= predictions
 MESSAGE ?=
 
-.PHONY: predict report download submit export
+.PHONY: predict report download submit export quantize
 
 # A trained model as one folder: segmentation-models-pytorch's format, pipeline.json and a model card.
 CHECKPOINT ?= $(RUNS)/$(MODEL)/full/final.pt
@@ -197,6 +198,10 @@ EXPORT_RECIPE ?=
 export: $(STAMP)
 	$(PY) -m pipeline export --checkpoint "$(CHECKPOINT)" --out "$(EXPORT_DIR)" \
 		$(if $(EXPORT_RECIPE),--recipe "$(EXPORT_RECIPE)") $(ARGS)
+# The exported folder's network in INT8 for OpenVINO on CPUs, calibrated on photos of the cars it was trained
+# on (DATA's train/): predict, submission and serve run it by default on a CPU.
+quantize: $(STAMP)
+	$(PY) -m pipeline quantize --pretrained "$(or $(PRETRAINED),$(EXPORT_DIR))" --data "$(DATA)" $(ARGS)
 predict: $(STAMP)
 	$(PY) -m pipeline predict "$(IN)" --out "$(OUT)" $(RECIPE_ARG) --device "$(DEVICE)" \
 		$(if $(PRETRAINED),--pretrained "$(PRETRAINED)") $(ARGS)

@@ -65,7 +65,7 @@ STAGE_GROUPS = [
     ("get the data", ["download", "demo-data", "folds", "test-split"]),
     ("train and tune", ["train", "ensemble", "evaluate", "report"]),
     ("submit to Kaggle", ["submission", "merge", "validate", "submit"]),
-    ("use the model", ["predict", "serve", "export"]),
+    ("use the model", ["predict", "serve", "export", "quantize"]),
     ("check the pipeline", ["lineage", "smoke", "bench"]),
 ]
 
@@ -153,15 +153,17 @@ def _add_inference_options(s) -> None:
         "--backend",
         default="auto",
         choices=("auto", "torch", "onnxruntime", "openvino"),
-        help="the network's runtime. auto: on a CPU, OpenVINO in the fastest precision this CPU has (bf16 "
-        "where it has bfloat16 instructions, else fp32), on a GPU PyTorch; torch; onnxruntime or openvino "
-        "(CPU only). The run says at start which runtime and precision it uses",
+        help="the network's runtime. auto: on a CPU, OpenVINO in the fastest precision this CPU and model have "
+        "(int8 where the model folder has INT8 networks, `make quantize`; else bf16 where the CPU has bfloat16 "
+        "instructions; else fp32), on a GPU PyTorch; torch; onnxruntime or openvino (CPU only). The run says at "
+        "start which runtime and precision it uses",
     )
     s.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=("fp32", "bf16", "fp16", "int8"),
         help="inference precision for every member. Default: the fastest this runtime has within the masks' "
-        "bound (PyTorch: each member's, as its out-of-fold maps were made); fp32 on a CPU: PyTorch fp32, exact",
+        "bound (PyTorch: each member's, as its out-of-fold maps were made); fp32 on a CPU: PyTorch fp32, exact; "
+        "int8: OpenVINO's INT8 networks of a quantized model folder (`make quantize`)",
     )
     s.add_argument("--no-amp", action="store_true", help="deprecated: --precision fp32")
     s.add_argument(
@@ -474,6 +476,12 @@ def cmd_export(a) -> None:
     export_model(a.checkpoint, out, recipe=a.recipe, dtype=a.dtype, name=a.name, notes=notes, refiner=a.refiner)
 
 
+def cmd_quantize(a) -> None:
+    from .stages.quantize import quantize_folder
+
+    quantize_folder(a.pretrained, a.data, photos=a.photos, force=a.force)
+
+
 def cmd_serve(a) -> None:
     from .core.checks import check_device
     from .stages.serve import API_KEY_ENV, run_serve
@@ -574,6 +582,19 @@ def add_user_stages(sub) -> None:
         "resolution, first after the threshold (post-processing step refine_outline)",
     )
     s.set_defaults(func=cmd_export)
+
+    s = _stage(
+        sub,
+        "quantize",
+        "an exported model's network in INT8 for OpenVINO on CPUs (NNCF), calibrated on its training photos",
+    )
+    s.add_argument("--pretrained", required=True, help="the exported model folder (written into, bound by hash)")
+    s.add_argument(
+        "--data", required=True, help="a Kaggle-layout root whose train/ holds photos of the cars it was trained on"
+    )
+    s.add_argument("--photos", type=int, default=120, help="calibration photos, of the cars it was trained on")
+    s.add_argument("--force", action="store_true", help="quantize again where the folder has INT8 networks")
+    s.set_defaults(func=cmd_quantize)
 
     s = _stage(sub, "predict", "mask, transparent cut-out and composite for any image(s)")
     s.add_argument("input", help="an image file or a folder of images")

@@ -12,16 +12,15 @@ The rule a lever must pass (docs/record/cpu-speed.md): mean change within 1e-4, 
 
 Variants (name: runtime, precision, TTA, refiner): ref (torch fp32, the folder's TTA, PyTorch refiner),
 ov_fp32, ov_bf16 (network and refiner in OpenVINO bf16), ov_bf16_torch_refiner, ov_bf16_no_hflip,
-ov_bf16_no_scale, ov_int8 and ov_int8_float_ends (the network quantized to INT8 by NNCF, the rest as ov_bf16).
+ov_bf16_no_scale; int8 (the folder's INT8 networks, `make quantize`, the rest as ov_bf16: the default on a
+CPU for a quantized folder); ov_int8 and ov_int8_float_ends (quantized here, the rest as ov_bf16).
 
-INT8 (a measurement only: NNCF is not a requirement of the project; `pip install nncf`): the OpenVINO
-model read from the same ONNX the backend compiles is quantized by ``nncf.quantize`` (preset MIXED:
-symmetric weights, asymmetric activations), then compiled with the same settings, per input size.
-Calibration: the photos of DATA half-way between the evaluated ones (every K-th from K/2 on; never a car
-of folds/test_split.csv nor an evaluated photo), decoded and transformed by every TTA view exactly as the
-engine feeds the network (each view at its own input size). Kept in float: the first convolution and the
-segmentation head (ov_int8), and also the layers at half and full resolution (ov_int8_float_ends:
-encoder stages 0-1, decoder blocks 3-4); the nearest-neighbour upsampling is never quantized.
+ov_int8 and ov_int8_float_ends quantize the network as `make quantize` does (pipeline/stages/quantize.py:
+NNCF, preset MIXED, per input size), calibrated on the photos of DATA half-way between the evaluated ones
+(every K-th from K/2 on; never a car of folds/test_split.csv nor an evaluated photo), fed as the engine
+feeds the network. Kept in float: the first convolution and the segmentation head (ov_int8, as `make
+quantize`), and also the layers at half and full resolution (ov_int8_float_ends: encoder stages 0-1,
+decoder blocks 3-4); the nearest-neighbour upsampling is never quantized.
 """
 
 from __future__ import annotations
@@ -35,14 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.data.datasets import InferenceDataset
+from pipeline.core.cpu_runtime import scratch_home
 from pipeline.data.layout import read_image, read_mask
 from pipeline.inference import backends
 from pipeline.inference.engine import Engine, Member
 from pipeline.inference.model_folder import load_pretrained
-from pipeline.inference.tta import resolve
 from pipeline.masks.metrics import score_image
 from pipeline.masks.postprocess import apply as postprocess
+from pipeline.stages.quantize import network_inputs, quantize_network
 
 VARIANTS = {
     # name: (backend, precision, views to drop, refiner in OpenVINO, network layers kept in float if INT8)
@@ -52,6 +51,7 @@ VARIANTS = {
     "ov_bf16_torch_refiner": ("openvino", "bf16", (), False, None),
     "ov_bf16_no_hflip": ("openvino", "bf16", ("hflip",), True, None),
     "ov_bf16_no_scale": ("openvino", "bf16", ("scale1.25",), True, None),
+    "int8": ("openvino", "int8", (), True, None),
     "ov_int8": ("openvino", "bf16", (), True, "ends"),
     "ov_int8_float_ends": ("openvino", "bf16", (), True, "wide_ends"),
 }
@@ -65,52 +65,20 @@ FLOAT_LAYERS = {
 }
 
 
-def calibration_inputs(spec: dict, paths: list[Path]) -> dict[tuple[int, int], list[torch.Tensor]]:
-    """Per input size (h, w): the network's inputs for ``paths``, one (1, 3, h, w) uint8 tensor per photo and
-    view, made as ``Engine.member_probs`` makes them (InferenceDataset, then each TTA view)."""
-    inp = spec["input"]
-    views = resolve(spec["tta"])
-    data = InferenceDataset(paths, [(inp["height"], inp["width"])])
-    out: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for i in range(len(data)):
-        x = data[i]["x0"][None]
-        for forward, _ in views:
-            v = forward(x)  # uint8, as the engine hands it to the runtime (which converts it to float32)
-            out.setdefault(tuple(v.shape[-2:]), []).append(v)
-    return out
-
-
-def quantize_network(model, samples: list[torch.Tensor], float_layers: list[str]):
-    """``model`` (an OpenVINO model of the network) quantized to INT8 by NNCF, calibrated on ``samples``."""
-    import nncf
-
-    return nncf.quantize(
-        model,
-        nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32)),
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(samples),
-        ignored_scope=nncf.IgnoredScope(patterns=float_layers),
-    )
-
-
 @contextlib.contextmanager
 def int8_network(calibration: dict[tuple[int, int], list], float_layers: list[str]):
-    """The network's OpenVINO runtime (``backends.openvino_callable``) compiling an NNCF INT8 model of its ONNX:
-    the same compile settings, the model read from the same bytes, quantized before it is compiled."""
+    """The network's OpenVINO runtime (``backends.openvino_callable``) compiling an NNCF INT8 model of its ONNX,
+    quantized as ``make quantize`` does (``quantize_network``) but keeping ``float_layers`` in float."""
     import openvino as ov
 
-    real_callable, real_read = backends.openvino_callable, ov.Core.read_model
+    real_callable = backends.openvino_callable
 
     def quantized_callable(onnx: bytes, precision: str, threads: int, streams: int = 1):
-        model = real_read(ov.Core(), onnx)
-        size = tuple(model.input(0).get_partial_shape().get_min_shape()[2:])
-        quantized = quantize_network(model, calibration[size], float_layers)
+        with scratch_home():
+            size = tuple(ov.Core().read_model(onnx).input(0).get_partial_shape().get_min_shape()[2:])
+        xml, weights, _ = quantize_network(onnx, calibration[size], float_layers)
         print(f"  INT8 network at {size[0]}x{size[1]}: calibrated on {len(calibration[size])} inputs", flush=True)
-        ov.Core.read_model = lambda self, *a, **k: quantized  # what openvino_callable reads: the quantized model
-        try:
-            return real_callable(onnx, precision, threads, streams)
-        finally:
-            ov.Core.read_model = real_read
+        return real_callable((xml, weights), precision, threads, streams)
 
     backends.openvino_callable = quantized_callable
     try:
@@ -124,7 +92,7 @@ def masks_of(variant: str, pre, paths: list[Path], jobs: int, calibration_paths:
     if int8 is None:
         yield from _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner)
         return
-    with int8_network(calibration_inputs(pre.spec, calibration_paths), FLOAT_LAYERS[int8]):
+    with int8_network(network_inputs(pre.spec, calibration_paths), FLOAT_LAYERS[int8]):
         yield from _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner)
 
 
@@ -132,7 +100,7 @@ def _masks_of(pre, paths, jobs, backend, precision, drop, ov_refiner):
     spec = pre.spec
     inp = spec["input"]
     tta = [t for t in spec["tta"] if t not in drop]
-    member = Member(pre.name, [pre.model], inp["height"], inp["width"], tta, "fp32")
+    member = Member(pre.name, [pre.model], inp["height"], inp["width"], tta, "fp32", pre.int8_networks)
     engine = Engine([member], torch.device("cpu"), precision, False, batch_size=4, num_workers=0, backend=backend,
                     jobs=jobs if backend != "torch" else 1)  # fmt: skip
     steps, params, threshold = spec.get("postprocess", []), spec.get("postprocess_params", {}), int(spec["threshold"])

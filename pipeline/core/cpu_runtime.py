@@ -81,8 +81,11 @@ def _scratch_home():
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def openvino_callable(onnx: bytes, precision: str, threads: int, streams: int = 1) -> Callable[..., np.ndarray]:
-    """``run(*inputs) -> first output`` of the ONNX graph compiled by OpenVINO for the CPU.
+def openvino_callable(
+    model: bytes | tuple[bytes, bytes], precision: str, threads: int, streams: int = 1
+) -> Callable[..., np.ndarray]:
+    """``run(*inputs) -> first output`` of ``model`` compiled by OpenVINO for the CPU: an ONNX graph (bytes),
+    or an OpenVINO model (xml, weights) as bytes.
 
     ``precision``: OpenVINO's INFERENCE_PRECISION_HINT (``f32`` or ``bf16``). Each calling thread has its own
     inference request (a compiled model runs ``streams`` requests side by side, ``threads`` threads in all);
@@ -96,7 +99,8 @@ def openvino_callable(onnx: bytes, precision: str, threads: int, streams: int = 
         # Not pinned: two compiled models (the network, the refiner) would pin their streams to the same
         # cores whatever the other threads do.
         config["ENABLE_CPU_PINNING"] = False
-        compiled = core.compile_model(core.read_model(onnx), "CPU", config)
+        read = core.read_model(*model) if isinstance(model, tuple) else core.read_model(model)
+        compiled = core.compile_model(read, "CPU", config)
     local = threading.local()
 
     def run(*inputs: np.ndarray) -> np.ndarray:

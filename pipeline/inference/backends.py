@@ -9,8 +9,11 @@ is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/r
 
 OpenVINO runs in fp32 or, where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), in bf16: about
 twice as fast, with masks that agree with fp32's to well within the bound docs/record/cpu-speed.md states.
+A model folder quantized by ``make quantize`` also holds the network in INT8 (an OpenVINO model per input
+size, calibrated on training photos): OpenVINO runs it in ``int8``, the layers it keeps in float in bf16
+(or fp32 without bfloat16 instructions); a quarter less network time again, masks within the same bound.
 ``resolve_runtime`` turns ``--backend``/``--precision`` into what runs: on a CPU the default is OpenVINO in
-the fastest precision this CPU has, ``--precision fp32`` the PyTorch fp32 path. One ``Runtime`` may be
+the fastest precision this CPU and this model have, ``--precision fp32`` the PyTorch fp32 path. One ``Runtime`` may be
 called from several threads at once (the engine's photo workers): each thread gets its own inference
 request, and OpenVINO runs them side by side as streams of one thread each.
 
@@ -36,8 +39,9 @@ from ..core.cpu_runtime import openvino_callable, scratch_home
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 OPSET = 17
-# OpenVINO's name of each precision it may run a model in (INFERENCE_PRECISION_HINT).
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# What OpenVINO may run a model in: fp32 and bf16 (its INFERENCE_PRECISION_HINT), or int8 (a quantized
+# model from the model folder; what it keeps in float runs in bf16 where the CPU has it).
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def check_backend(name: str) -> None:
@@ -81,6 +85,14 @@ def cpu_capabilities() -> frozenset[str]:
         return frozenset(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
+def openvino_hint(precision: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for ``precision``: ``f32`` or ``bf16`` (int8: for the layers kept in
+    float, bf16 where the CPU has bfloat16 instructions)."""
+    if precision == "int8":
+        return "bf16" if "BF16" in cpu_capabilities() else "f32"
+    return {"fp32": "f32", "bf16": "bf16"}[precision]
+
+
 @dataclass(frozen=True)
 class RuntimeChoice:
     """What runs the network: ``backend`` (torch, onnxruntime, openvino) and ``precision`` (None: each
@@ -97,21 +109,35 @@ class RuntimeChoice:
                 what += f" ({max(threads, torch.get_num_threads())} threads)"
         else:
             name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[self.backend]
-            what = f"{name} {self.precision} on the CPU ({threads} thread{'s' if threads > 1 else ''})"
+            precision = self.precision
+            if precision == "int8":
+                precision = f"int8 (the rest in {'bf16' if openvino_hint('int8') == 'bf16' else 'fp32'})"
+            what = f"{name} {precision} on the CPU ({threads} thread{'s' if threads > 1 else ''})"
         return f"inference: {what}" + (f"; {self.why}" if self.why else "")
 
 
-def resolve_runtime(backend: str, precision: str | None, device: torch.device) -> RuntimeChoice:
-    """``--backend``/``--precision`` as run on ``device``.
+def resolve_runtime(backend: str, precision: str | None, device: torch.device, int8: bool = False) -> RuntimeChoice:
+    """``--backend``/``--precision`` as run on ``device``; ``int8``: every member has an INT8 network for each
+    of its input sizes (a model folder quantized by ``make quantize``).
 
-    - ``auto`` (the default): on a GPU, PyTorch; on a CPU, OpenVINO (when installed) in bf16 where the
-      CPU has bfloat16 instructions, else in fp32; ``--precision fp32`` (or fp16) keeps PyTorch, exact.
-    - ``openvino``: bf16 where the CPU has it, else fp32 (asking for bf16 on a CPU without it is an error);
-      ``onnxruntime``: fp32; both on the CPU only.
+    - ``auto`` (the default): on a GPU, PyTorch; on a CPU, OpenVINO (when installed) in int8 where the
+      model has INT8 networks (and the CPU runs INT8), else in bf16 where the CPU has bfloat16
+      instructions, else in fp32; ``--precision fp32`` (or fp16) keeps PyTorch, exact.
+    - ``openvino``: as auto on a CPU, or the precision asked for (bf16 on a CPU without it, or int8 for a
+      model without INT8 networks, is an error); ``onnxruntime``: fp32; both on the CPU only.
     - ``torch``: each member's recorded precision, or ``precision`` for all.
     """
     check_backend(backend)
-    has_bf16 = "BF16" in cpu_capabilities()
+    capabilities = cpu_capabilities()
+    has_bf16 = "BF16" in capabilities
+    if precision == "int8":
+        if device.type != "cpu" or backend not in ("auto", "openvino") or "openvino" not in _installed():
+            raise ConfigError("--precision int8: OpenVINO on the CPU only (--backend openvino, --device cpu)")
+        if not int8:
+            raise ConfigError(
+                "--precision int8: this model has no INT8 network (a model folder quantized by `make quantize`)"
+            )
+        return RuntimeChoice("openvino", "int8")
     if backend == "auto":
         if device.type != "cpu" or precision not in (None, "bf16") or "openvino" not in _installed():
             return RuntimeChoice("torch", precision)
@@ -127,11 +153,15 @@ def resolve_runtime(backend: str, precision: str | None, device: torch.device) -
             raise ConfigError(f"--backend onnxruntime: runs in fp32, not {precision}; use --precision fp32")
         return RuntimeChoice(backend, "fp32")
     if precision is None:
+        if int8 and "INT8" in capabilities:
+            return RuntimeChoice(
+                backend, "int8", "the model's INT8 network (--precision bf16: without it; fp32: PyTorch, exact)"
+            )
         if has_bf16:
             return RuntimeChoice(backend, "bf16", "the CPU's bfloat16 instructions (--precision fp32: PyTorch, exact)")
         return RuntimeChoice(backend, "fp32", "this CPU has no bfloat16 instructions")
     if precision not in OPENVINO_PRECISIONS:
-        raise ConfigError(f"--backend openvino: runs in {' or '.join(OPENVINO_PRECISIONS)}, not {precision}")
+        raise ConfigError(f"--backend openvino: runs in {', '.join(OPENVINO_PRECISIONS)}, not {precision}")
     if precision == "bf16" and not has_bf16:
         raise ConfigError("--precision bf16: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX); use fp32")
     return RuntimeChoice(backend, precision)
@@ -147,7 +177,8 @@ class Runtime(torch.nn.Module):
     """A SegModel run by ONNX Runtime or OpenVINO: the engine's model interface (uint8 or float in, logits out).
 
     ``streams``: how many threads call it at once (OpenVINO runs as many requests side by side, each on
-    ``threads // streams`` threads); ``precision``: fp32, or bf16 (OpenVINO)."""
+    ``threads // streams`` threads); ``precision``: fp32, or bf16 or int8 (OpenVINO); ``networks``: in int8,
+    the quantized OpenVINO model (xml, weights) per input size (h, w), run instead of the model's export."""
 
     def __init__(
         self,
@@ -156,9 +187,13 @@ class Runtime(torch.nn.Module):
         threads: int | None = None,
         precision: str = "fp32",
         streams: int = 1,
+        networks: dict[tuple[int, int], tuple[bytes, bytes]] | None = None,
     ):
         super().__init__()
         check_backend(backend)
+        if precision == "int8" and (backend != "openvino" or not networks):
+            raise ValueError("int8: OpenVINO, with the model folder's INT8 networks (`make quantize`)")
+        self.networks = networks or {}
         self.model = model.float().eval().to(memory_format=torch.contiguous_format)
         self.backend = backend
         self.threads = threads or torch.get_num_threads()
@@ -170,10 +205,15 @@ class Runtime(torch.nn.Module):
         return self
 
     def _compile(self, shape: tuple[int, int, int]):
+        if self.precision == "int8":
+            network = self.networks.get(tuple(shape[-2:]))
+            if network is None:
+                raise ValueError(f"int8: no INT8 network for input size {shape[-2]}x{shape[-1]} (`make quantize`)")
+            return openvino_callable(network, openvino_hint("int8"), self.threads, self.streams)
         with torch.no_grad():
             onnx = _onnx_bytes(self.model, shape)
         if self.backend == "openvino":
-            return openvino_callable(onnx, OPENVINO_PRECISIONS[self.precision], self.threads, self.streams)
+            return openvino_callable(onnx, openvino_hint(self.precision), self.threads, self.streams)
         with scratch_home():
             return self._session(onnx)
 
@@ -207,8 +247,9 @@ def runtime(
     precision: str = "fp32",
     streams: int = 1,
     threads: int | None = None,
+    networks: dict[tuple[int, int], tuple[bytes, bytes]] | None = None,
 ) -> torch.nn.Module:
-    """``model`` itself for PyTorch, else the same model run by ``backend`` (on the CPU)."""
+    """``model`` itself for PyTorch, else the same model run by ``backend`` (on the CPU); ``networks``: int8's."""
     if backend == "torch":
         return model
-    return Runtime(model, backend, threads, precision=precision, streams=streams)
+    return Runtime(model, backend, threads, precision=precision, streams=streams, networks=networks)

@@ -24,8 +24,8 @@ from ..core.parallel import ordered_map
 from ..core.profile import PROFILE
 from ..data.datasets import InferenceDataset
 from ..models.unet import SegModel
-from .backends import OPENVINO_PRECISIONS, runtime
-from .tta import resolve
+from .backends import OPENVINO_PRECISIONS, openvino_hint, runtime
+from .tta import resolve, view_sizes
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Member:
     width: int
     tta: list[str] = field(default_factory=lambda: ["hflip"])
     precision: str = "auto"  # the AMP setting the member's out-of-fold maps were made with (recipe)
+    # Per input size (h, w): the network quantized to INT8, an OpenVINO model (xml, weights) from the model
+    # folder (``make quantize``); what OpenVINO runs in ``int8``.
+    int8: dict[tuple[int, int], tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
 
 def blend(quantized, weights: list[int]):
@@ -115,9 +118,17 @@ class Engine:
             runtime_precision = precision or "fp32"
             allowed = OPENVINO_PRECISIONS if backend == "openvino" else ("fp32",)
             if runtime_precision not in allowed:
-                raise ValueError(f"backend {backend}: runs in fp32 (or bf16 in OpenVINO), not {precision}")
+                raise ValueError(f"backend {backend}: runs in fp32 (or bf16, int8 in OpenVINO), not {precision}")
+            for m in members if runtime_precision == "int8" else ():
+                missing = view_sizes(m.tta, m.height, m.width) - set(m.int8)
+                if missing:
+                    sizes = ", ".join(f"{h}x{w}" for h, w in sorted(missing))
+                    raise ValueError(f"member {m.name}: no INT8 network for its input size(s) {sizes}; `make quantize`")
             precision = None
-        self.precisions = {id(m): resolve_precision(precision or m.precision, device) for m in members}
+        # A CPU runtime runs every member in its own precision (``runtime_precision``); PyTorch each member's.
+        self.precisions = {
+            id(m): runtime_precision or resolve_precision(precision or m.precision, device) for m in members
+        }
         self.channels_last = resolve_channels_last(channels_last, device)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.views_in_one_call = views_in_one_call
@@ -142,8 +153,11 @@ class Engine:
             # not been measured to pay off here (make bench, docs/record/cpu-speed.md).
             if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model on the CPU
                 threads = self.jobs if self.jobs > 1 else None
+                networks = m.int8 if runtime_precision == "int8" else None
                 self._forward[id(m)] = [
-                    runtime(model, runtime_name, runtime_precision, streams=self.jobs, threads=threads)
+                    runtime(
+                        model, runtime_name, runtime_precision, streams=self.jobs, threads=threads, networks=networks
+                    )
                     for model in m.models
                 ]
                 self.precisions[id(m)] = runtime_precision
@@ -221,10 +235,11 @@ class Engine:
 
     @property
     def openvino(self) -> tuple[str, int] | None:
-        """(OpenVINO precision, threads) for post-processing networks to run as the model runs; None: PyTorch."""
+        """(OpenVINO precision, threads) for post-processing networks to run as the model runs (in int8: as the
+        layers it keeps in float); None: PyTorch."""
         if self.backend != "openvino":
             return None
-        return OPENVINO_PRECISIONS[next(iter(self.precisions.values()))], self.jobs
+        return openvino_hint(next(iter(self.precisions.values()))), self.jobs
 
     def warm_up(self) -> None:
         """Compile every input size the members' views meet, on this thread, before photos go to threads

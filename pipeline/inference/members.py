@@ -15,8 +15,9 @@ from ..core.errors import LineageError
 from ..masks.submission_csv import SubmissionError
 from ..models.unet import load_checkpoint, read_checkpoint
 from .engine import Member
-from .model_folder import load_pretrained
+from .model_folder import check_folder, fetch, int8_sizes, load_pretrained
 from .recipe import Recipe
+from .tta import view_sizes
 
 
 def load_members(recipe: Recipe, device: torch.device) -> tuple[list[Member], list[int]]:
@@ -47,17 +48,38 @@ def load_members(recipe: Recipe, device: torch.device) -> tuple[list[Member], li
         else:
             # The bytes loaded are the bytes the recipe recorded (hashed as read, not in a second read).
             models = [load_checkpoint(c, device, sha)[0] for c, sha in zip(m.checkpoints, m.checkpoint_sha256)]
-        members.append(Member(m.name, models, m.height, m.width, list(m.tta), m.precision or "auto"))
+        int8 = pretrained.int8_networks if m.model is not None else {}
+        members.append(Member(m.name, models, m.height, m.width, list(m.tta), m.precision or "auto", int8))
         weights.append(m.weight)
     return members, weights
+
+
+def has_int8(recipe: Recipe) -> bool:
+    """Every positive-weight member is a model folder with an INT8 network for each of its input sizes
+    (``make quantize``): what lets OpenVINO run the recipe in int8."""
+    for m in recipe.active:
+        if m.model is None:
+            return False
+        spec = check_folder(fetch(m.model), str(m.model))
+        if not view_sizes(list(m.tta), m.height, m.width) <= int8_sizes(spec):
+            return False
+    return bool(recipe.active)
+
+
+def all_int8(members: list[Member]) -> bool:
+    """Every member has an INT8 network for each of its input sizes (loaded from its model folder)."""
+    return bool(members) and all(view_sizes(m.tta, m.height, m.width) <= set(m.int8) for m in members)
 
 
 def member_precisions(recipe: Recipe, device: torch.device, override: str | None = None) -> str:
     """The inference precision of every positive-weight member on ``device``, as one name for the key.
 
     Each member runs in the precision the recipe recorded for it (that of its out-of-fold maps, on
-    which its threshold was tuned; ``auto`` for recipes written before), unless ``override`` is given.
+    which its threshold was tuned; ``auto`` for recipes written before), unless ``override`` is given
+    (``int8``: OpenVINO's INT8 networks, for all).
     """
+    if override == "int8":
+        return "int8"
     return precision_label([resolve_precision(override or m.precision or "auto", device) for m in recipe.active])
 
 

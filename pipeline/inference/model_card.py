@@ -39,6 +39,20 @@ def _paths_row(paths: dict) -> str:
     return "| paths | " + ("; ".join(parts) or paths.get("rule", "")) + " |"
 
 
+def _int8_rows(spec: dict) -> list[str]:
+    """The card's row for the INT8 networks ``make quantize`` added, if any."""
+    int8 = spec.get("int8")
+    if not int8:
+        return []
+    calibration = int8["calibration"]
+    return [
+        f"| on a CPU | OpenVINO in int8 (`network-int8-*`, {', '.join(int8['networks'])}; quantized by "
+        f"{int8['quantization']['tool']}, calibrated on {len(calibration['photos'])} photos of "
+        f"{len(calibration['cars'])} cars it was trained on), the rest in bf16 where the CPU has it; "
+        "`--precision bf16` without INT8, `--precision fp32` PyTorch fp32 |"
+    ]
+
+
 def render_card(spec: dict) -> str:
     name = spec["name"]
     model, inp, src = spec["model"], spec["input"], spec["source"]
@@ -110,6 +124,7 @@ def render_card(spec: dict) -> str:
         f"| threshold | {spec['threshold']}/255 (probability {spec['threshold_probability']}) |",
         f"| post-processing | {', '.join(spec['postprocess']) or 'none'} |",
         f"| precision | {spec['precision']} (as the out-of-fold maps were predicted) |",
+        *_int8_rows(spec),
         "",
         "## What it is worth",
         "",

@@ -7,6 +7,11 @@ ones its ``pipeline.json`` names by hash (tampered, or half copied), that holds 
 whose format this code does not know. The folder's identity (``folder_sha256``) is the hash of its
 ``pipeline.json``, which holds the others' hashes: what a recipe and a submission record.
 pipeline/stages/export.py writes such folders.
+
+A folder may also hold the network quantized to INT8 for OpenVINO on CPUs (``make quantize``,
+pipeline/stages/quantize.py): one OpenVINO model per input size the TTA views meet
+(``network-int8-<h>x<w>.xml`` and ``.weights``), named in ``pipeline.json``'s ``int8`` and bound by hash in
+its ``files`` like the weights. They are optional: a folder without them runs in bf16 or fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .tta import TTAS
 FORMAT = 1
 PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD = "pipeline.json", "config.json", "model.safetensors", "README.md"
 FILES = (CONFIG_JSON, WEIGHTS)  # bound by hash in pipeline.json
+INT8_RE = re.compile(r"network-int8-(\d+)x(\d+)\.(xml|weights)")  # the INT8 networks' files, per input size
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 # The model this project ships (trained on the 60 real cars; its card says how): what predict uses when
@@ -70,6 +76,12 @@ class Pretrained:
         return set().union(*seen.values())
 
     @property
+    def int8_networks(self) -> dict[tuple[int, int], tuple[bytes, bytes]]:
+        """Per input size (h, w): the INT8 network's OpenVINO model (xml, weights) as bytes, each checked
+        against the hash ``pipeline.json`` holds as it is read; empty when the folder has none."""
+        return read_int8_networks(self.folder, self.spec)
+
+    @property
     def recipe(self) -> Recipe:
         """Its threshold and post-processing, as every stage applies them (``Recipe.mask``)."""
         return Recipe.of_model(self.spec)
@@ -78,7 +90,9 @@ class Pretrained:
         """The engine's member for this model: its input size and TTA, in ``precision`` or its own."""
         inp = self.spec["input"]
         own = precision or self.spec.get("precision", "fp32")
-        return Member(self.name, [self.model], inp["height"], inp["width"], list(self.spec["tta"]), own)
+        return Member(
+            self.name, [self.model], inp["height"], inp["width"], list(self.spec["tta"]), own, self.int8_networks
+        )
 
 
 def is_hub_id(text: str) -> bool:
@@ -99,7 +113,10 @@ def fetch(source: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(text, allow_patterns=[PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD])
+        local = snapshot_download(
+            text,
+            allow_patterns=[PIPELINE_JSON, CONFIG_JSON, WEIGHTS, CARD, "network-int8-*.xml", "network-int8-*.weights"],
+        )
     except Exception as e:  # offline, no such repo, no access: one line saying so
         raise ModelFolderError(
             f"{text}: could not download it from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}); "
@@ -133,7 +150,10 @@ def check_folder(folder: Path, source: str | None = None) -> dict:
         raise ModelFolderError(
             f"{spec_path}: format {fmt!r}; this version of the pipeline reads format {FORMAT} (written by a newer one?)"
         )
-    for f in FILES:
+    problem = _int8_problem(spec)
+    if problem:
+        raise ModelFolderError(f"{spec_path}: {problem}; quantize the model again (`make quantize`)")
+    for f in (*FILES, *int8_files(spec)):
         want = (spec.get("files") or {}).get(f)
         if not (folder / f).is_file():
             raise ModelFolderError(f"{where}: {f} missing (half copied?)")
@@ -210,6 +230,54 @@ def _spec_problem(spec: dict) -> str | None:
     ):
         return "source.cars: the cars it was trained and tuned on, two lists 'trained_on' and 'tuned_on'"
     return None
+
+
+def int8_files(spec: dict) -> list[str]:
+    """The INT8 networks' file names ``pipeline.json`` lists (none when the folder has no INT8 network)."""
+    networks = (spec.get("int8") or {}).get("networks") or {}
+    return [net[k] for net in networks.values() for k in ("xml", "weights")]
+
+
+def int8_sizes(spec: dict) -> set[tuple[int, int]]:
+    """The input sizes (h, w) the folder has an INT8 network for."""
+    return {tuple(int(v) for v in size.split("x")) for size in ((spec.get("int8") or {}).get("networks") or {})}
+
+
+def _int8_problem(spec: dict) -> str | None:
+    """What in ``pipeline.json``'s ``int8`` is not as ``make quantize`` writes it, or None (also when absent)."""
+    if "int8" not in spec:
+        return None
+    networks = spec["int8"].get("networks") if isinstance(spec["int8"], dict) else None
+    if not isinstance(networks, dict) or not networks:
+        return "int8.networks: a mapping of input sizes ('320x480') to their files"
+    for size, net in networks.items():
+        if not (isinstance(size, str) and re.fullmatch(r"\d+x\d+", size)):
+            return f"int8.networks: {size!r} is not an input size such as '320x480'"
+        want = {k: f"network-int8-{size}.{k}" for k in ("xml", "weights")}
+        if net != want:  # fixed names: nothing in pipeline.json can point a load outside the folder
+            return f"int8.networks[{size!r}]: {net!r}, expected {want}"
+    return None
+
+
+def read_int8_networks(folder: Path, spec: dict) -> dict[tuple[int, int], tuple[bytes, bytes]]:
+    """``Pretrained.int8_networks``: each file's bytes, refused when they are not those ``pipeline.json``
+    names by hash (the bytes used are the bytes checked: one read)."""
+    import hashlib
+
+    out = {}
+    for size, net in ((spec.get("int8") or {}).get("networks") or {}).items():
+        data = []
+        for k in ("xml", "weights"):
+            path = folder / net[k]
+            raw = path.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != (spec.get("files") or {}).get(net[k]):
+                raise ModelFolderError(
+                    f"{path}: not the file {PIPELINE_JSON} names (sha256 differs): changed after `make quantize`"
+                )
+            data.append(raw)
+        h, w = (int(v) for v in size.split("x"))
+        out[(h, w)] = (data[0], data[1])
+    return out
 
 
 def cars_seen(spec: dict) -> dict[str, set[str] | None]:

@@ -47,3 +47,9 @@ def resolve(names: list[str]) -> list[Pair]:
     if unknown:
         raise ValueError(f"unknown TTA {unknown}; available: {sorted(TTAS)} (or [] / none)")
     return [(_identity, _identity)] + [TTAS[n] for n in names if n != "none"]
+
+
+def view_sizes(names: list[str], height: int, width: int) -> set[tuple[int, int]]:
+    """The input sizes (h, w) the network meets for a photo at height x width: one per distinct view size."""
+    x = torch.zeros(1, 1, height, width)
+    return {tuple(forward(x).shape[-2:]) for forward, _ in resolve(names)}

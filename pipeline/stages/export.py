@@ -38,6 +38,7 @@ from ..inference.model_folder import (
     CONFIG_JSON,
     FILES,
     FORMAT,
+    INT8_RE,
     PIPELINE_JSON,
     SHIPPED,
     WEIGHTS,
@@ -243,6 +244,8 @@ def _out_folder(out: Path) -> Path:
 def _ours(name: str) -> bool:
     """A file an export writes into its folders: one of OURS, or one being written under a temporary name
     (``atomic_path``'s ``.<name>.<random>.tmp``), which a kill leaves behind."""
+    if INT8_RE.fullmatch(name) or (name.startswith(".network-int8-") and name.endswith(".tmp")):
+        return True  # a former quantization's networks (`make quantize`): of the old model, never the new one
     return name in OURS or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in OURS)
 
 
@@ -284,7 +287,7 @@ def _swap_in(stage: Path, out: Path) -> None:
         stage.rename(out)
         return
     for f in out.iterdir():
-        if f.name not in OURS and not (stage / f.name).exists():
+        if not _ours(f.name) and not (stage / f.name).exists():
             f.rename(stage / f.name)
     old = out.with_name(f".{out.name}.old-{time.time_ns()}")
     out.rename(old)

@@ -39,7 +39,7 @@ from ..core.io_utils import OutputLock, append_synced, atomic_path, check_writab
 from ..data.layout import DataError, image_size, read_image
 from ..inference.backends import resolve_runtime
 from ..inference.engine import Engine, Member, blend
-from ..inference.members import load_members, member_precisions
+from ..inference.members import all_int8, load_members, member_precisions
 from ..inference.recipe import Recipe
 from ..inference.review import REVIEW_FEATURES, final_features, image_features, review_table, write_review
 from ..inference.review import notes as review_notes
@@ -136,26 +136,22 @@ def load_predictor(
     Each member runs in its recorded precision (a checkpoint: its config's ``predict.amp``, as its
     out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
     the outputs' key records it. ``backend``/``precision``: as ``backends.resolve_runtime`` decides (auto:
-    OpenVINO on a CPU, bf16 where the CPU has it); ``jobs``: photos in flight on the CPU (None: one per core).
+    OpenVINO on a CPU, int8 where the models have INT8 networks, else bf16 where the CPU has it); ``jobs``:
+    photos in flight on the CPU (None: one per core).
     """
     dev = pick_device(device)
-    choice = resolve_runtime(backend, precision, dev)
-    backend, precision = choice.backend, choice.precision
-    jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1
+    # The models first: whether they have INT8 networks decides the runtime on a CPU.
     if pretrained is not None:
         from ..inference.model_folder import load_pretrained
 
         pre = load_pretrained(pretrained, dev)
-        own = resolve_precision(precision or pre.spec.get("precision", "fp32"), dev)
-        members = [pre.member(own)]
-        weights, recipe, source = [1], pre.recipe, f"{pre.name} ({pretrained})"
-        lineage = {"pretrained": pre.sha, "tta": list(pre.spec["tta"]), "precision": own}
+        members, weights, recipe, source = [pre.member()], [1], pre.recipe, f"{pre.name} ({pretrained})"
+        own_precision, lineage = pre.spec.get("precision", "fp32"), {"pretrained": pre.sha}
     elif checkpoint is not None:
         model, cfg, sha, _ = load_checkpoint(checkpoint, dev)  # the outputs' key holds the hash of what was loaded
-        own = resolve_precision(precision or cfg.predict.amp, dev)
-        members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta), own)]
+        members = [Member(cfg.name, [model], cfg.image.height, cfg.image.width, list(cfg.predict.tta))]
         weights, recipe, source = [1], Recipe(), str(checkpoint)  # probability 0.5, as out-of-fold scoring uses
-        lineage = {"checkpoint": sha, "tta": list(cfg.predict.tta), "precision": own}
+        own_precision, lineage = cfg.predict.amp, {"checkpoint": sha}
     else:
         path = Path(recipe or "submissions/recipe.json")
         if not path.is_file():
@@ -164,8 +160,16 @@ def load_predictor(
             )
         recipe, shas = load_recipe(path)  # checked exactly as the submission checks it
         members, weights = load_members(recipe, dev)
-        source = str(path)
+        source, own_precision = str(path), None
+    choice = resolve_runtime(backend, precision, dev, int8=dev.type == "cpu" and all_int8(members))
+    backend, precision = choice.backend, choice.precision
+    jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1
+    if own_precision is None:
         lineage = rows_source(recipe, shas, member_precisions(recipe, dev, precision), backend)
+    else:  # one model: its recorded precision, or the one asked for
+        own = "int8" if precision == "int8" else resolve_precision(precision or own_precision, dev)
+        members[0].precision = own
+        lineage = {**lineage, "tta": list(members[0].tta), "precision": own}
     # num_workers=0: images come in small batches that this process has just decoded (see predict_images).
     if backend != "torch":
         lineage = {**lineage, "backend": backend}
