@@ -299,13 +299,53 @@ def _note_skip(reason: str) -> None:
 
 # -- apply -------------------------------------------------------------------------------------------
 def outline_tiles(mask: np.ndarray, core: int, band: int) -> np.ndarray:
-    """(row, col) of the core x core tiles that hold the mask's outline (``band`` pixels each side)."""
-    h, w = mask.shape
-    edge = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((2 * band + 1, 2 * band + 1), np.uint8))
+    """(row, col) of the core x core tiles that hold the mask's outline (``band`` pixels each side).
+
+    The outline is where the morphological gradient with a (2 band + 1)^2 square is non-zero: pixels whose
+    window holds two values. A tile holds such a pixel exactly when the tile widened by ``band`` (within
+    the image) holds two values (two different neighbours lie in it, and the window of the tile pixel
+    nearest to them holds both), so the minimum and maximum of each widened tile decide, without the
+    full-size gradient."""
+    m = np.asarray(mask).astype(np.uint8, copy=False)
+    h, w = m.shape
     gh, gw = -(-h // core), -(-w // core)
-    padded = np.zeros((gh * core, gw * core), np.uint8)
-    padded[:h, :w] = edge
-    return np.argwhere(padded.reshape(gh, core, gw, core).any(axis=(1, 3)))
+    # Per tile row, the columns' max and min over its widened rows; then over each tile's widened columns.
+    hi, lo = np.empty((gh, w), np.uint8), np.empty((gh, w), np.uint8)
+    for r in range(gh):
+        rows = m[max(0, r * core - band) : min(h, (r + 1) * core + band)]
+        rows.max(axis=0, out=hi[r])  # NumPy: ten times cv2.reduce's speed on these strips
+        rows.min(axis=0, out=lo[r])
+    kernel = np.ones((1, 2 * band + 1), np.uint8)
+    hi, lo = cv2.dilate(hi, kernel), cv2.erode(lo, kernel)  # the image's edge bounds the window (default border)
+    pad = ((0, 0), (0, gw * core - w))
+    hi = np.pad(hi, pad).reshape(gh, gw, core).max(axis=2)
+    lo = np.pad(lo, pad, constant_values=255).reshape(gh, gw, core).min(axis=2)
+    return np.argwhere(hi != lo)
+
+
+def _reflected(n: int, size: int, margin: int) -> np.ndarray:
+    """Source index of each of ``size`` positions of an axis of length ``n`` padded by ``margin`` in front,
+    as cv2.copyMakeBorder's BORDER_REFLECT (fedcba|abcdefgh|hgfedcb, repeated when the pad is longer)."""
+    i = np.mod(np.arange(size) - margin, 2 * n)
+    return np.where(i < n, i, 2 * n - 1 - i)
+
+
+def _tile_batch(
+    src: np.ndarray, cells: np.ndarray, core: int, margin: int, ry: np.ndarray, rx: np.ndarray
+) -> np.ndarray:
+    """The k x k windows (k = core + 2 margin) of ``src`` reflect-padded (``ry``, ``rx``: ``_reflected``) at
+    ``cells``: slices of the photo itself where a window lies inside it, gathered through the reflected
+    indices only at the border (the same pixels as a padded copy of the whole photo)."""
+    k = core + 2 * margin
+    h, w = src.shape[:2]
+    out = np.empty((len(cells), k, k, *src.shape[2:]), src.dtype)
+    for i, (r, c) in enumerate(cells):
+        y, x = r * core - margin, c * core - margin
+        if 0 <= y and y + k <= h and 0 <= x and x + k <= w:
+            out[i] = src[y : y + k, x : x + k]
+        else:
+            out[i] = src[np.ix_(ry[y + margin : y + margin + k], rx[x + margin : x + margin + k])]
+    return out
 
 
 def openvino_runner(params: dict, precision: str, threads: int):
@@ -366,16 +406,15 @@ def refine_probabilities(
     if not len(cells):
         return cells, np.zeros((0, core, core), np.uint8)
     gh, gw = -(-h // core), -(-w // core)
-    H, W = gh * core + 2 * margin, gw * core + 2 * margin
-    rgb_p = cv2.copyMakeBorder(image, margin, H - h - margin, margin, W - w - margin, cv2.BORDER_REFLECT)
-    q_p = cv2.copyMakeBorder(blended, margin, H - h - margin, margin, W - w - margin, cv2.BORDER_REFLECT)
-    k = core + 2 * margin
+    # The tiles come from the photo as if it were reflect-padded to the tile grid plus the margin, without
+    # padding the whole photo.
+    ry, rx = _reflected(h, gh * core + 2 * margin, margin), _reflected(w, gw * core + 2 * margin, margin)
     out = []
     with torch.inference_mode():
         for i in range(0, len(cells), batch):
             cs = cells[i : i + batch]
-            x = np.stack([rgb_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
-            p = np.stack([q_p[r * core : r * core + k, c * core : c * core + k] for r, c in cs])
+            x = _tile_batch(image, cs, core, margin, ry, rx)
+            p = _tile_batch(blended, cs, core, margin, ry, rx)
             logit = net(*to_tensors(x, p)) if run is None else torch.from_numpy(run(x, p))
             prob = torch.sigmoid(logit)[:, 0, margin : margin + core, margin : margin + core]
             out.append((prob * 255 + 0.5).clamp(0, 255).byte().numpy())

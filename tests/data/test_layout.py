@@ -30,6 +30,33 @@ def test_read_image_resizes(tiny_data):
     assert m.shape == (32, 48) and set(np.unique(m)) <= {0, 1}
 
 
+def _bgr_then_rgb(path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """How photos were read before they were decoded to RGB directly: BGR, then swapped."""
+    return cv2.cvtColor(cv2.imdecode(np.fromfile(path, np.uint8), flags), cv2.COLOR_BGR2RGB)
+
+
+def test_photos_decode_to_the_rgb_of_a_bgr_decode(tmp_path):
+    """Decoded straight to RGB, at full size and DCT-reduced, photos of every kind are the BGR decode swapped."""
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (160, 240, 3), dtype=np.uint8), (0, 0), 3)
+    files = {
+        "colour.jpg": smooth,
+        "grey.jpg": smooth[..., 0],
+        "colour.png": smooth,
+        "grey.png": smooth[..., 0],
+        "alpha.png": np.dstack([smooth, np.full(smooth.shape[:2], 200, np.uint8)]),
+        "deep.png": smooth.astype(np.uint16) * 257,
+        "colour.bmp": smooth,
+    }
+    for name, pixels in files.items():
+        path = tmp_path / name
+        assert cv2.imwrite(str(path), pixels)
+        assert np.array_equal(read_image(path), _bgr_then_rgb(path)), name
+        for scale, flags in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4)):
+            got = read_image(path, 160 // scale, 240 // scale)
+            assert np.array_equal(got, _bgr_then_rgb(path, flags)), (name, scale)
+
+
 def test_truncated_jpeg_is_a_decode_failure(tiny_data, tmp_path):
     data = _copy(tiny_data, tmp_path)
     victim = _first_train_image(data)

@@ -220,3 +220,54 @@ def test_review_ranks_a_confident_non_car_mask_first():
     t = review_table(pd.DataFrame(cars + odd))
     assert set(t.img[:2]) == {"holiday.jpg", "0123456789ab_03.jpg"} and t.img.iloc[-1] == "empty.jpg"
     assert (t.set_index("img").loc[[c["img"] for c in cars], "shape_dev"] == 0).all()
+
+
+@pytest.mark.parametrize("members", [1, 2, 3])
+def test_host_features_are_the_device_features(members):
+    """The host's OpenCV passes give the tensor operations' numbers: blobs touching the frame or not,
+    blends spread over every value, thresholds at and around the uncertain range's ends."""
+    rng = np.random.default_rng(members)
+    for _ in range(12):
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        maps = np.zeros((members, h, w), np.uint8)
+        for q in maps:
+            for _ in range(int(rng.integers(0, 4))):
+                y, x = int(rng.integers(-5, h)), int(rng.integers(-5, w))
+                q[max(0, y) : y + int(rng.integers(1, 20)), max(0, x) : x + int(rng.integers(1, 30))] = 255
+            noisy = rng.random((h, w)) < 0.3
+            q[noisy] = rng.integers(0, 256, int(noisy.sum()))
+        q = torch.from_numpy(maps)[:, None]
+        blended = blend(q, [1] * members)
+        for threshold in (1, 63, 64, 65, 128, 132, 191, 192, 255):
+            host = review.image_features(q, blended, threshold)
+            assert host.tolist() == review._device_features(q, blended, threshold).tolist()
+
+
+def test_final_features_count_what_post_processing_changed():
+    """Removed and added pixels, area, outline and box of the mask written, against plain NumPy counts;
+    the masks as bool, 0/1 or 0/255 bytes."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        raw = rng.random((30, 50)) < 0.4
+        final = raw.copy()
+        final[rng.integers(0, 30, 40), rng.integers(0, 50, 40)] ^= True
+        features = list(range(len(review.DEVICE_FEATURES)))
+        car = final.astype(np.uint8)
+        inner = cv2.erode(car, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+        ys, xs = np.nonzero(final)
+        expected = dict(zip(review.DEVICE_FEATURES, features))
+        expected.update(
+            area=int(final.sum()),
+            perimeter=int(final.sum()) - int(inner.sum()),
+            top=int(ys.min()),
+            bottom=int(ys.max()),
+            left=int(xs.min()),
+            right=int(xs.max()),
+            post_removed=int((raw & ~final).sum()),
+            post_added=int((final & ~raw).sum()),
+        )
+        for given in (final, final.astype(np.uint8), final.astype(np.uint8) * 255):
+            row = review.final_features(features, raw, given)
+            assert dict(zip(review.REVIEW_FEATURES, row.tolist())) == expected
+    same = review.final_features(features, raw, raw.astype(np.uint8) * 255)
+    assert same.tolist() == [*features, 0, 0]  # nothing changed: the device's features stand

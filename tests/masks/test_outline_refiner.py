@@ -92,3 +92,40 @@ def test_the_step_needs_its_parameters_the_photo_and_one_size():
         apply(mask, ["refine_outline"], params={"refine_outline": R.params_for(_net(0.0))})
     with pytest.raises(ValueError, match="differ in size"):
         R.refine_outline(mask, blended[:-1], photo, R.params_for(_net(0.0), (H, W)))
+
+
+def _gradient_tiles(mask: np.ndarray, core: int, band: int) -> set:
+    """The tiles as the full-size morphological gradient marks them (the definition ``outline_tiles`` keeps)."""
+    import cv2
+
+    edge = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((2 * band + 1, 2 * band + 1), np.uint8))
+    return {(y // core, x // core) for y, x in np.argwhere(edge)}
+
+
+@pytest.mark.parametrize("shape, core, band", [((96, 144), 16, 1), ((50, 77), 16, 3), ((37, 23), 8, 5), ((5, 9), 8, 2)])
+def test_outline_tiles_are_those_of_the_gradient(shape, core, band):
+    rng = np.random.default_rng(sum(shape) + core + band)
+    for density in (0.0, 0.002, 0.05, 0.5, 1.0):
+        mask = (rng.random(shape) < density).astype(np.uint8)
+        for m in (mask, mask.astype(bool), mask * 255):
+            assert {tuple(c) for c in R.outline_tiles(m, core, band)} == _gradient_tiles(m, core, band)
+
+
+@pytest.mark.parametrize(
+    "shape, core, margin", [((96, 144), 16, 4), ((50, 77), 16, 8), ((5, 9), 8, 12), ((1, 3), 4, 6)]
+)
+def test_tiles_are_those_of_the_reflect_padded_photo(shape, core, margin):
+    """Every tile, the border ones too (margins longer than the photo reflect again), is the window of the
+    photo padded whole with cv2.copyMakeBorder's BORDER_REFLECT."""
+    import cv2
+
+    h, w = shape
+    gh, gw, k = -(-h // core), -(-w // core), core + 2 * margin
+    H, W = gh * core + 2 * margin, gw * core + 2 * margin
+    photo = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cells = np.argwhere(np.ones((gh, gw), bool))
+    ry, rx = R._reflected(h, H, margin), R._reflected(w, W, margin)
+    for src in (photo, photo[..., 0].copy()):
+        padded = cv2.copyMakeBorder(src, margin, H - h - margin, margin, W - w - margin, cv2.BORDER_REFLECT)
+        expected = np.stack([padded[r * core : r * core + k, c * core : c * core + k] for r, c in cells])
+        assert np.array_equal(R._tile_batch(src, cells, core, margin, ry, rx), expected)

@@ -143,6 +143,69 @@ def test_remove_far_blobs_keeps_every_true_pixel_of_real_masks_with_pieces(name)
     np.testing.assert_array_equal(pp.remove_far_blobs(m), m)
 
 
+def _far_blobs_reference(mask: np.ndarray, max_gap: float = pp.FAR_BLOB_GAP) -> np.ndarray:
+    """remove_far_blobs written plainly over the whole image: the pieces labelled everywhere, the distance
+    transform in the window around the other pieces, the far ones erased through the full label image."""
+    mask = (mask > 0).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 2:
+        return mask
+    kept = pp.car_pieces(stats, mask.size)
+    others = np.flatnonzero(~kept[1:]) + 1
+    if not len(others):
+        return mask
+    gap = max_gap * float(np.hypot(*mask.shape))
+    pad, box = int(np.ceil(gap)) + 1, stats[others]
+    x0, y0 = max(0, box[:, 0].min() - pad), max(0, box[:, 1].min() - pad)
+    x1 = min(mask.shape[1], (box[:, 0] + box[:, 2]).max() + pad)
+    y1 = min(mask.shape[0], (box[:, 1] + box[:, 3]).max() + pad)
+    window = labels[y0:y1, x0:x1]
+    reach = cv2.distanceTransform((window == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= gap / 2
+    linked = cv2.connectedComponents(reach.astype(np.uint8), connectivity=8)[1]
+    car = np.zeros(linked.max() + 1, bool)
+    car[np.unique(linked[kept[window]])] = True
+    far = np.zeros(n, bool)
+    far[np.unique(window[~car[linked] & (window > 0)])] = True
+    far[kept] = False
+    return (mask.astype(bool) & ~far[labels]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_remove_far_blobs_is_its_whole_image_reference(seed):
+    """Labelled in the foreground's box and erased piece by piece, the result is the whole-image one's:
+    cars and blobs anywhere, the borders included, at several gaps."""
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        m = np.zeros((int(rng.integers(40, 200)), int(rng.integers(40, 300))), np.uint8)
+        h, w = m.shape
+        for _ in range(int(rng.integers(0, 9))):
+            y, x = int(rng.integers(-10, h)), int(rng.integers(-10, w))
+            m[max(0, y) : y + int(rng.integers(1, h // 2)), max(0, x) : x + int(rng.integers(1, w // 2))] = 1
+        m[rng.integers(0, h, 6), rng.integers(0, w, 6)] = 1  # specks
+        for gap in (0.02, pp.FAR_BLOB_GAP, 0.2):
+            for given in (m, m.astype(bool), m * 255):
+                out = pp.remove_far_blobs(given, gap)
+                assert out.dtype == np.uint8 and np.array_equal(out, _far_blobs_reference(given, gap))
+                assert np.array_equal(given > 0, m > 0)  # the input untouched
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.array([[0, 1, 2], [255, 0, 7]], np.uint8),
+        np.array([[0, 1, 2], [255, 0, 7]], np.uint8)[:, ::2],  # not contiguous
+        np.array([[True, False], [False, True]]),
+        np.array([[-1, 0, 3]], np.int64),
+        np.array([[np.nan, 0.2, -0.5, 0.0]]),
+        np.zeros((0, 4), np.uint8),
+    ],
+)
+def test_every_step_reads_a_mask_as_its_positive_pixels(mask):
+    out = pp._as_mask(mask)
+    assert out.dtype == np.uint8 and out.shape == mask.shape and np.array_equal(out, (mask > 0).astype(np.uint8))
+    assert not np.shares_memory(out, mask)
+
+
 @pytest.mark.parametrize("step", list(pp.POSTPROCESS))
 @pytest.mark.parametrize("fill", [0, 1])
 def test_every_step_is_identity_on_empty_and_full_masks(step, fill):
