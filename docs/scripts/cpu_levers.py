@@ -12,8 +12,9 @@ The rule a lever must pass (docs/record/cpu-speed.md): mean change within 1e-4, 
 
 Variants (name: runtime, precision, TTA, refiner): ref (torch fp32, the folder's TTA, PyTorch refiner),
 ov_fp32, ov_bf16 (network and refiner in OpenVINO bf16), ov_bf16_torch_refiner, ov_bf16_no_hflip,
-ov_bf16_no_scale; int8 (the folder's INT8 networks, `make quantize`, the rest as ov_bf16: the default on a
-CPU for a quantized folder); ov_int8 and ov_int8_float_ends (quantized here, the rest as ov_bf16).
+ov_bf16_no_scale; int8 (the folder's INT8 networks, `make quantize`, the rest as ov_bf16; photos they were
+calibrated on are left out of every variant's comparison); ov_int8 and ov_int8_float_ends (quantized here,
+the rest as ov_bf16).
 
 ov_int8 and ov_int8_float_ends quantize the network as `make quantize` does (pipeline/stages/quantize.py:
 NNCF, preset MIXED, per input size), calibrated on the photos of DATA half-way between the evaluated ones
@@ -139,6 +140,12 @@ def main() -> None:
     paths = paths[:: a.every]
     calibration_paths = sorted(set(calibration_paths) - set(paths))
     pre = load_pretrained(a.model, torch.device("cpu"))
+    calibrated = set(((pre.spec.get("int8") or {}).get("calibration") or {}).get("photos", []))
+    if "int8" in a.variants.split(",") and calibrated & {p.name for p in paths}:
+        # The folder's INT8 networks were calibrated on some of these photos: compared on the others only.
+        left = [p for p in paths if p.name not in calibrated]
+        print(f"{len(paths) - len(left)} of the {len(paths)} photos calibrated the INT8 networks: left out", flush=True)
+        paths = left
     truth = {p.name: read_mask(data / "train_masks" / p.name.replace(".jpg", "_mask.gif")) for p in paths}
     names = ["ref"] + [v for v in a.variants.split(",") if v != "ref"]
     if any(VARIANTS[v][4] for v in names):
