@@ -23,9 +23,10 @@ import torch
 
 from pipeline.inference import backends
 from pipeline.inference.model_folder import load_pretrained
+from pipeline.stages.quantize import network_inputs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_levers import FLOAT_LAYERS, TEST_SPLIT, VARIANTS, calibration_inputs, int8_network  # noqa: E402
+from cpu_levers import FLOAT_LAYERS, TEST_SPLIT, VARIANTS, int8_network  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     calibration_paths = [p for p in paths[a.every // 2 :: a.every] if p.name.split("_")[0] not in test_cars]
     pre = load_pretrained(a.model, torch.device("cpu"))
     net = pre.model.float().eval()
-    calibration = calibration_inputs(pre.spec, calibration_paths)
+    calibration = network_inputs(pre.spec, calibration_paths)
     int8 = [v for v in VARIANTS if VARIANTS[v][4]]
     for size in calibration:
         with torch.no_grad():
