@@ -294,7 +294,8 @@ def test_hub_id_goes_through_huggingface_hub(exported, tiny_data, tmp_path, caps
     out = tmp_path / "pred"
     code, printed, _ = _cli(capsys, "predict", tiny_data / "test", "--out", out, "--pretrained", "someone/carvana-m")
     assert code == 0 and len(list(out.glob("*_mask.png"))) == 16
-    assert asked[0] == ("someone/carvana-m", ["README.md", "config.json", "model.safetensors", "pipeline.json"])
+    files = ["README.md", "config.json", "model.safetensors", "network-int8-*.weights", "network-int8-*.xml"]
+    assert asked[0] == ("someone/carvana-m", [*files, "pipeline.json"])  # the folder's files, never pickles
 
     def offline(*a, **kw):
         raise OSError("network unreachable")
