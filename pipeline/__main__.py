@@ -153,17 +153,17 @@ def _add_inference_options(s) -> None:
         "--backend",
         default="auto",
         choices=("auto", "torch", "onnxruntime", "openvino"),
-        help="the network's runtime. auto: on a CPU, OpenVINO in the fastest precision this CPU has (bf16 "
-        "where it has bfloat16 instructions, else fp32), on a GPU PyTorch; torch; onnxruntime or openvino "
-        "(CPU only). The run says at start which runtime and precision it uses",
+        help="the network's runtime. auto: on a CPU, OpenVINO in the fastest precision this CPU and model have "
+        "(int8 where the model folder has INT8 networks, `make quantize`; else bf16 where the CPU has bfloat16 "
+        "instructions; else fp32), on a GPU PyTorch; torch; onnxruntime or openvino (CPU only). The run says at "
+        "start which runtime and precision it uses",
     )
     s.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16", "int8"),
         help="inference precision for every member. Default: the fastest this runtime has within the masks' "
         "bound (PyTorch: each member's, as its out-of-fold maps were made); fp32 on a CPU: PyTorch fp32, exact; "
-        "int8: OpenVINO's INT8 networks of a quantized model folder (`make quantize`), faster, masks not held "
-        "to the fp32 bound",
+        "int8: OpenVINO's INT8 networks of a quantized model folder (`make quantize`)",
     )
     s.add_argument("--no-amp", action="store_true", help="deprecated: --precision fp32")
     s.add_argument(

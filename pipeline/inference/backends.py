@@ -10,11 +10,11 @@ is a one-line error saying so. Measured against PyTorch on 2 CPU cores in docs/r
 OpenVINO runs in fp32 or, where the CPU has bfloat16 instructions (AVX-512 BF16 or AMX), in bf16: about
 twice as fast, with masks that agree with fp32's to well within the bound docs/record/cpu-speed.md states.
 A model folder quantized by ``make quantize`` also holds the network in INT8 (an OpenVINO model per input
-size, calibrated on training photos): ``--precision int8`` runs it, the layers it keeps in float in bf16
-(or fp32 without bfloat16 instructions). It is never the default: on the shipped model's test split its
-masks broke the bound bf16 keeps (docs/record/cpu-speed.md). ``resolve_runtime`` turns
-``--backend``/``--precision`` into what runs: on a CPU the default is OpenVINO in the fastest precision this
-CPU has, ``--precision fp32`` the PyTorch fp32 path. One ``Runtime`` may be
+size, calibrated on training photos, layers put back in float until its masks are within a bound of
+fp32's): OpenVINO runs it in ``int8``, the layers it keeps in float in bf16 (or fp32 without bfloat16
+instructions). ``resolve_runtime`` turns ``--backend``/``--precision`` into what runs: on a CPU the default
+is OpenVINO in the fastest precision this CPU and this model have, ``--precision fp32`` the PyTorch fp32
+path. One ``Runtime`` may be
 called from several threads at once (the engine's photo workers): each thread gets its own inference
 request, and OpenVINO runs them side by side as streams of one thread each.
 
@@ -121,16 +121,17 @@ def resolve_runtime(backend: str, precision: str | None, device: torch.device, i
     """``--backend``/``--precision`` as run on ``device``; ``int8``: every member has an INT8 network for each
     of its input sizes (a model folder quantized by ``make quantize``).
 
-    - ``auto`` (the default): on a GPU, PyTorch; on a CPU, OpenVINO (when installed) in bf16 where the
-      CPU has bfloat16 instructions, else in fp32; ``--precision fp32`` (or fp16) keeps PyTorch, exact.
+    - ``auto`` (the default): on a GPU, PyTorch; on a CPU, OpenVINO (when installed) in int8 where every
+      member has INT8 networks and the CPU runs INT8, else in bf16 where the CPU has bfloat16
+      instructions, else in fp32; ``--precision fp32`` (or fp16) keeps PyTorch, exact.
     - ``openvino``: as auto on a CPU, or the precision asked for (bf16 on a CPU without it is an error);
       ``onnxruntime``: fp32; both on the CPU only.
-    - ``--precision int8``: OpenVINO with the members' INT8 networks (an error where one has none), only
-      when asked for: their masks are not held to the bound the default keeps.
+    - ``--precision int8``: OpenVINO with the members' INT8 networks (an error where one has none).
     - ``torch``: each member's recorded precision, or ``precision`` for all.
     """
     check_backend(backend)
-    has_bf16 = "BF16" in cpu_capabilities()
+    capabilities = cpu_capabilities()
+    has_bf16 = "BF16" in capabilities
     if precision == "int8":
         if device.type != "cpu" or backend not in ("auto", "openvino") or "openvino" not in _installed():
             raise ConfigError("--precision int8: OpenVINO on the CPU only (--backend openvino, --device cpu)")
@@ -138,9 +139,7 @@ def resolve_runtime(backend: str, precision: str | None, device: torch.device, i
             raise ConfigError(
                 "--precision int8: this model has no INT8 network (a model folder quantized by `make quantize`)"
             )
-        return RuntimeChoice(
-            "openvino", "int8", "asked for: the masks are not held to the fp32 bound (docs/record/cpu-speed.md)"
-        )
+        return RuntimeChoice("openvino", "int8")
     if backend == "auto":
         if device.type != "cpu" or precision not in (None, "bf16") or "openvino" not in _installed():
             return RuntimeChoice("torch", precision)
@@ -156,6 +155,9 @@ def resolve_runtime(backend: str, precision: str | None, device: torch.device, i
             raise ConfigError(f"--backend onnxruntime: runs in fp32, not {precision}; use --precision fp32")
         return RuntimeChoice(backend, "fp32")
     if precision is None:
+        if int8 and "INT8" in capabilities:
+            why = "the model's INT8 networks (--precision bf16: without them; fp32: PyTorch, exact)"
+            return RuntimeChoice(backend, "int8", why)
         if has_bf16:
             return RuntimeChoice(backend, "bf16", "the CPU's bfloat16 instructions (--precision fp32: PyTorch, exact)")
         return RuntimeChoice(backend, "fp32", "this CPU has no bfloat16 instructions")

@@ -15,7 +15,7 @@ from ..core.errors import LineageError, PipelineError
 from ..core.identity import file_sha256
 from ..core.io_utils import RELATIVE_TO_FILE, resolve_stored
 from ..data.folds import load_folds
-from ..inference.model_folder import check_folder, fetch, folder_sha256
+from ..inference.model_folder import check_folder, fetch, folder_sha256, int8_sizes
 from ..inference.recipe import Recipe
 from ..models.unet import read_checkpoint
 from .provenance import folds_fingerprint, lineage_folds_csv, recipe_hash, summary_recipe, verify_recipe_checkpoints
@@ -193,12 +193,15 @@ def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> l
         )
     ]
     spec, err = _safe(check_folder, folder, str(source))
+    files = "config.json and model.safetensors"
+    if spec and int8_sizes(spec):
+        nets = ", ".join(f"{h}x{w}" for h, w in sorted(int8_sizes(spec)))
+        files = f"config.json, model.safetensors and INT8 networks ({nets})"
     links.append(
         Link(
             depth + 1,
             not err,
-            "its config.json and model.safetensors are the files its pipeline.json names"
-            + (f" ({err})" if err else ""),
+            f"its {files} are the files its pipeline.json names" + (f" ({err})" if err else ""),
             "`make export` it again",
         )
     )

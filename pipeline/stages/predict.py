@@ -136,11 +136,11 @@ def load_predictor(
     Each member runs in its recorded precision (a checkpoint: its config's ``predict.amp``, as its
     out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
     the outputs' key records it. ``backend``/``precision``: as ``backends.resolve_runtime`` decides (auto:
-    OpenVINO on a CPU, bf16 where the CPU has it; int8 only when asked for); ``jobs``:
+    OpenVINO on a CPU, int8 where the models have INT8 networks, else bf16 where the CPU has it); ``jobs``:
     photos in flight on the CPU (None: one per core).
     """
     dev = pick_device(device)
-    # The models first: ``--precision int8`` needs their INT8 networks.
+    # The models first: whether they have INT8 networks decides the runtime on a CPU.
     if pretrained is not None:
         from ..inference.model_folder import load_pretrained
 

@@ -4,12 +4,12 @@ NNCF's post-training quantization (``nncf.quantize``, preset MIXED: symmetric we
 activations) of the same ONNX graph the OpenVINO backend compiles, once per input size the model's TTA
 views meet, calibrated on photos of cars the model was trained on (never a car it was not trained on, so
 never a car of a test split), fed exactly as the engine feeds the network: decoded at the model's size,
-then each TTA view. Kept in float: the first convolution and the segmentation head (quantizing them costs
-the masks most; measured in docs/record/cpu-speed.md). The quantized models are written into the folder
-(``network-int8-<h>x<w>.xml``/``.weights``, OpenVINO's format) and bound by hash in its ``pipeline.json``,
-with the calibration's record; ``predict``, ``submission`` and ``serve`` run them when asked
-(``--precision int8``), never by default: on the shipped model's test split two photos of 432 lost more
-than the 2e-3 of Dice the default's bound allows (docs/record/cpu-speed.md).
+then each TTA view. Kept in float: the first convolution and the segmentation head, then, by NNCF's
+accuracy control, the layers whose quantization costs the masks most, one by one, until the masks of
+validation photos (others of the same cars) are within ``MAX_DROP`` of PyTorch fp32's. The quantized
+models are written into the folder (``network-int8-<h>x<w>.xml``/``.weights``, OpenVINO's format) and
+bound by hash in its ``pipeline.json``, with the calibration's record; ``predict`` and ``submission`` run
+them with ``--precision int8`` (docs/record/cpu-speed.md has what they cost the masks and what they save).
 
 Why by hand: NNCF does the quantization; what it cannot know is which photos this pipeline may calibrate
 on and how the engine feeds the network, so those are chosen here.
@@ -40,6 +40,10 @@ from ..inference.model_folder import CARD, PIPELINE_JSON, cars_seen, check_folde
 from ..inference.tta import resolve
 
 PHOTOS = 120  # calibration photos: enough for NNCF's statistics (its default subset is 300 inputs)
+# Accuracy control: layers go back to float until the worst tenth of the validation views' masks (each view
+# at the network's resolution, against PyTorch fp32's) lose at most this much Dice on average. bf16 alone
+# loses about 0.0006 by this measure on the shipped model; fully INT8, 0.0016.
+MAX_DROP = 0.0008
 PRESET = "mixed"
 HEAD = r".*/segmentation_head/.*"
 
@@ -49,13 +53,17 @@ def _car(path: Path) -> str | None:
     return m["car"] if m else None
 
 
-def calibration_photos(train_dir: Path, trained_on: set[str], photos: int) -> list[Path]:
-    """``photos`` photos of the trained-on cars, spread evenly over them in name order (every k-th from k/2)."""
+def calibration_photos(train_dir: Path, trained_on: set[str], photos: int) -> tuple[list[Path], list[Path]]:
+    """(calibration, validation): ``photos`` photos of the trained-on cars spread evenly over them in name order
+    (every k-th from k/2), and half as many others (every 2k-th from k/4) that check the quantized masks."""
     pool = sorted(p for p in train_dir.glob("*.jpg") if _car(p) in trained_on)
     if not pool:
-        return []
+        return [], []
     step = max(1, len(pool) // photos)
-    return pool[step // 2 :: step][:photos]
+    calibration = pool[step // 2 :: step][:photos]
+    taken = set(calibration)
+    validation = [p for p in pool[step // 4 :: 2 * step] if p not in taken][: max(1, photos // 2)]
+    return calibration, validation
 
 
 def network_inputs(spec: dict, paths: list[Path]) -> dict[tuple[int, int], list[torch.Tensor]]:
@@ -81,11 +89,25 @@ def float_layers(model) -> list[str]:
     return [re.escape(module) + ".*", HEAD]
 
 
+def tail_dice(compiled, data) -> tuple[float, list[float]]:
+    """NNCF's validation function: per (input, reference mask) the Dice of the network's mask (logit above the
+    reference's threshold, ``data``'s third item) with the reference; the mean of the worst tenth, and all."""
+    per = []
+    for x, ref, logit in data:
+        mask = compiled(np.ascontiguousarray(x.numpy(), dtype=np.float32))[0] > logit
+        total = int(mask.sum()) + int(ref.sum())
+        per.append(2 * int((mask & ref).sum()) / total if total else 1.0)
+    worst = np.sort(per)[: max(1, len(per) // 10)]
+    return float(worst.mean()), per
+
+
 def quantize_network(
-    onnx: bytes, samples: list[torch.Tensor], keep: list[str] | None = None
+    onnx: bytes, samples: list[torch.Tensor], keep: list[str] | None = None, validation: list | None = None
 ) -> tuple[bytes, bytes, list[str]]:
     """The ONNX graph as an INT8 OpenVINO model (xml, weights), calibrated on ``samples``, and the patterns of
-    the layers kept in float (``keep``; default ``float_layers``)."""
+    the layers kept in float (``keep``; default ``float_layers``). ``validation``: (input, PyTorch fp32 mask,
+    threshold logit) triples; when given, NNCF's accuracy control puts layers back in float until
+    ``tail_dice`` loses at most ``MAX_DROP``."""
     # All of it in the runtime's scratch home: NNCF compiles the model to collect its statistics (OpenVINO's
     # CPU plugin, with its usage files and its signal stack; core/cpu_runtime.py).
     # NNCF imports torch's C++ extension helpers, which warn that there is no CUDA: not this stage's business.
@@ -98,13 +120,24 @@ def quantize_network(
         nncf_logger.setLevel(logging.WARNING)  # its INFO lists every layer it leaves in float: noise for a user
         model = ov.Core().read_model(onnx)
         keep = float_layers(model) if keep is None else keep
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32)),
+        calibration = nncf.Dataset(samples, lambda x: np.ascontiguousarray(x.numpy(), dtype=np.float32))
+        settings = dict(
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(samples),
             ignored_scope=nncf.IgnoredScope(patterns=keep),
         )
+        if validation:
+            quantized = nncf.quantize_with_accuracy_control(
+                model,
+                calibration,
+                nncf.Dataset(validation),
+                validation_fn=tail_dice,
+                max_drop=MAX_DROP,
+                drop_type=nncf.DropType.ABSOLUTE,
+                **settings,
+            )
+        else:
+            quantized = nncf.quantize(model, calibration, **settings)
         with tempfile.TemporaryDirectory(prefix="pipeline-quantize-") as tmp:
             xml = Path(tmp) / "network.xml"
             ov.save_model(quantized, xml, compress_to_fp16=False)
@@ -177,13 +210,14 @@ def quantize_folder(
                 "on those only (never on a car it has not seen), so it cannot be quantized here"
             )
         layout = Layout(data)
-        paths = calibration_photos(layout.train_dir, trained_on, photos)
+        paths, checks = calibration_photos(layout.train_dir, trained_on, photos)
         if not paths:
             raise ModelFolderError(
                 f"{layout.train_dir}: no photo of the {len(trained_on)} cars {folder} was trained on; give the data "
                 "root it was trained from"
             )
-        inputs = network_inputs(spec, paths)
+        inputs, check_inputs = network_inputs(spec, paths), network_inputs(spec, checks)
+        logit = float(np.log(spec["threshold"] / (255 - spec["threshold"])))  # the folder's threshold
         networks, files, keep = {}, {}, []
         for (h, w), samples in sorted(inputs.items()):
             if not quiet:
@@ -192,7 +226,8 @@ def quantize_folder(
                 )
             with torch.no_grad():
                 onnx = _onnx_bytes(pre.model.float().eval(), (3, h, w))
-            xml, weights, keep = quantize_network(onnx, samples)
+                validation = [(x, pre.model(x.float()).numpy() > logit, logit) for x in check_inputs[(h, w)]]
+            xml, weights, keep = quantize_network(onnx, samples, validation=validation)
             size = f"{h}x{w}"
             check_network(xml, weights, samples[0], size)
             networks[size] = {"xml": f"network-int8-{size}.xml", "weights": f"network-int8-{size}.weights"}
@@ -215,6 +250,11 @@ def quantize_folder(
                 "photos": [p.name for p in paths],
                 "cars": sorted({_car(p) for p in paths}),
                 "rule": "photos of cars the model was trained on, every k-th in name order",
+            },
+            "accuracy_control": {
+                "validation_photos": [p.name for p in checks],
+                "metric": "mean Dice of the worst tenth of the validation views' masks against PyTorch fp32's",
+                "max_drop": MAX_DROP,
             },
             "quantization": {
                 "tool": f"nncf {importlib.metadata.version('nncf')}",

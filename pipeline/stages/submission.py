@@ -90,7 +90,7 @@ def make_submission(
     ``precision`` (auto|bf16|fp16|fp32) overrides every member's recorded one; it is part of the
     resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
     members' ``predict.num_workers``. ``backend``/``precision``: as ``backends.resolve_runtime`` decides
-    (auto: OpenVINO on a CPU, in bf16 where the CPU has it; int8 only when asked for); ``jobs``: photos in
+    (auto: OpenVINO on a CPU, int8 where the model folders hold INT8 networks, else bf16); ``jobs``: photos in
     flight on the CPU, one thread each (None: one per core; a GPU takes batches). ``profile``: print where the
     time went, step by step per photo (core/profile.py), at the end.
     """
@@ -105,7 +105,8 @@ def make_submission(
     dev = pick_device(device)
     if num_workers is None:
         num_workers = configured_workers(recipe)
-    choice = resolve_runtime(backend, precision, dev, int8=precision == "int8" and has_int8(recipe))
+    int8 = dev.type == "cpu" and precision in (None, "int8") and has_int8(recipe)
+    choice = resolve_runtime(backend, precision, dev, int8=int8)
     backend, precision = choice.backend, choice.precision
     jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1  # PyTorch: today's batches unless asked
     source = rows_source(recipe, checkpoint_shas, member_precisions(recipe, dev, precision), backend)

@@ -46,18 +46,20 @@ def test_a_cpu_without_bfloat16_falls_back_to_fp32_and_says_so(monkeypatch):
     assert resolve_runtime("auto", "bf16", CPU).backend == "torch"  # asked for bf16: PyTorch's, said why
 
 
-def test_int8_runs_only_when_asked_for_and_says_its_masks_are_not_held_to_the_bound(monkeypatch):
+def test_int8_is_the_default_only_for_models_with_int8_networks_on_a_cpu_that_runs_int8(monkeypatch):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "BF16", "INT8"}))
-    assert resolve_runtime("auto", None, CPU, int8=True).precision == "bf16"  # INT8 networks at hand: not used
-    assert resolve_runtime("openvino", None, CPU, int8=True).precision == "bf16"
-    choice = resolve_runtime("auto", "int8", CPU, int8=True)
+    choice = resolve_runtime("auto", None, CPU, int8=True)
     assert (choice.backend, choice.precision) == ("openvino", "int8")
-    line = choice.describe(CPU, 2)
-    assert line.startswith("inference: OpenVINO int8 (the rest in bf16) on the CPU (2 threads)")
-    assert "not held to the fp32 bound" in line
-    assert resolve_runtime("openvino", "int8", CPU, int8=True).precision == "int8"
+    assert choice.describe(CPU, 2).startswith("inference: OpenVINO int8 (the rest in bf16) on the CPU (2 threads)")
+    assert resolve_runtime("openvino", None, CPU, int8=True).precision == "int8"
+    assert resolve_runtime("auto", "bf16", CPU, int8=True) == RuntimeChoice("openvino", "bf16")  # asked: no INT8
+    assert resolve_runtime("auto", "fp32", CPU, int8=True) == RuntimeChoice("torch", "fp32")
+    assert resolve_runtime("auto", None, torch.device("cuda"), int8=True) == RuntimeChoice("torch", None)
+    assert resolve_runtime("auto", None, CPU, int8=False).precision == "bf16"  # a model never quantized
+    monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))  # a CPU without INT8
+    assert resolve_runtime("auto", None, CPU, int8=True).precision == "bf16"
     no_bf16(monkeypatch)
-    assert "(the rest in fp32)" in resolve_runtime("auto", "int8", CPU, int8=True).describe(CPU, 2)
+    assert "(the rest in fp32)" in resolve_runtime("auto", None, CPU, int8=True).describe(CPU, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """make quantize: a model folder's INT8 networks, calibrated on its training cars, bound by hash, checked before
-they are written, run only when asked for (--precision int8), close to the fp32 masks; re-export drops them."""
+they are written, run by default on a CPU that has INT8 (and only there), close to the fp32 masks; re-export
+drops them."""
 
 from __future__ import annotations
 
@@ -68,8 +69,29 @@ def test_quantize_writes_a_network_per_view_size_bound_by_hash_calibrated_on_tra
     assert cars == set(calibration["cars"]) and cars <= cars_seen(spec)["trained on"]
     assert not cars & set(pd.read_csv(split)["car_id"])  # never a car of the test split
     assert len(cars) > 1  # spread over the cars, not one car's views
+    checked = spec["int8"]["accuracy_control"]["validation_photos"]  # the masks' check: other photos, same cars
+    assert checked and not set(checked) & set(calibration["photos"])
+    assert {p.split("_")[0] for p in checked} <= cars_seen(spec)["trained on"]
     assert load_pretrained(quantized).int8_networks.keys() == sizes
     assert "| INT8 networks | `network-int8-*`" in (quantized / "README.md").read_text()  # the card says so
+
+
+def test_the_masks_check_scores_the_worst_tenth_of_the_views():
+    import numpy as np
+    import torch
+
+    ref = np.zeros((1, 1, 2, 5), bool)
+    ref[..., :4] = True  # 4 car pixels
+    data = [(torch.full((1, 3, 2, 5), float(i)), ref, 0.5) for i in range(10)]
+
+    def compiled(x):  # input i: the first i pixels of the row above 0.5, the rest below
+        logits = np.zeros((1, 1, 2, 5), np.float32)
+        logits[..., : int(x[0, 0, 0, 0])] = 1.0
+        return [logits]
+
+    worst, per = quantize.tail_dice(compiled, data)
+    # per row: min(i, 5) pixels marked against 4 true ones, min(i, 4) of them shared
+    assert per == [2 * min(i, 4) / (min(i, 5) + 4) for i in range(10)] and worst == per[0] == 0.0
 
 
 def test_a_changed_int8_network_is_refused_naming_the_file(q_folder):
@@ -111,28 +133,40 @@ def _predict(capsys, folder, photo, out, *args):
     return text, cv2.imread(str(out / f"{photo.stem}_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
 
 
-def test_precision_int8_runs_the_int8_networks_close_to_the_fp32_masks_and_the_default_does_not(
+def test_a_cpu_with_int8_runs_the_int8_networks_by_default_close_to_the_fp32_masks(
     quantized, folder, tiny_data, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
     photos = sorted((tiny_data / "test").glob("*.jpg"))[:4]
     agree = []
     for i, photo in enumerate(photos):
-        text, int8 = _predict(capsys, quantized, photo, tmp_path / f"int8-{i}", "--precision", "int8")
-        assert "inference: OpenVINO int8 (the rest in fp32)" in text and "not held to the fp32 bound" in text
+        text, int8 = _predict(capsys, quantized, photo, tmp_path / f"int8-{i}")
+        assert "inference: OpenVINO int8 (the rest in fp32)" in text and "INT8 networks" in text
         _, exact = _predict(capsys, quantized, photo, tmp_path / f"fp32-{i}", "--precision", "fp32")
         agree.append((int8 == exact).mean())
     assert min(agree) > 0.98, agree  # a wrong network (another size's, garbage) disagrees on far more
     from pipeline.stages.predict import load_predictor
 
-    lineage = load_predictor(pretrained=quantized, device="cpu", precision="int8").lineage  # the outputs' key
+    lineage = load_predictor(pretrained=quantized, device="cpu").lineage  # what the outputs' key is made of
     assert (lineage["precision"], lineage["backend"]) == ("int8", "openvino")
-    text, _ = _predict(capsys, quantized, photos[0], tmp_path / "default")  # networks at hand, not asked for
-    assert "inference: OpenVINO fp32" in text
+    text, _ = _predict(capsys, quantized, photos[0], tmp_path / "bf16", "--precision", "bf16")
+    assert "PyTorch bf16" in text or "OpenVINO bf16" in text  # asked for: no INT8
     code, _, err = run_cli(
         capsys, "predict", photos[0], "--pretrained", folder, "--out", tmp_path, "--precision", "int8"
     )  # a folder never quantized
     assert code == 2 and "no INT8 network" in err and "make quantize" in err
+
+
+def test_without_int8_on_the_cpu_or_in_the_folder_the_float_runtime_runs(
+    quantized, folder, tiny_data, tmp_path, capsys, monkeypatch
+):
+    photo = next((tiny_data / "test").glob("*.jpg"))
+    monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "BF16"}))  # no INT8 said
+    text, _ = _predict(capsys, quantized, photo, tmp_path / "a")
+    assert "inference: OpenVINO bf16" in text
+    monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    text, _ = _predict(capsys, folder, photo, tmp_path / "b")  # a folder never quantized
+    assert "inference: OpenVINO fp32" in text
 
 
 def test_the_submission_key_records_int8_so_a_resume_never_mixes_runtimes(
@@ -141,7 +175,7 @@ def test_the_submission_key_records_int8_so_a_resume_never_mixes_runtimes(
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
     out = tmp_path / "s.csv.gz"
     argv = ["submission", "--pretrained", quantized, "--data", tiny_data, "--out", out, "--limit", "3"]
-    code, text, _ = run_cli(capsys, *argv, "--precision", "int8")
+    code, text, _ = run_cli(capsys, *argv)  # the default on a CPU with INT8, for a quantized folder
     assert code == 0 and "OpenVINO int8" in text
     trial = tmp_path / "s.limit3-trial.csv.gz"
     key = json.loads((tmp_path / "s.limit3-trial.csv.gz.json").read_text())["key"]
