@@ -479,7 +479,7 @@ def cmd_export(a) -> None:
 def cmd_quantize(a) -> None:
     from .stages.quantize import quantize_folder
 
-    quantize_folder(a.pretrained, a.data, photos=a.photos, force=a.force)
+    quantize_folder(a.pretrained, a.data, photos=a.photos, max_drop=a.max_drop, force=a.force)
 
 
 def cmd_serve(a) -> None:
@@ -593,6 +593,12 @@ def add_user_stages(sub) -> None:
         "--data", required=True, help="a Kaggle-layout root whose train/ holds photos of the cars it was trained on"
     )
     s.add_argument("--photos", type=int, default=120, help="calibration photos, of the cars it was trained on")
+    s.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.0008,
+        help="accuracy control: the Dice the worst tenth of the validation views' masks may lose against fp32's",
+    )
     s.add_argument("--force", action="store_true", help="quantize again where the folder has INT8 networks")
     s.set_defaults(func=cmd_quantize)
 

@@ -102,12 +102,16 @@ def tail_dice(compiled, data) -> tuple[float, list[float]]:
 
 
 def quantize_network(
-    onnx: bytes, samples: list[torch.Tensor], keep: list[str] | None = None, validation: list | None = None
+    onnx: bytes,
+    samples: list[torch.Tensor],
+    keep: list[str] | None = None,
+    validation: list | None = None,
+    max_drop: float = MAX_DROP,
 ) -> tuple[bytes, bytes, list[str]]:
     """The ONNX graph as an INT8 OpenVINO model (xml, weights), calibrated on ``samples``, and the patterns of
     the layers kept in float (``keep``; default ``float_layers``). ``validation``: (input, PyTorch fp32 mask,
     threshold logit) triples; when given, NNCF's accuracy control puts layers back in float until
-    ``tail_dice`` loses at most ``MAX_DROP``."""
+    ``tail_dice`` loses at most ``max_drop``."""
     # All of it in the runtime's scratch home: NNCF compiles the model to collect its statistics (OpenVINO's
     # CPU plugin, with its usage files and its signal stack; core/cpu_runtime.py).
     # NNCF imports torch's C++ extension helpers, which warn that there is no CUDA: not this stage's business.
@@ -132,7 +136,7 @@ def quantize_network(
                 calibration,
                 nncf.Dataset(validation),
                 validation_fn=tail_dice,
-                max_drop=MAX_DROP,
+                max_drop=max_drop,
                 drop_type=nncf.DropType.ABSOLUTE,
                 **settings,
             )
@@ -184,7 +188,13 @@ def check_network(xml: bytes, weights: bytes, sample: torch.Tensor, size: str) -
 
 
 def quantize_folder(
-    folder: str | Path, data: str | Path, *, photos: int = PHOTOS, force: bool = False, quiet: bool = False
+    folder: str | Path,
+    data: str | Path,
+    *,
+    photos: int = PHOTOS,
+    max_drop: float = MAX_DROP,
+    force: bool = False,
+    quiet: bool = False,
 ) -> dict:
     """Write the INT8 networks of the model folder ``folder``, calibrated on ``photos`` photos of ``data``'s
     train/ of the cars the model was trained on; return its new ``pipeline.json``."""
@@ -227,8 +237,12 @@ def quantize_folder(
             with torch.no_grad():
                 onnx = _onnx_bytes(pre.model.float().eval(), (3, h, w))
                 validation = [(x, pre.model(x.float()).numpy() > logit, logit) for x in check_inputs[(h, w)]]
-            xml, weights, keep = quantize_network(onnx, samples, validation=validation)
             size = f"{h}x{w}"
+            # First without accuracy control, run in a child process: accuracy control runs the INT8 network in
+            # this one, where a crash of OpenVINO's would end the stage without a word.
+            xml, weights, keep = quantize_network(onnx, samples)
+            check_network(xml, weights, samples[0], size)
+            xml, weights, keep = quantize_network(onnx, samples, validation=validation, max_drop=max_drop)
             check_network(xml, weights, samples[0], size)
             networks[size] = {"xml": f"network-int8-{size}.xml", "weights": f"network-int8-{size}.weights"}
             files[networks[size]["xml"]], files[networks[size]["weights"]] = xml, weights
@@ -254,7 +268,7 @@ def quantize_folder(
             "accuracy_control": {
                 "validation_photos": [p.name for p in checks],
                 "metric": "mean Dice of the worst tenth of the validation views' masks against PyTorch fp32's",
-                "max_drop": MAX_DROP,
+                "max_drop": max_drop,
             },
             "quantization": {
                 "tool": f"nncf {importlib.metadata.version('nncf')}",

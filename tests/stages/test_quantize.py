@@ -43,7 +43,9 @@ def quantized(v2_model, tiny_data, tmp_path_factory):
     """That folder quantized on 12 photos of its training cars."""
     folder = tmp_path_factory.mktemp("quantized") / "model"
     shutil.copytree(v2_model[1], folder)
-    quantize_folder(folder, tiny_data, photos=12, quiet=True)
+    # A loose bound: a 32x48 mask moves by more than the shipped bound with one pixel, and a tight one would put
+    # layer after layer back in float; the path is the same.
+    quantize_folder(folder, tiny_data, photos=12, max_drop=0.5, quiet=True)
     return folder
 
 
@@ -190,7 +192,7 @@ def test_a_network_openvino_cannot_run_is_refused_and_nothing_is_written(folder,
     with pytest.raises(
         ModelFolderError, match="could not run this model's INT8 network .*signal 11.*nothing was written"
     ):
-        quantize_folder(folder, tiny_data, photos=4, quiet=True)
+        quantize_folder(folder, tiny_data, photos=4, max_drop=0.5, quiet=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
