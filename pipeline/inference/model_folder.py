@@ -17,6 +17,7 @@ its ``files`` like the weights. They are optional: a folder without them runs in
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -75,10 +76,11 @@ class Pretrained:
             return None
         return set().union(*seen.values())
 
-    @property
+    @functools.cached_property
     def int8_networks(self) -> dict[tuple[int, int], tuple[bytes, bytes]]:
         """Per input size (h, w): the INT8 network's OpenVINO model (xml, weights) as bytes, each checked
-        against the hash ``pipeline.json`` holds as it is read; empty when the folder has none."""
+        against the hash ``pipeline.json`` holds as it is read (once: 16 MB for the shipped model); empty
+        when the folder has none."""
         return read_int8_networks(self.folder, self.spec)
 
     @property
