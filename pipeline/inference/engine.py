@@ -41,6 +41,11 @@ class Member:
     int8: dict[tuple[int, int], tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
 
+def int8_missing(member: Member) -> set[tuple[int, int]]:
+    """The input sizes (h, w) the member's views meet that it has no INT8 network for."""
+    return view_sizes(member.tta, member.height, member.width) - set(member.int8)
+
+
 def blend(quantized, weights: list[int]):
     """Weighted average of uint8 maps (M, ...) with integer weights, rounded half up.
 
@@ -120,7 +125,7 @@ class Engine:
             if runtime_precision not in allowed:
                 raise ValueError(f"backend {backend}: runs in fp32 (or bf16, int8 in OpenVINO), not {precision}")
             for m in members if runtime_precision == "int8" else ():
-                missing = view_sizes(m.tta, m.height, m.width) - set(m.int8)
+                missing = int8_missing(m)
                 if missing:
                     sizes = ", ".join(f"{h}x{w}" for h, w in sorted(missing))
                     raise ValueError(f"member {m.name}: no INT8 network for its input size(s) {sizes}; `make quantize`")
@@ -160,7 +165,6 @@ class Engine:
                     )
                     for model in m.models
                 ]
-                self.precisions[id(m)] = runtime_precision
                 continue
             self._forward[id(m)] = [
                 torch.compile(model, dynamic=False, backend=backend) if compile else model for model in m.models

@@ -14,7 +14,7 @@ from ..core.device import precision_label, resolve_precision
 from ..core.errors import LineageError
 from ..masks.submission_csv import SubmissionError
 from ..models.unet import load_checkpoint, read_checkpoint
-from .engine import Member
+from .engine import Member, int8_missing
 from .model_folder import check_folder, fetch, int8_sizes, load_pretrained
 from .recipe import Recipe
 from .tta import view_sizes
@@ -68,7 +68,7 @@ def has_int8(recipe: Recipe) -> bool:
 
 def all_int8(members: list[Member]) -> bool:
     """Every member has an INT8 network for each of its input sizes (loaded from its model folder)."""
-    return bool(members) and all(view_sizes(m.tta, m.height, m.width) <= set(m.int8) for m in members)
+    return bool(members) and not any(int8_missing(m) for m in members)
 
 
 def member_precisions(recipe: Recipe, device: torch.device, override: str | None = None) -> str:
