@@ -18,13 +18,25 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Photos in flight per core on the CPU runtimes (OpenVINO, ONNX Runtime), one thread each. A photo's thread
+# leaves its core idle while it waits for the GIL between its OpenCV/NumPy steps and its network calls; with
+# two per core both of 2 cores stayed busy (480 photos, the shipped model: 4 in flight took 0.94 of the time
+# of 3, 3 took 0.90 of 2, 6 no less than 4; the same bytes each time; docs/benchmarks.md).
+PHOTOS_PER_CORE = 2
+
+
+def usable_cores() -> int:
+    """The cores this process may use (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cpu_jobs(jobs: int | None, device: torch.device) -> int:
-    """Photos in flight at once on the CPU, one thread each: ``jobs``, or one per core this process may
-    use (its affinity, not the machine's count); 1 on a GPU, which takes batches."""
+    """Photos in flight at once on the CPU, one thread each: ``jobs``, or ``PHOTOS_PER_CORE`` per core this
+    process may use; 1 on a GPU, which takes batches."""
     if device.type != "cpu":
         return 1
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        jobs = PHOTOS_PER_CORE * usable_cores()
     return max(1, int(jobs))
 
 

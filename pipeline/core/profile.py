@@ -46,8 +46,10 @@ class StepProfile:
     def step(self, name: str):
         return self._timed(name) if self.enabled else contextlib.nullcontext()
 
-    def report(self, photos: int, seconds: float, threads: int) -> str:
-        """A table: per step, its wall and CPU milliseconds per photo on its thread, and its calls."""
+    def report(self, photos: int, seconds: float, cores: int) -> str:
+        """A table: per step, its wall and CPU milliseconds per photo on its thread, and its calls; then the
+        wall time per photo and what ``cores`` cores had to spend on it (more threads than cores share them,
+        so their steps' wall times add up to more)."""
         photos = max(1, photos)
         rows = [f"{'step':<34} {'ms/photo':>9} {'cpu ms':>8} {'calls':>7}"]
         for name in sorted(self.wall, key=self.wall.get, reverse=True):
@@ -57,8 +59,8 @@ class StepProfile:
             )
         rows.append(
             f"{photos} photos in {seconds:.1f} s: {photos / seconds:.2f} photos/s, "
-            f"{1000 * seconds / photos:.1f} ms per photo of wall time on {threads} thread(s) "
-            f"({1000 * seconds * threads / photos:.1f} thread-ms per photo to spend)"
+            f"{1000 * seconds / photos:.1f} ms per photo of wall time on {cores} core(s) "
+            f"({1000 * seconds * cores / photos:.1f} core-ms per photo to spend)"
         )
         return "\n".join(rows)
 

@@ -37,6 +37,7 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.cpu_runtime import openvino_callable, scratch_home
+from ..core.device import usable_cores
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 OPSET = 17
@@ -113,7 +114,11 @@ class RuntimeChoice:
             precision = self.precision
             if precision == "int8":
                 precision = f"int8 (the rest in {'bf16' if openvino_hint('int8') == 'bf16' else 'fp32'})"
-            what = f"{name} {precision} on the CPU ({threads} thread{'s' if threads > 1 else ''})"
+            cores = usable_cores()
+            where = f"{threads} thread{'s' if threads > 1 else ''}"
+            if cores != threads:
+                where += f" on {cores} core{'s' if cores > 1 else ''}"
+            what = f"{name} {precision} on the CPU ({where})"
         return f"inference: {what}" + (f"; {self.why}" if self.why else "")
 
 

@@ -34,7 +34,7 @@ import os
 import time
 from pathlib import Path
 
-from ..core.device import cpu_jobs, pick_device
+from ..core.device import cpu_jobs, pick_device, usable_cores
 from ..core.io_utils import OutputLock, atomic_path, check_writable, stored_path, write_json
 from ..core.profile import PROFILE
 from ..data.layout import Layout
@@ -156,8 +156,7 @@ def make_submission(
             )  # fmt: skip
             if profile:
                 PROFILE.stop()
-                cores = cpu_jobs(None, dev)
-                print(PROFILE.report(len(todo), time.perf_counter() - started, cores))
+                print(PROFILE.report(len(todo), time.perf_counter() - started, usable_cores()))
 
         summary, check = _finish(files, key, names, size, review, recipe_path, limit, shard, dev, num_workers, start)
     if not quiet:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core import device
 from pipeline.core.config import ConfigError
 from pipeline.inference import backends
 from pipeline.inference.backends import RuntimeChoice, resolve_runtime
@@ -19,15 +20,25 @@ CPU = torch.device("cpu")
 HAS_BF16 = "BF16" in backends.cpu_capabilities()
 
 
+def test_photos_in_flight_on_a_cpu_default_to_two_per_usable_core(monkeypatch):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert device.usable_cores() == 3
+    assert device.cpu_jobs(None, CPU) == 6
+    assert device.cpu_jobs(1, CPU) == 1  # asked for: kept
+    assert device.cpu_jobs(None, torch.device("cuda")) == 1  # a GPU takes batches
+
+
 def no_bf16(monkeypatch):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
 
 
 def test_the_default_on_a_cpu_is_openvino_in_the_fastest_precision_it_has(monkeypatch):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "BF16", "INT8"}))
+    monkeypatch.setattr(backends, "usable_cores", lambda: 2)
     choice = resolve_runtime("auto", None, CPU)
     assert (choice.backend, choice.precision) == ("openvino", "bf16")
     assert choice.describe(CPU, 2).startswith("inference: OpenVINO bf16 on the CPU (2 threads)")
+    assert choice.describe(CPU, 4).startswith("inference: OpenVINO bf16 on the CPU (4 threads on 2 cores)")
     # --precision fp32: today's exact path; a GPU: PyTorch; fp16: PyTorch's autocast
     assert resolve_runtime("auto", "fp32", CPU) == RuntimeChoice("torch", "fp32")
     assert resolve_runtime("auto", None, torch.device("cuda")) == RuntimeChoice("torch", None)
@@ -48,6 +59,7 @@ def test_a_cpu_without_bfloat16_falls_back_to_fp32_and_says_so(monkeypatch):
 
 def test_int8_is_the_default_only_for_models_with_int8_networks_on_a_cpu_that_runs_int8(monkeypatch):
     monkeypatch.setattr(backends, "cpu_capabilities", lambda: frozenset({"FP32", "BF16", "INT8"}))
+    monkeypatch.setattr(backends, "usable_cores", lambda: 2)
     choice = resolve_runtime("auto", None, CPU, int8=True)
     assert (choice.backend, choice.precision) == ("openvino", "int8")
     assert choice.describe(CPU, 2).startswith("inference: OpenVINO int8 (the rest in bf16) on the CPU (2 threads)")
