@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from .device import usable_cores
 
 GB = 1024**3
 
@@ -45,7 +46,7 @@ def machine(device: torch.device | None = None) -> dict:
         pass
     info = {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core import device
 from pipeline.core.config import ConfigError
 from pipeline.inference import backends
 from pipeline.inference.backends import RuntimeChoice, resolve_runtime
@@ -18,14 +17,6 @@ from pipeline.models.unet import load_checkpoint
 
 CPU = torch.device("cpu")
 HAS_BF16 = "BF16" in backends.cpu_capabilities()
-
-
-def test_photos_in_flight_on_a_cpu_default_to_two_per_usable_core(monkeypatch):
-    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
-    assert device.usable_cores() == 3
-    assert device.cpu_jobs(None, CPU) == 6
-    assert device.cpu_jobs(1, CPU) == 1  # asked for: kept
-    assert device.cpu_jobs(None, torch.device("cuda")) == 1  # a GPU takes batches
 
 
 def no_bf16(monkeypatch):

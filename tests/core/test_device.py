@@ -1,0 +1,17 @@
+"""How many photos the CPU takes at once, and the cores it counts."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.core import device
+
+CPU = torch.device("cpu")
+
+
+def test_photos_in_flight_on_a_cpu_default_to_two_per_usable_core(monkeypatch):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert device.usable_cores() == 3
+    assert device.cpu_jobs(None, CPU) == 6
+    assert device.cpu_jobs(1, CPU) == 1  # asked for: kept
+    assert device.cpu_jobs(None, torch.device("cuda")) == 1  # a GPU takes batches
