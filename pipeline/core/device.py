@@ -40,6 +40,12 @@ def cpu_jobs(jobs: int | None, device: torch.device) -> int:
     return max(1, int(jobs))
 
 
+def runtime_threads(jobs: int) -> int:
+    """Threads a CPU runtime (OpenVINO, ONNX Runtime) runs a network on: one per photo in flight, or with one
+    photo at a time (``jobs`` 1: ``make serve``, batches) PyTorch's threads, all the cores by default."""
+    return jobs if jobs > 1 else torch.get_num_threads()
+
+
 def use_device(device: torch.device) -> None:
     """Make a CUDA device the current one, so that streams, events, pinned memory and the DataLoader's
     pin thread all belong to it (``cuda:1`` in one process must not work on, or open a context on, GPU 0).

@@ -37,7 +37,7 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.cpu_runtime import openvino_callable, scratch_home
-from ..core.device import usable_cores
+from ..core.device import runtime_threads, usable_cores
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 OPSET = 17
@@ -104,17 +104,18 @@ class RuntimeChoice:
     precision: str | None
     why: str = ""
 
-    def describe(self, device: torch.device, threads: int) -> str:
+    def describe(self, device: torch.device, jobs: int) -> str:
+        """The start line: the runtime, its precision and, on the CPU, its threads for ``jobs`` photos in flight."""
         if self.backend == "torch":
             what = f"PyTorch {self.precision or 'in each model’s own precision'} on {device}"
             if device.type == "cpu":
-                what += f" ({max(threads, torch.get_num_threads())} threads)"
+                what += f" ({max(jobs, torch.get_num_threads())} threads)"
         else:
             name = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[self.backend]
             precision = self.precision
             if precision == "int8":
                 precision = f"int8 (the rest in {'bf16' if openvino_hint('int8') == 'bf16' else 'fp32'})"
-            cores = usable_cores()
+            cores, threads = usable_cores(), runtime_threads(jobs)
             where = f"{threads} thread{'s' if threads > 1 else ''}"
             if cores != threads:
                 where += f" on {cores} core{'s' if cores > 1 else ''}"

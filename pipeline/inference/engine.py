@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..core.device import autocast, resolve_channels_last, resolve_precision, use_device
+from ..core.device import autocast, resolve_channels_last, resolve_precision, runtime_threads, use_device
 from ..core.parallel import ordered_map
 from ..core.profile import PROFILE
 from ..data.datasets import InferenceDataset
@@ -157,11 +157,15 @@ class Engine:
             # torch.compile is off by default: it costs minutes of compilation per model and has
             # not been measured to pay off here (make bench, docs/record/cpu-speed.md).
             if runtime_name != "torch":  # ONNX Runtime / OpenVINO run the same model on the CPU
-                threads = self.jobs if self.jobs > 1 else None
                 networks = m.int8 if runtime_precision == "int8" else None
                 self._forward[id(m)] = [
                     runtime(
-                        model, runtime_name, runtime_precision, streams=self.jobs, threads=threads, networks=networks
+                        model,
+                        runtime_name,
+                        runtime_precision,
+                        streams=self.jobs,
+                        threads=runtime_threads(self.jobs),
+                        networks=networks,
                     )
                     for model in m.models
                 ]
@@ -243,7 +247,7 @@ class Engine:
         layers it keeps in float); None: PyTorch."""
         if self.backend != "openvino":
             return None
-        return openvino_hint(next(iter(self.precisions.values()))), self.jobs
+        return openvino_hint(next(iter(self.precisions.values()))), runtime_threads(self.jobs)
 
     def warm_up(self) -> None:
         """Compile every input size the members' views meet, on this thread, before photos go to threads

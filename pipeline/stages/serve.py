@@ -671,6 +671,13 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     return "\n".join(lines)
 
 
+def served_predictor(recipe, checkpoint, device: str, pretrained) -> Predictor:
+    """The predictor the server runs: ``predict``'s, one photo at a time as its worker hands them over, so that
+    on a CPU a photo's network runs on all the cores in one stream, not on one of the streams that photos in
+    flight would share (the shipped model, 2 cores: a lone photo 0.13 s against 0.18 s, the same mask)."""
+    return load_predictor(recipe, checkpoint=checkpoint, device=device, pretrained=pretrained, jobs=1)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: a free one); ConfigError when it cannot be had."""
     try:
@@ -729,7 +736,7 @@ def run_serve(
     sock = bind(host, port)  # before the model loads: a port in use fails at once
     try:
         print(f"loading the model ({pretrained or recipe}) ...", flush=True)
-        predictor = load_predictor(recipe, checkpoint=checkpoint, device=device, pretrained=pretrained)
+        predictor = served_predictor(recipe, checkpoint, device, pretrained)
         print(predictor.runtime, flush=True)
         predictor.warm_up()  # the first cut-out does not wait for a runtime to compile
         info = model_info(recipe, checkpoint, pretrained, predictor)

@@ -15,3 +15,8 @@ def test_photos_in_flight_on_a_cpu_default_to_two_per_usable_core(monkeypatch):
     assert device.cpu_jobs(None, CPU) == 6
     assert device.cpu_jobs(1, CPU) == 1  # asked for: kept
     assert device.cpu_jobs(None, torch.device("cuda")) == 1  # a GPU takes batches
+
+
+def test_a_cpu_runtime_runs_on_a_thread_per_photo_or_with_one_photo_on_torchs_threads():
+    assert device.runtime_threads(4) == 4
+    assert device.runtime_threads(1) == torch.get_num_threads()

@@ -30,6 +30,8 @@ def test_the_default_on_a_cpu_is_openvino_in_the_fastest_precision_it_has(monkey
     assert (choice.backend, choice.precision) == ("openvino", "bf16")
     assert choice.describe(CPU, 2).startswith("inference: OpenVINO bf16 on the CPU (2 threads)")
     assert choice.describe(CPU, 4).startswith("inference: OpenVINO bf16 on the CPU (4 threads on 2 cores)")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # one photo at a time: the network on torch's threads
+    assert choice.describe(CPU, 1).startswith("inference: OpenVINO bf16 on the CPU (2 threads)")
     # --precision fp32: today's exact path; a GPU: PyTorch; fp16: PyTorch's autocast
     assert resolve_runtime("auto", "fp32", CPU) == RuntimeChoice("torch", "fp32")
     assert resolve_runtime("auto", None, torch.device("cuda")) == RuntimeChoice("torch", None)

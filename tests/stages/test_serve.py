@@ -18,12 +18,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.stages import serve
-from pipeline.stages.predict import composite, fit_background, load_predictor
+from pipeline.stages.predict import composite, fit_background
 from pipeline.stages.serve import Limits, create_app, model_info
 from tests.conftest import REAL, ServerProcess, needs_real_data, run_cli
 
@@ -32,7 +33,13 @@ PHOTO_NAME = "a1b2c3d4e5f6_03.jpg"
 
 @pytest.fixture(scope="module")
 def predictor(served_model):
-    return load_predictor(pretrained=served_model, device="cpu")
+    return serve.served_predictor(None, None, "cpu", served_model)
+
+
+def test_the_server_takes_one_photo_at_a_time_its_network_on_all_the_threads(predictor):
+    assert predictor.engine.jobs == 1
+    if predictor.engine.backend != "torch":
+        assert f"on the CPU ({torch.get_num_threads()} thread" in predictor.runtime
 
 
 @pytest.fixture(scope="module")
@@ -459,7 +466,7 @@ def test_the_test_split_figure_is_read_from_the_model_card():
 def test_a_real_photo_gets_predicts_mask_with_the_shipped_model(tmp_path):
     from pipeline.inference.model_folder import SHIPPED
 
-    shipped = load_predictor(pretrained=SHIPPED, device="cpu")
+    shipped = serve.served_predictor(None, None, "cpu", SHIPPED)
     data = sorted((REAL / "test").glob("*.jpg"))[0].read_bytes()
     with TestClient(create_app(shipped, model_info(None, None, SHIPPED, shipped), temp_root=tmp_path / "srv")) as c:
         r = _post(c, data, "car.jpg")
