@@ -91,9 +91,10 @@ class Engine:
     all run on the device. Only the final boolean masks come back to the host.
 
     On the CPU with ``jobs`` > 1, photos go through ``jobs`` threads instead, each photo's whole chain
-    (decode, every view, resize, blend, threshold, review features) on one thread, one thread per core:
-    no step waits for another's, and the network's runtime (OpenVINO) runs one request per thread. The
-    same functions compute the same numbers as the batched path.
+    (decode, every view, resize, blend, threshold, review features) on one thread, two per core by default
+    (``cpu_jobs``; one photo's thread leaves its core idle while it waits for the GIL): no step waits for
+    another's, and the network's runtime (OpenVINO) runs one request per thread. The same functions compute
+    the same numbers as the batched path.
     """
 
     def __init__(
@@ -264,7 +265,7 @@ class Engine:
 
     def _parallel(self, fn: Callable, images: list[Path]) -> Iterator:
         """``fn(path)`` for every photo on ``jobs`` threads, in input order; torch kernels stay on the
-        calling thread (one per core: threads that each started a pool of their own would thrash)."""
+        calling thread (one each: threads that each started a pool of their own would thrash)."""
         self.warm_up()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

@@ -137,7 +137,8 @@ def load_predictor(
     out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
     the outputs' key records it. ``backend``/``precision``: as ``backends.resolve_runtime`` decides (auto:
     OpenVINO on a CPU, int8 where the models have INT8 networks, else bf16 where the CPU has it); ``jobs``:
-    photos in flight on the CPU (None: one per core).
+    photos in flight on the CPU (None: two per core, ``cpu_jobs``; 1: one at a time, its network on all
+    the cores, as ``make serve`` runs).
     """
     dev = pick_device(device)
     # The models first: whether they have INT8 networks decides the runtime on a CPU.

@@ -91,8 +91,8 @@ def make_submission(
     resume key, so a resumed run never mixes rows of two precisions. ``num_workers`` None: the
     members' ``predict.num_workers``. ``backend``/``precision``: as ``backends.resolve_runtime`` decides
     (auto: OpenVINO on a CPU, int8 where the model folders hold INT8 networks, else bf16); ``jobs``: photos in
-    flight on the CPU, one thread each (None: one per core; a GPU takes batches). ``profile``: print where the
-    time went, step by step per photo (core/profile.py), at the end.
+    flight on the CPU, one thread each (None: two per core, ``cpu_jobs``; a GPU takes batches). ``profile``:
+    print where the time went, step by step per photo (core/profile.py), at the end.
     """
     start = time.time()
     recipe_path, out = Path(recipe_path), Path(out)
