@@ -19,6 +19,7 @@ import dataclasses
 import math
 import random
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -213,7 +214,15 @@ def _save(path: Path, state: dict) -> None:
     if not distributed.is_main():  # DDP: only rank 0 writes the run's files
         return
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's writer reports a short write (full disk) with no errno
+            free = shutil.disk_usage(tmp.parent).free
+            raise DataError(
+                f"{path}: cannot write the checkpoint ({str(e).strip().splitlines()[0]}; {free / 1e6:.0f} MB "
+                "free there); free some space or point runs_dir elsewhere. The checkpoints written before are "
+                "kept: the same command resumes from the last one"
+            ) from None
 
 
 class Trainer:

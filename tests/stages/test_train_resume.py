@@ -4,8 +4,10 @@ precision, never two trainings of one fold at once."""
 from __future__ import annotations
 
 import fcntl
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -113,3 +115,45 @@ def test_a_run_resumes_in_another_precision(tiny_data, tmp_path):
     assert resumed.epoch == 1 and resumed.scaler.is_enabled()
     resumed.fit()
     assert resumed.finished and np.isfinite(resumed.history[-1]["train_loss"])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_names_the_file_and_the_run_resumes_from_the_last(tiny_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from pipeline.core.identity import file_sha256
+
+    cfg = tiny_config(tiny_data, tmp_path / "runs", fold=0, **{"train.epochs": 2})
+    kill_after_first_epoch(Trainer(cfg, quiet=True))
+    last = cfg.run_dir / "last.pt"
+    before = file_sha256(last)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.to_yaml())
+    # A real short write: past the file-size limit write() fails (EFBIG), as on a full disk, and torch's
+    # writer says only "unexpected pos". Half a checkpoint: the logs and history stay under it.
+    limit = last.stat().st_size // 2
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from pipeline.__main__ import main
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+        sys.exit(main(["train", "--config", {str(config)!r}]))
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = _one_error_line(proc.stderr)
+    assert f"{cfg.run_dir}/" in error and ".pt: cannot write the checkpoint" in error and "MB free there" in error
+    assert "resumes from the last one" in error and "Traceback" not in proc.stderr
+    assert file_sha256(last) == before  # epoch 1's checkpoint, whole
+    assert not [p.name for p in cfg.run_dir.iterdir() if p.name.endswith(".tmp")]
+    run(cfg, quiet=True)  # the same command, with room again, resumes from it and finishes
+    assert pd.read_csv(cfg.run_dir / "history.csv").epoch.tolist() == [1, 2]
