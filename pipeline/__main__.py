@@ -170,7 +170,8 @@ def _add_inference_options(s) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="photos in flight at once on the CPU, one thread each (default: two per core this process may use; "
+        help="photos in flight at once on the CPU, one thread each (default: two per core this process may use, "
+        "no more than the photos; "
         "1: batches, as PyTorch runs them)",
     )
     s.add_argument(

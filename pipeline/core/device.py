@@ -30,13 +30,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpu_jobs(jobs: int | None, device: torch.device) -> int:
+def cpu_jobs(jobs: int | None, device: torch.device, photos: int | None = None) -> int:
     """Photos in flight at once on the CPU, one thread each: ``jobs``, or ``PHOTOS_PER_CORE`` per core this
-    process may use; 1 on a GPU, which takes batches."""
+    process may use but never more than the ``photos`` there are, when known (one photo then runs its
+    network on all the cores, with one stream's memory); 1 on a GPU, which takes batches."""
     if device.type != "cpu":
         return 1
     if jobs is None:
         jobs = PHOTOS_PER_CORE * usable_cores()
+        if photos is not None:
+            jobs = min(jobs, photos)
     return max(1, int(jobs))
 
 

@@ -130,6 +130,7 @@ def load_predictor(
     pretrained: str | Path | None = None,
     backend: str = "auto",
     jobs: int | None = None,
+    photos: int | None = None,
 ) -> Predictor:
     """The recipe's ensemble, one checkpoint, or an exported model folder / hub id (``pretrained``).
 
@@ -137,8 +138,8 @@ def load_predictor(
     out-of-fold maps; an exported model: its pipeline.json's), or in ``precision`` for all when given;
     the outputs' key records it. ``backend``/``precision``: as ``backends.resolve_runtime`` decides (auto:
     OpenVINO on a CPU, int8 where the models have INT8 networks, else bf16 where the CPU has it); ``jobs``:
-    photos in flight on the CPU (None: two per core, ``cpu_jobs``; 1: one at a time, its network on all
-    the cores, as ``make serve`` runs).
+    photos in flight on the CPU (None: two per core, ``cpu_jobs``, but no more than ``photos`` when the
+    count is known; 1: one at a time, its network on all the cores, as ``make serve`` runs).
     """
     dev = pick_device(device)
     # The models first: whether they have INT8 networks decides the runtime on a CPU.
@@ -164,7 +165,7 @@ def load_predictor(
         source, own_precision = str(path), None
     choice = resolve_runtime(backend, precision, dev, int8=dev.type == "cpu" and all_int8(members))
     backend, precision = choice.backend, choice.precision
-    jobs = cpu_jobs(jobs, dev) if backend != "torch" else jobs or 1
+    jobs = cpu_jobs(jobs, dev, photos) if backend != "torch" else jobs or 1
     if own_precision is None:
         lineage = rows_source(recipe, shas, member_precisions(recipe, dev, precision), backend)
     else:  # one model: its recorded precision, or the one asked for
@@ -507,6 +508,7 @@ def run_predict(
     predictor = load_predictor(
         recipe, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
         channels_last=channels_last, compile=compile, pretrained=pretrained, backend=backend, jobs=jobs,
+        photos=len(inputs),
     )  # fmt: skip
     if not quiet:
         print(predictor.runtime)

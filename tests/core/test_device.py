@@ -15,6 +15,9 @@ def test_photos_in_flight_on_a_cpu_default_to_two_per_usable_core(monkeypatch):
     assert device.cpu_jobs(None, CPU) == 6
     assert device.cpu_jobs(1, CPU) == 1  # asked for: kept
     assert device.cpu_jobs(None, torch.device("cuda")) == 1  # a GPU takes batches
+    # never more in flight than there are photos: a lone photo runs its network on all the cores
+    assert [device.cpu_jobs(None, CPU, photos=n) for n in (1, 4, 100)] == [1, 4, 6]
+    assert device.cpu_jobs(3, CPU, photos=1) == 3  # asked for: kept
 
 
 def test_a_cpu_runtime_runs_on_a_thread_per_photo_or_with_one_photo_on_torchs_threads():

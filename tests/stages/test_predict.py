@@ -328,3 +328,28 @@ def test_predict_never_overwrites_its_inputs_or_the_users_files(lab, tiny_data, 
     before = photo.read_bytes()
     assert main(["predict", str(photo), "--out", str(single), "--checkpoint", ckpt, "--device", "cpu"]) == 0
     assert photo.read_bytes() == before and (single / "car_mask_mask.png").is_file()
+
+
+def test_photos_in_flight_are_never_more_than_the_photos(tiny_data, tiny_runs, tmp_path, monkeypatch):
+    """A lone photo runs its network on all the cores (and one stream's memory), as the server runs it."""
+    from pipeline.core import device
+    from pipeline.stages import predict
+
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    built = []
+    real = predict.load_predictor
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    runs, _ = tiny_runs
+    photos = sorted((tiny_data / "test").glob("*.jpg"))
+    for n in (1, 5):
+        src = tmp_path / f"in{n}"
+        src.mkdir()
+        for p in photos[:n]:
+            shutil.copy(p, src)
+        args = ["predict", str(src), "--out", str(tmp_path / f"out{n}"), "--checkpoint", str(runs / "a/fold0/best.pt")]
+        assert main(args + ["--device", "cpu", "--background", "none"]) == 0
+    engines = [p.engine for p in built]
+    assert [e.backend for e in engines] == ["openvino"] * 2  # the CPU's default runtime, photos in flight
+    assert [e.jobs for e in engines] == [1, 4]  # two per core for five photos on 2 cores
+    assert main(args + ["--device", "cpu", "--background", "none", "--jobs", "3", "--out", str(tmp_path / "o")]) == 0
+    assert built[-1].engine.jobs == 3  # asked for: kept
