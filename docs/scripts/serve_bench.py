@@ -67,6 +67,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_gb(pid: int) -> float:
+    """The process's peak resident memory so far (Linux: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("photos_dir")
@@ -161,6 +169,7 @@ def main() -> None:
                         page.close()
                         print(f"screenshot: {out}")
                 browser.close()
+        print(f"the server's peak RSS: {peak_rss_gb(proc.pid):.2f} GB")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
