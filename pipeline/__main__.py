@@ -148,7 +148,8 @@ def _add_compile_option(s, what: str) -> None:
     )
 
 
-def _add_inference_options(s) -> None:
+def _add_runtime_options(s) -> None:
+    """``--backend`` and ``--precision``: what runs the network (predict, submission, serve)."""
     s.add_argument(
         "--backend",
         default="auto",
@@ -165,6 +166,10 @@ def _add_inference_options(s) -> None:
         "bound (PyTorch: each member's, as its out-of-fold maps were made); fp32 on a CPU: PyTorch fp32, exact; "
         "int8: OpenVINO's INT8 networks of a quantized model folder (`make quantize`)",
     )
+
+
+def _add_inference_options(s) -> None:
+    _add_runtime_options(s)
     s.add_argument("--no-amp", action="store_true", help="deprecated: --precision fp32")
     s.add_argument(
         "--jobs",
@@ -498,6 +503,8 @@ def cmd_serve(a) -> None:
         queue=a.queue,
         cors_origins=a.cors_origin or (),
         device=a.device,
+        backend=a.backend,
+        precision=a.precision,
     )
 
 
@@ -554,6 +561,7 @@ def add_serve(sub) -> None:
         "(default: none, no CORS headers)",
     )
     s.add_argument("--device", default="auto", help="the model's device (default: %(default)s)")
+    _add_runtime_options(s)
     s.set_defaults(func=cmd_serve)
 
 

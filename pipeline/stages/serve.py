@@ -358,8 +358,10 @@ class Service:
 
 
 def model_info(recipe, checkpoint, pretrained, predictor: Predictor) -> dict:
-    """What ``GET /api/model`` says: the model's name, its card and its figures (test split, out of fold)."""
+    """What ``GET /api/model`` says: the model's name, what runs it (``runtime``: the start line's words, such as
+    ``OpenVINO int8 (the rest in bf16) on the CPU (2 threads)``), its card and its figures (test split, out of fold)."""
     info: dict = {"name": predictor.source, "source": predictor.source, "threshold": predictor.recipe.threshold}
+    info["runtime"] = predictor.runtime.removeprefix("inference: ").split(";")[0]
     info["postprocess"] = list(predictor.recipe.postprocess)
     if pretrained is None:
         return {**info, "card": None, "test_split": None, "out_of_fold": None}
@@ -671,11 +673,17 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     return "\n".join(lines)
 
 
-def served_predictor(recipe, checkpoint, device: str, pretrained) -> Predictor:
+def served_predictor(
+    recipe, checkpoint, device: str, pretrained, backend: str = "auto", precision: str | None = None
+) -> Predictor:
     """The predictor the server runs: ``predict``'s, one photo at a time as its worker hands them over, so that
     on a CPU a photo's network runs on all the cores in one stream, not on one of the streams that photos in
-    flight would share (the shipped model, 2 cores: a lone photo 0.13 s against 0.18 s, the same mask)."""
-    return load_predictor(recipe, checkpoint=checkpoint, device=device, pretrained=pretrained, jobs=1)
+    flight would share (the shipped model, 2 cores: a lone photo 0.13 s against 0.18 s, the same mask).
+    ``backend``/``precision``: as ``predict``'s (``--precision fp32``: PyTorch fp32, the exact masks)."""
+    return load_predictor(
+        recipe, checkpoint=checkpoint, device=device, pretrained=pretrained, backend=backend, precision=precision,
+        jobs=1,
+    )  # fmt: skip
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -709,6 +717,8 @@ def run_serve(
     queue: int = QUEUE,
     cors_origins: list[str] | tuple[str, ...] = (),
     device: str = "auto",
+    backend: str = "auto",
+    precision: str | None = None,
 ) -> None:
     """The CLI stage: load the model once, then serve until Ctrl+C."""
     import logging
@@ -725,6 +735,9 @@ def run_serve(
     for origin in cors_origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ConfigError(f"--cors-origin {origin}: an origin like https://example.com (scheme and host, no path)")
+    from ..inference.backends import check_backend
+
+    check_backend(backend)  # an unusable runtime fails before anything listens
     warning = exposure_warning(host, api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -736,7 +749,7 @@ def run_serve(
     sock = bind(host, port)  # before the model loads: a port in use fails at once
     try:
         print(f"loading the model ({pretrained or recipe}) ...", flush=True)
-        predictor = served_predictor(recipe, checkpoint, device, pretrained)
+        predictor = served_predictor(recipe, checkpoint, device, pretrained, backend, precision)
         print(predictor.runtime, flush=True)
         predictor.warm_up()  # the first cut-out does not wait for a runtime to compile
         info = model_info(recipe, checkpoint, pretrained, predictor)

@@ -425,12 +425,13 @@ def test_bad_options_are_one_line_errors(capsys, args, says):
 
 
 # -- health, model, docs, the page ------------------------------------------------------------------------
-def test_health_model_docs_and_page(client, served_model):
+def test_health_model_docs_and_page(client, served_model, predictor):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["model"] == "served" and h["queue"] == 4 and h["max_upload_mb"] == 30
     m = client.get("/api/model").json()
     assert m["name"] == "served" and m["card"].startswith("---") and m["threshold"] == 128
     assert m["card"] == (served_model / "README.md").read_text()
+    assert f"inference: {m['runtime']}" == predictor.runtime.split(";")[0]  # what runs it, as the start line says
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text.lower()
     spec = client.get("/openapi.json").json()
@@ -557,3 +558,21 @@ def test_a_burst_on_loopback_gets_only_200_429_503_and_memory_stays_bounded(serv
     assert code == 0, server.output
     assert list((tmp_path / "tmp").iterdir()) == []  # the server's folder went with it; nothing else there
     assert "p.jpg" not in server.output  # the log names no photo
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_serve_runs_the_runtime_and_precision_asked_for(served_model, photo, tmp_path):
+    """`make serve ARGS='--precision fp32'`: the exact PyTorch masks, said at start and by /api/model."""
+    import urllib.request
+
+    server = ServerProcess(served_model, tmp_path / "tmp", "--precision", "fp32")
+    try:
+        with urllib.request.urlopen(server.url + "api/model", timeout=60) as r:
+            runtime = json.loads(r.read())["runtime"]
+        assert runtime.startswith("PyTorch fp32 on cpu"), runtime
+        assert _request(server.url + "api/remove", photo) == 200
+    finally:
+        code = server.stop()
+    assert code == 0, server.output
+    assert f"inference: {runtime}" in server.output
