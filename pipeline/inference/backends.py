@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import io
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,16 +62,19 @@ def _onnx_bytes(model: torch.nn.Module, shape: tuple[int, int, int]) -> bytes:
     """The model as ONNX for inputs (batch, *shape): the padding to the encoder's stride is fixed per size."""
     buf = io.BytesIO()
     example = torch.zeros(1, *shape)
-    torch.onnx.export(
-        model,
-        (example,),
-        buf,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The trace fixes the padding to this size (``if ph or pw``), which is what is meant: no word to a user.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
