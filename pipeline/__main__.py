@@ -176,8 +176,7 @@ def _add_inference_options(s) -> None:
         type=int,
         default=None,
         help="photos in flight at once on the CPU, one thread each (default: two per core this process may use, "
-        "no more than the photos; "
-        "1: batches, as PyTorch runs them)",
+        "no more than the photos; 1: one photo at a time, its network on all the cores; PyTorch takes batches)",
     )
     s.add_argument(
         "--channels-last", default="auto", choices=("auto", "true", "false"), help="memory format (auto: CUDA only)"
