@@ -8,8 +8,9 @@ then each TTA view. Kept in float: the first convolution and the segmentation he
 accuracy control, the layers whose quantization costs the masks most, one by one, until the masks of
 validation photos (others of the same cars) are within ``MAX_DROP`` of PyTorch fp32's. The quantized
 models are written into the folder (``network-int8-<h>x<w>.xml``/``.weights``, OpenVINO's format) and
-bound by hash in its ``pipeline.json``, with the calibration's record; ``predict`` and ``submission`` run
-them with ``--precision int8`` (docs/record/cpu-speed.md has what they cost the masks and what they save).
+bound by hash in its ``pipeline.json``, with the calibration's record; ``predict``, ``submission`` and
+``serve`` run them by default on a CPU that runs INT8 (``--precision bf16``: without them;
+docs/record/cpu-speed.md has what they cost the masks and what they save).
 
 Why by hand: NNCF does the quantization; what it cannot know is which photos this pipeline may calibrate
 on and how the engine feeds the network, so those are chosen here.
