@@ -194,8 +194,9 @@ def _trace_pretrained(source: str, depth: int, want_sha: str | None = None) -> l
     ]
     spec, err = _safe(check_folder, folder, str(source))
     files = "config.json and model.safetensors"
-    if spec and int8_sizes(spec):
-        nets = ", ".join(f"{h}x{w}" for h, w in sorted(int8_sizes(spec)))
+    sizes = int8_sizes(spec) if spec else None
+    if sizes:
+        nets = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
         files = f"config.json, model.safetensors and INT8 networks ({nets})"
     links.append(
         Link(
